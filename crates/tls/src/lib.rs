@@ -1,0 +1,1 @@
+//! zrep TLS and PKI.

@@ -1,0 +1,1 @@
+//! zrep ZFS driver.

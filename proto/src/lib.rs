@@ -1,0 +1,1 @@
+//! zrep wire protocol (sans-IO).
