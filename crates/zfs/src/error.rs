@@ -1,0 +1,277 @@
+//! Errors of the ZFS driver.
+//!
+//! Rules: every failure of a `zfs` command keeps the command line (for humans, never executed),
+//! the exit status and ZFS's stderr. Known situations get their own variant so that callers can
+//! act on them; the classification reads ZFS's message, which is text for humans, so callers must
+//! re-read state with the driver before they act on anything destructive.
+
+use std::fmt;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::name::NameError;
+
+/// A failed ZFS operation.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ZfsError {
+    /// The `zfs` program could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program that failed to start.
+        program: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The command did not finish in time and was killed.
+    #[error("`{command}` did not finish within {after:?} and was killed")]
+    Timeout {
+        /// The command line, for humans.
+        command: CommandLine,
+        /// The limit that was exceeded.
+        after: Duration,
+    },
+    /// The dataset, snapshot or bookmark does not exist.
+    #[error("{failure}")]
+    NotFound {
+        /// The failed command.
+        failure: CommandFailure,
+    },
+    /// An incremental receive found the target changed since its newest snapshot.
+    #[error("{failure}")]
+    DestinationModified {
+        /// The failed command.
+        failure: CommandFailure,
+    },
+    /// An incremental stream's base is not the target's newest snapshot.
+    #[error("{failure}")]
+    IncrementalMismatch {
+        /// The failed command.
+        failure: CommandFailure,
+    },
+    /// A full stream was sent to a dataset that already exists.
+    #[error("{failure}")]
+    DestinationExists {
+        /// The failed command.
+        failure: CommandFailure,
+    },
+    /// The stream was truncated or corrupt.
+    #[error("{failure}")]
+    InvalidStream {
+        /// The failed command.
+        failure: CommandFailure,
+    },
+    /// The dataset is busy, e.g. a held snapshot cannot be destroyed.
+    #[error("{failure}")]
+    Busy {
+        /// The failed command.
+        failure: CommandFailure,
+    },
+    /// The target already has a snapshot of this name.
+    #[error("{failure}")]
+    AlreadyExists {
+        /// The failed command.
+        failure: CommandFailure,
+    },
+    /// Any other failure of a command.
+    #[error("{failure}")]
+    Failed {
+        /// The failed command.
+        failure: CommandFailure,
+    },
+    /// The local ZFS lacks a feature this operation needs.
+    #[error("this ZFS ({dialect}) does not support {feature}")]
+    Unsupported {
+        /// The feature, e.g. `bookmarks`.
+        feature: &'static str,
+        /// The probed dialect, for the message.
+        dialect: String,
+    },
+    /// ZFS printed something the driver could not understand.
+    #[error("cannot parse output of `{command}`: {reason}: {line:?}")]
+    Parse {
+        /// The command line, for humans.
+        command: CommandLine,
+        /// The offending line.
+        line: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// ZFS printed a name that is not a valid name.
+    #[error("ZFS printed an invalid name: {0}")]
+    Name(#[from] NameError),
+    /// Reading from or writing to a child process failed.
+    #[error("I/O with `{command}` failed: {source}")]
+    Io {
+        /// The command line, for humans.
+        command: CommandLine,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl ZfsError {
+    /// The failed command's details, where the error came from a command that ran.
+    pub fn failure(&self) -> Option<&CommandFailure> {
+        match self {
+            Self::NotFound { failure }
+            | Self::DestinationModified { failure }
+            | Self::IncrementalMismatch { failure }
+            | Self::DestinationExists { failure }
+            | Self::InvalidStream { failure }
+            | Self::Busy { failure }
+            | Self::AlreadyExists { failure }
+            | Self::Failed { failure } => Some(failure),
+            _ => None,
+        }
+    }
+
+    /// Classifies a failed command by ZFS's message.
+    pub(crate) fn from_failure(failure: CommandFailure) -> Self {
+        // ZFS wraps long messages; fold all whitespace so phrases match across lines.
+        let text = failure
+            .stderr
+            .to_ascii_lowercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if text.contains("has been modified") {
+            Self::DestinationModified { failure }
+        } else if text.contains("does not match incremental source")
+            || text.contains("most recent snapshot of")
+                && text.contains("does not match")
+        {
+            Self::IncrementalMismatch { failure }
+        } else if text.contains("invalid backup stream")
+            || text.contains("checksum mismatch")
+            || text.contains("unexpected end")
+            || text.contains("incomplete stream")
+        {
+            Self::InvalidStream { failure }
+        } else if text.contains("must specify -f to overwrite")
+            || text.contains("destination") && text.contains("exists")
+        {
+            Self::DestinationExists { failure }
+        } else if text.contains("dataset does not exist")
+            || text.contains("could not find any snapshots")
+            || text.contains("no such pool")
+            || text.contains("no such dataset")
+        {
+            Self::NotFound { failure }
+        } else if text.contains("dataset is busy") || text.contains("pool or dataset is busy") {
+            Self::Busy { failure }
+        } else if text.contains("dataset already exists") {
+            Self::AlreadyExists { failure }
+        } else {
+            Self::Failed { failure }
+        }
+    }
+}
+
+/// A command line kept for messages; it is never run through a shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandLine(pub(crate) Vec<String>);
+
+impl CommandLine {
+    /// The program and its arguments.
+    pub fn args(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl fmt::Display for CommandLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, arg) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '\'') {
+                write!(f, "'{}'", arg.replace('\'', r"'\''"))?;
+            } else {
+                f.write_str(arg)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a failed command left behind: its command line, exit status and stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandFailure {
+    /// The command line, for humans.
+    pub command: CommandLine,
+    /// The exit code; `None` if a signal ended it.
+    pub status: Option<i32>,
+    /// ZFS's message, trimmed (the tail is kept if it was long).
+    pub stderr: String,
+}
+
+impl fmt::Display for CommandFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            Some(code) => write!(f, "`{}` failed with exit status {code}", self.command)?,
+            None => write!(f, "`{}` was killed by a signal", self.command)?,
+        }
+        if !self.stderr.is_empty() {
+            write!(f, ": {}", self.stderr)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(stderr: &str) -> CommandFailure {
+        CommandFailure {
+            command: CommandLine(vec!["zfs".into(), "receive".into(), "p/a b".into()]),
+            status: Some(1),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn classifies_zfs_messages() {
+        let cases = [
+            (
+                "cannot receive incremental stream: destination p/ds has been modified\nsince most recent snapshot",
+                "DestinationModified",
+            ),
+            (
+                "cannot receive incremental stream: most recent snapshot of p/ds does not\nmatch incremental source",
+                "IncrementalMismatch",
+            ),
+            (
+                "cannot receive new filesystem stream: destination 'p/ds' exists\nmust specify -F to overwrite it",
+                "DestinationExists",
+            ),
+            (
+                "cannot receive new filesystem stream: invalid backup stream",
+                "InvalidStream",
+            ),
+            (
+                "cannot open 'p/nope': dataset does not exist",
+                "NotFound",
+            ),
+            (
+                "cannot destroy snapshot p/a@s: dataset is busy",
+                "Busy",
+            ),
+            ("something else", "Failed"),
+        ];
+        for (stderr, want) in cases {
+            let err = ZfsError::from_failure(failure(stderr));
+            let got = format!("{err:?}");
+            assert!(got.starts_with(want), "{stderr:?} → {got}");
+            assert_eq!(err.failure().unwrap().stderr, stderr);
+        }
+    }
+
+    #[test]
+    fn command_line_quotes_for_humans() {
+        let line = CommandLine(vec!["zfs".into(), "send".into(), "p/a b@it's".into()]);
+        assert_eq!(line.to_string(), r"zfs send 'p/a b@it'\''s'");
+    }
+}

@@ -1,0 +1,741 @@
+//! The real driver: runs `zfs` with argument vectors, never through a shell.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use crate::caps::Capabilities;
+use crate::driver::{
+    BookmarkInfo, DatasetInfo, DatasetKind, Guid, IncrementalBase, ObjectName, PropertyValue,
+    ReceiveRequest, ReceiveSink, SendKind, SendRequest, SendStream, SnapshotInfo, Zfs,
+};
+use crate::error::{CommandFailure, CommandLine, ZfsError};
+use crate::name::{BookmarkName, DatasetName, HoldTag, PropertyName, SnapshotName};
+
+/// Only the tail of a long stderr is kept: ZFS puts the reason last.
+const MAX_STDERR: usize = 16 * 1024;
+
+/// Settings of the real driver.
+#[derive(Debug, Clone)]
+pub struct SystemZfsConfig {
+    /// The `zfs` program.
+    pub zfs: PathBuf,
+    /// Limit for every short command (list, get, snapshot, destroy, ...).
+    pub command_timeout: Duration,
+    /// Limit for a send or receive process to exit once its stream has ended.
+    pub finish_timeout: Duration,
+}
+
+impl Default for SystemZfsConfig {
+    fn default() -> Self {
+        Self {
+            zfs: PathBuf::from("zfs"),
+            command_timeout: Duration::from_secs(120),
+            finish_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The driver that runs the local `zfs` command.
+#[derive(Debug, Clone)]
+pub struct SystemZfs {
+    config: Arc<SystemZfsConfig>,
+    caps: Capabilities,
+}
+
+impl SystemZfs {
+    /// Probes the local ZFS and returns a driver for its dialect.
+    pub async fn probe(config: SystemZfsConfig) -> Result<Self, ZfsError> {
+        let runner = Runner {
+            config: Arc::new(config),
+        };
+        // `zfs` without arguments and `zfs get` without a property print usage and exit 2.
+        let usage = runner.output_any_status(Vec::new()).await?;
+        let properties = runner.output_any_status(vec!["get".into()]).await?;
+        let version = runner
+            .output_any_status(vec!["version".into()])
+            .await?;
+        let mut caps = Capabilities::from_probe(&usage, &properties, &version);
+        if !caps.createtxg {
+            // zfs-fuse answers `createtxg` without listing it; ask a pool's root dataset.
+            caps.createtxg = runner.createtxg_answers().await;
+        }
+        debug!(?caps, "probed ZFS");
+        Ok(Self {
+            config: runner.config,
+            caps,
+        })
+    }
+
+    /// A driver for the given capabilities without probing (tests, or a dialect forced by
+    /// configuration).
+    pub fn with_capabilities(config: SystemZfsConfig, caps: Capabilities) -> Self {
+        Self {
+            config: Arc::new(config),
+            caps,
+        }
+    }
+
+    fn runner(&self) -> Runner {
+        Runner {
+            config: self.config.clone(),
+        }
+    }
+
+    fn unsupported(&self, feature: &'static str) -> ZfsError {
+        ZfsError::Unsupported {
+            feature,
+            dialect: self.caps.dialect.to_string(),
+        }
+    }
+
+    async fn zfs(&self, args: Vec<OsString>) -> Result<String, ZfsError> {
+        self.runner().output(args).await
+    }
+
+    fn snapshot_properties(&self) -> &'static str {
+        if self.caps.createtxg {
+            "type,guid,creation,createtxg"
+        } else {
+            "type,guid,creation"
+        }
+    }
+}
+
+impl Zfs for SystemZfs {
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    async fn exists(&self, dataset: &DatasetName) -> Result<bool, ZfsError> {
+        let args = args(["list", "-H", "-o", "name", dataset.as_str()]);
+        match self.zfs(args).await {
+            Ok(_) => Ok(true),
+            Err(ZfsError::NotFound { .. }) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn list_datasets(&self, root: &DatasetName) -> Result<Vec<DatasetInfo>, ZfsError> {
+        let args = args([
+            "list",
+            "-H",
+            "-o",
+            "name,type",
+            "-t",
+            "filesystem,volume",
+            "-r",
+            root.as_str(),
+        ]);
+        let command = command_line(&self.config, &args);
+        let out = self.zfs(args).await?;
+        out.lines()
+            .map(|line| {
+                let (name, kind) = line.split_once('\t').ok_or_else(|| parse_error(&command, line, "expected 2 fields"))?;
+                let kind = match kind {
+                    "filesystem" => DatasetKind::Filesystem,
+                    "volume" => DatasetKind::Volume,
+                    _ => return Err(parse_error(&command, line, "unknown dataset type")),
+                };
+                Ok(DatasetInfo {
+                    name: DatasetName::parse(name)?,
+                    kind,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_snapshots(
+        &self,
+        dataset: &DatasetName,
+        recursive: bool,
+    ) -> Result<Vec<SnapshotInfo>, ZfsError> {
+        // `zfs get` gives exact numbers on every dialect (zfs-fuse lacks `list -p`) and lists
+        // snapshots of each dataset in creation order.
+        let depth = if recursive { "-r" } else { "-d1" };
+        let args = args([
+            "get",
+            "-Hp",
+            "-o",
+            "name,property,value",
+            depth,
+            self.snapshot_properties(),
+            dataset.as_str(),
+        ]);
+        let command = command_line(&self.config, &args);
+        let out = self.zfs(args).await?;
+        let mut snapshots = parse_snapshot_table(&command, &out)?;
+        if !recursive {
+            snapshots.retain(|snap| snap.name.dataset() == *dataset);
+        }
+        // Stable: keeps ZFS's dataset grouping, orders by txg within a dataset where known.
+        snapshots.sort_by(|a, b| {
+            let same = a.name.dataset() == b.name.dataset();
+            match (same, a.createtxg, b.createtxg) {
+                (true, Some(x), Some(y)) => x.cmp(&y),
+                _ => std::cmp::Ordering::Equal,
+            }
+        });
+        Ok(snapshots)
+    }
+
+    async fn create_snapshot(&self, snapshot: &SnapshotName, recursive: bool) -> Result<(), ZfsError> {
+        let mut a = args(["snapshot"]);
+        if recursive {
+            a.push("-r".into());
+        }
+        a.push(snapshot.as_str().into());
+        self.zfs(a).await.map(drop)
+    }
+
+    async fn destroy_snapshot(&self, snapshot: &SnapshotName) -> Result<(), ZfsError> {
+        self.zfs(args(["destroy", snapshot.as_str()])).await.map(drop)
+    }
+
+    async fn hold(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<(), ZfsError> {
+        self.zfs(args(["hold", tag.as_str(), snapshot.as_str()]))
+            .await
+            .map(drop)
+    }
+
+    async fn release(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<(), ZfsError> {
+        self.zfs(args(["release", tag.as_str(), snapshot.as_str()]))
+            .await
+            .map(drop)
+    }
+
+    async fn holds(&self, snapshot: &SnapshotName) -> Result<Vec<HoldTag>, ZfsError> {
+        if !self.caps.holds_scriptable {
+            return Err(self.unsupported("`zfs holds -H`"));
+        }
+        let args = args(["holds", "-H", snapshot.as_str()]);
+        let command = command_line(&self.config, &args);
+        let out = self.zfs(args).await?;
+        out.lines()
+            .map(|line| {
+                let tag = line
+                    .split('\t')
+                    .nth(1)
+                    .ok_or_else(|| parse_error(&command, line, "expected name, tag, timestamp"))?;
+                Ok(HoldTag::parse(tag)?)
+            })
+            .collect()
+    }
+
+    async fn get_property<O: ObjectName>(
+        &self,
+        object: &O,
+        property: &PropertyName,
+    ) -> Result<Option<PropertyValue>, ZfsError> {
+        let args = args([
+            "get",
+            "-Hp",
+            "-o",
+            "value,source",
+            property.as_str(),
+            object.object_name(),
+        ]);
+        let command = command_line(&self.config, &args);
+        let out = self.zfs(args).await?;
+        let line = out.strip_suffix('\n').unwrap_or(&out);
+        let (value, source) = line
+            .split_once('\t')
+            .ok_or_else(|| parse_error(&command, line, "expected value and source"))?;
+        if value == "-" && source == "-" {
+            return Ok(None);
+        }
+        Ok(Some(PropertyValue {
+            value: value.to_owned(),
+            source: source.to_owned(),
+        }))
+    }
+
+    async fn set_property<O: ObjectName>(
+        &self,
+        object: &O,
+        property: &PropertyName,
+        value: &str,
+    ) -> Result<(), ZfsError> {
+        let assignment = property_assignment(property, value)?;
+        self.zfs(args(["set", &assignment, object.object_name()]))
+            .await
+            .map(drop)
+    }
+
+    async fn create_dataset(
+        &self,
+        dataset: &DatasetName,
+        properties: &[(PropertyName, String)],
+        parents: bool,
+    ) -> Result<(), ZfsError> {
+        let mut a = args(["create"]);
+        if parents {
+            a.push("-p".into());
+        }
+        for (property, value) in properties {
+            a.push("-o".into());
+            a.push(property_assignment(property, value)?.into());
+        }
+        a.push(dataset.as_str().into());
+        self.zfs(a).await.map(drop)
+    }
+
+    async fn rollback(&self, snapshot: &SnapshotName) -> Result<(), ZfsError> {
+        self.zfs(args(["rollback", snapshot.as_str()])).await.map(drop)
+    }
+
+    async fn send(&self, request: &SendRequest) -> Result<SendStream, ZfsError> {
+        let mut a = args(["send"]);
+        if request.properties {
+            a.push("-p".into());
+        }
+        if request.raw {
+            if !self.caps.raw_send {
+                return Err(self.unsupported("raw send (`zfs send -w`)"));
+            }
+            a.push("-w".into());
+        }
+        if request.compressed {
+            if !self.caps.compressed_send {
+                return Err(self.unsupported("compressed send (`zfs send -c -L -e`)"));
+            }
+            a.extend(["-c".into(), "-L".into(), "-e".into()]);
+        }
+        match &request.kind {
+            SendKind::Full { snapshot } => a.push(snapshot.as_str().into()),
+            SendKind::Incremental {
+                from,
+                to,
+                intermediates,
+            } => {
+                if matches!(from, IncrementalBase::Bookmark(_)) {
+                    if !self.caps.bookmarks {
+                        return Err(self.unsupported("bookmarks"));
+                    }
+                    if *intermediates {
+                        // ZFS cannot send intermediates from a bookmark: it has no data.
+                        return Err(self.unsupported("`-I` from a bookmark"));
+                    }
+                }
+                a.push(if *intermediates { "-I" } else { "-i" }.into());
+                a.push(from.as_str().into());
+                a.push(to.as_str().into());
+            }
+            SendKind::Resume { token } => {
+                if !self.caps.resumable_receive {
+                    return Err(self.unsupported("resumable send (`zfs send -t`)"));
+                }
+                a.push("-t".into());
+                a.push(token.into());
+            }
+        }
+        let mut process = self.runner().spawn(a, Stdio::null(), Stdio::piped())?;
+        let stdout = process
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| missing_pipe(&process.command))?;
+        let finish = self.config.finish_timeout;
+        Ok(SendStream::new(
+            Box::pin(stdout),
+            Box::pin(async move { process.wait(finish).await }),
+        ))
+    }
+
+    async fn receive(&self, request: &ReceiveRequest) -> Result<ReceiveSink, ZfsError> {
+        let mut a = args(["receive"]);
+        if request.resumable {
+            if !self.caps.resumable_receive {
+                return Err(self.unsupported("resumable receive (`zfs receive -s`)"));
+            }
+            a.push("-s".into());
+        }
+        if request.no_mount {
+            if !self.caps.receive_no_mount {
+                return Err(self.unsupported("`zfs receive -u`"));
+            }
+            a.push("-u".into());
+        }
+        for (property, value) in &request.set_properties {
+            if !self.caps.receive_set_property {
+                return Err(self.unsupported("`zfs receive -o`"));
+            }
+            a.push("-o".into());
+            a.push(property_assignment(property, value)?.into());
+        }
+        for property in &request.exclude_properties {
+            if !self.caps.receive_exclude_property {
+                return Err(self.unsupported("`zfs receive -x`"));
+            }
+            a.push("-x".into());
+            a.push(property.as_str().into());
+        }
+        a.push(request.target.as_str().into());
+        let mut process = self.runner().spawn(a, Stdio::piped(), Stdio::null())?;
+        let stdin = process
+            .child
+            .stdin
+            .take()
+            .ok_or_else(|| missing_pipe(&process.command))?;
+        let finish = self.config.finish_timeout;
+        Ok(ReceiveSink::new(
+            Box::pin(stdin),
+            Box::pin(async move { process.wait(finish).await }),
+        ))
+    }
+
+    async fn create_bookmark(
+        &self,
+        snapshot: &SnapshotName,
+        bookmark: &BookmarkName,
+    ) -> Result<(), ZfsError> {
+        if !self.caps.bookmarks {
+            return Err(self.unsupported("bookmarks"));
+        }
+        self.zfs(args(["bookmark", snapshot.as_str(), bookmark.as_str()]))
+            .await
+            .map(drop)
+    }
+
+    async fn list_bookmarks(&self, dataset: &DatasetName) -> Result<Vec<BookmarkInfo>, ZfsError> {
+        if !self.caps.bookmarks {
+            return Ok(Vec::new());
+        }
+        let props = if self.caps.createtxg {
+            "name,guid,creation,createtxg"
+        } else {
+            "name,guid,creation"
+        };
+        let args = args([
+            "list", "-Hp", "-t", "bookmark", "-d1", "-o", props, "-s", "createtxg",
+            dataset.as_str(),
+        ]);
+        let command = command_line(&self.config, &args);
+        let out = self.zfs(args).await?;
+        out.lines()
+            .map(|line| {
+                let fields: Vec<&str> = line.split('\t').collect();
+                if fields.len() < 3 {
+                    return Err(parse_error(&command, line, "expected name, guid, creation"));
+                }
+                Ok(BookmarkInfo {
+                    name: BookmarkName::parse(fields[0])?,
+                    guid: parse_number(&command, line, fields[1]).map(Guid)?,
+                    creation: parse_number(&command, line, fields[2])?,
+                    createtxg: fields
+                        .get(3)
+                        .map(|txg| parse_number(&command, line, txg))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn destroy_bookmark(&self, bookmark: &BookmarkName) -> Result<(), ZfsError> {
+        if !self.caps.bookmarks {
+            return Err(self.unsupported("bookmarks"));
+        }
+        self.zfs(args(["destroy", bookmark.as_str()])).await.map(drop)
+    }
+
+    async fn abort_resumable_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        if !self.caps.resumable_receive {
+            return Err(self.unsupported("`zfs receive -A`"));
+        }
+        self.zfs(args(["receive", "-A", dataset.as_str()]))
+            .await
+            .map(drop)
+    }
+}
+
+/// Runs the `zfs` program.
+#[derive(Debug, Clone)]
+struct Runner {
+    config: Arc<SystemZfsConfig>,
+}
+
+/// A spawned child with a task that collects its stderr.
+struct Process {
+    command: CommandLine,
+    child: Child,
+    stderr: JoinHandle<String>,
+}
+
+impl Process {
+    /// Waits up to `limit` for the exit, then classifies a failure.
+    async fn wait(mut self, limit: Duration) -> Result<(), ZfsError> {
+        let status = match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.map_err(|source| ZfsError::Io {
+                command: self.command.clone(),
+                source,
+            })?,
+            Err(_) => {
+                // kill_on_drop ends the process; say which limit was hit.
+                return Err(ZfsError::Timeout {
+                    command: self.command,
+                    after: limit,
+                });
+            }
+        };
+        let stderr = self.stderr.await.unwrap_or_default();
+        check_status(self.command, status, stderr)
+    }
+}
+
+impl Runner {
+    fn spawn(&self, args: Vec<OsString>, stdin: Stdio, stdout: Stdio) -> Result<Process, ZfsError> {
+        let command = command_line(&self.config, &args);
+        debug!(%command, "running");
+        let mut child = Command::new(&self.config.zfs)
+            .args(&args)
+            // Stable, untranslated messages for classification.
+            .env("LC_ALL", "C")
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| ZfsError::Spawn {
+                program: self.config.zfs.display().to_string(),
+                source,
+            })?;
+        let stderr = child.stderr.take();
+        let stderr = tokio::spawn(async move {
+            match stderr {
+                Some(pipe) => read_tail(pipe).await,
+                None => String::new(),
+            }
+        });
+        Ok(Process {
+            command,
+            child,
+            stderr,
+        })
+    }
+
+    /// Runs a short command and returns its stdout, or the classified failure.
+    async fn output(&self, args: Vec<OsString>) -> Result<String, ZfsError> {
+        let (command, status, stdout, stderr) = self.run(args).await?;
+        check_status(command, status, stderr)?;
+        Ok(stdout)
+    }
+
+    /// Runs a probe command whose exit status does not matter; returns stdout and stderr.
+    async fn output_any_status(&self, args: Vec<OsString>) -> Result<String, ZfsError> {
+        let (_, _, stdout, stderr) = self.run(args).await?;
+        Ok(stdout + &stderr)
+    }
+
+    async fn run(
+        &self,
+        args: Vec<OsString>,
+    ) -> Result<(CommandLine, ExitStatus, String, String), ZfsError> {
+        let mut process = self.spawn(args, Stdio::null(), Stdio::piped())?;
+        let mut stdout = process
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| missing_pipe(&process.command))?;
+        let limit = self.config.command_timeout;
+        let command = process.command.clone();
+        let work = async {
+            let mut out = Vec::new();
+            stdout.read_to_end(&mut out).await?;
+            let status = process.child.wait().await?;
+            Ok::<_, std::io::Error>((out, status))
+        };
+        let (out, status) = match tokio::time::timeout(limit, work).await {
+            Ok(result) => result.map_err(|source| ZfsError::Io {
+                command: command.clone(),
+                source,
+            })?,
+            Err(_) => {
+                return Err(ZfsError::Timeout {
+                    command,
+                    after: limit,
+                });
+            }
+        };
+        let stderr = process.stderr.await.unwrap_or_default();
+        Ok((
+            command,
+            status,
+            String::from_utf8_lossy(&out).into_owned(),
+            stderr,
+        ))
+    }
+
+    async fn createtxg_answers(&self) -> bool {
+        let Ok(pools) = self
+            .output(args(["list", "-H", "-o", "name", "-d0"]))
+            .await
+        else {
+            return false;
+        };
+        let Some(pool) = pools.lines().next() else {
+            return false;
+        };
+        self.output(args(["get", "-Hp", "-o", "value", "createtxg", pool]))
+            .await
+            .is_ok_and(|value| value.trim().parse::<u64>().is_ok())
+    }
+}
+
+fn args<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<OsString> {
+    items.into_iter().map(OsString::from).collect()
+}
+
+fn command_line(config: &SystemZfsConfig, args: &[OsString]) -> CommandLine {
+    let mut line = vec![config.zfs.display().to_string()];
+    line.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+    CommandLine(line)
+}
+
+fn check_status(command: CommandLine, status: ExitStatus, stderr: String) -> Result<(), ZfsError> {
+    if status.success() {
+        return Ok(());
+    }
+    Err(ZfsError::from_failure(CommandFailure {
+        command,
+        status: status.code(),
+        stderr: stderr.trim().to_owned(),
+    }))
+}
+
+fn missing_pipe(command: &CommandLine) -> ZfsError {
+    ZfsError::Io {
+        command: command.clone(),
+        source: std::io::Error::other("child process has no pipe"),
+    }
+}
+
+fn parse_error(command: &CommandLine, line: &str, reason: &str) -> ZfsError {
+    ZfsError::Parse {
+        command: command.clone(),
+        line: line.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn parse_number(command: &CommandLine, line: &str, field: &str) -> Result<u64, ZfsError> {
+    field
+        .parse()
+        .map_err(|_| parse_error(command, line, "expected an exact number"))
+}
+
+/// `property=value`, refusing values ZFS would misread (a newline would split `-H` output).
+fn property_assignment(property: &PropertyName, value: &str) -> Result<String, ZfsError> {
+    if value.contains(['\n', '\0']) {
+        return Err(ZfsError::Name(crate::name::NameError::BadShortName {
+            name: value.to_owned(),
+            what: "property value",
+        }));
+    }
+    Ok(format!("{}={value}", property.as_str()))
+}
+
+/// Reads a pipe to its end, keeping the last [`MAX_STDERR`] bytes.
+async fn read_tail(mut pipe: impl AsyncRead + Unpin) -> String {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * MAX_STDERR {
+                    kept.drain(..kept.len() - MAX_STDERR);
+                }
+            }
+        }
+    }
+    if kept.len() > MAX_STDERR {
+        kept.drain(..kept.len() - MAX_STDERR);
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// Parses `zfs get -Hp -o name,property,value type,guid,creation[,createtxg]` output into the
+/// snapshots it lists, in the order ZFS printed them.
+fn parse_snapshot_table(command: &CommandLine, out: &str) -> Result<Vec<SnapshotInfo>, ZfsError> {
+    let mut order: Vec<String> = Vec::new();
+    let mut rows: HashMap<String, HashMap<String, (String, String)>> = HashMap::new();
+    for line in out.lines() {
+        let mut fields = line.splitn(3, '\t');
+        let (Some(name), Some(property), Some(value)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(parse_error(command, line, "expected name, property, value"));
+        };
+        if !name.contains('@') {
+            continue;
+        }
+        let entry = rows.entry(name.to_owned()).or_insert_with(|| {
+            order.push(name.to_owned());
+            HashMap::new()
+        });
+        entry.insert(property.to_owned(), (value.to_owned(), line.to_owned()));
+    }
+    let mut snapshots = Vec::with_capacity(order.len());
+    for name in order {
+        let props = &rows[&name];
+        let field = |key: &str| -> Result<u64, ZfsError> {
+            let (value, line) = props
+                .get(key)
+                .ok_or_else(|| parse_error(command, &name, &format!("missing {key}")))?;
+            parse_number(command, line, value)
+        };
+        if props.get("type").is_some_and(|(kind, _)| kind != "snapshot") {
+            continue;
+        }
+        snapshots.push(SnapshotInfo {
+            name: SnapshotName::parse(&name)?,
+            guid: Guid(field("guid")?),
+            creation: field("creation")?,
+            createtxg: props.contains_key("createtxg").then(|| field("createtxg")).transpose()?,
+        });
+    }
+    Ok(snapshots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_snapshot_table_with_spaces_and_exact_guids() {
+        let out = "p/a b\ttype\tfilesystem\np/a b\tguid\t1\n\
+                   p/a b@s 1\ttype\tsnapshot\np/a b@s 1\tguid\t18446744073709551615\n\
+                   p/a b@s 1\tcreation\t1795757988\np/a b@s 1\tcreatetxg\t11\n";
+        let command = CommandLine(vec!["zfs".into()]);
+        let snaps = parse_snapshot_table(&command, out).unwrap();
+        assert_eq!(snaps.len(), 1);
+        assert_eq!(snaps[0].name.as_str(), "p/a b@s 1");
+        assert_eq!(snaps[0].guid, Guid(u64::MAX));
+        assert_eq!(snaps[0].createtxg, Some(11));
+    }
+
+    #[test]
+    fn rejects_rounded_numbers() {
+        let out = "p/a@s\ttype\tsnapshot\np/a@s\tguid\t9.04E\np/a@s\tcreation\t1\n";
+        let command = CommandLine(vec!["zfs".into()]);
+        assert!(matches!(
+            parse_snapshot_table(&command, out),
+            Err(ZfsError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn property_values_cannot_smuggle_lines() {
+        let prop = PropertyName::parse("com.example:note").unwrap();
+        assert!(property_assignment(&prop, "a\nb").is_err());
+        assert_eq!(property_assignment(&prop, "a b=c").unwrap(), "com.example:note=a b=c");
+    }
+}
