@@ -212,7 +212,8 @@ mod tests {
     #[test]
     fn openzfs_usage_has_everything() {
         let props = "\tcreatetxg  NO NO <uint64>\n\treceive_resume_token NO NO <string token>\n";
-        let caps = Capabilities::from_probe(OPENZFS_USAGE, props, "zfs-2.3.2-1\nzfs-kmod-2.3.2-1\n");
+        let caps =
+            Capabilities::from_probe(OPENZFS_USAGE, props, "zfs-2.3.2-1\nzfs-kmod-2.3.2-1\n");
         assert_eq!(
             caps,
             Capabilities {

@@ -139,8 +139,7 @@ impl ZfsError {
         if text.contains("has been modified") {
             Self::DestinationModified { failure }
         } else if text.contains("does not match incremental source")
-            || text.contains("most recent snapshot of")
-                && text.contains("does not match")
+            || text.contains("most recent snapshot of") && text.contains("does not match")
         {
             Self::IncrementalMismatch { failure }
         } else if text.contains("invalid backup stream")
@@ -153,7 +152,7 @@ impl ZfsError {
             || text.contains("destination") && text.contains("exists")
         {
             Self::DestinationExists { failure }
-        } else if text.contains("dataset does not exist")
+        } else if text.contains("does not exist")
             || text.contains("could not find any snapshots")
             || text.contains("no such pool")
             || text.contains("no such dataset")
@@ -251,14 +250,8 @@ mod tests {
                 "cannot receive new filesystem stream: invalid backup stream",
                 "InvalidStream",
             ),
-            (
-                "cannot open 'p/nope': dataset does not exist",
-                "NotFound",
-            ),
-            (
-                "cannot destroy snapshot p/a@s: dataset is busy",
-                "Busy",
-            ),
+            ("cannot open 'p/nope': dataset does not exist", "NotFound"),
+            ("cannot destroy snapshot p/a@s: dataset is busy", "Busy"),
             ("something else", "Failed"),
         ];
         for (stderr, want) in cases {

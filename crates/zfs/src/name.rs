@@ -422,8 +422,20 @@ mod tests {
     #[test]
     fn rejects_malformed_datasets() {
         for bad in [
-            "", "/pool", "pool/", "pool//a", "pool/../x", "pool/.", "1pool", "-R", "pool/a@b",
-            "pool/a#b", "pool/a%b", "pool/a\nb", "pool/a\tb", "pool/ä",
+            "",
+            "/pool",
+            "pool/",
+            "pool//a",
+            "pool/../x",
+            "pool/.",
+            "1pool",
+            "-R",
+            "pool/a@b",
+            "pool/a#b",
+            "pool/a%b",
+            "pool/a\nb",
+            "pool/a\tb",
+            "pool/ä",
         ] {
             assert!(DatasetName::parse(bad).is_err(), "{bad:?} was accepted");
         }
@@ -433,7 +445,14 @@ mod tests {
 
     #[test]
     fn rejects_malformed_snapshots_and_bookmarks() {
-        for bad in ["pool/a", "pool/a@", "pool/a@b@c", "pool/a@b/c", "@b", "pool/a@.."] {
+        for bad in [
+            "pool/a",
+            "pool/a@",
+            "pool/a@b@c",
+            "pool/a@b/c",
+            "@b",
+            "pool/a@..",
+        ] {
             assert!(SnapshotName::parse(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(BookmarkName::parse("pool/a#mark 1").is_ok());
@@ -442,7 +461,9 @@ mod tests {
 
     #[test]
     fn relative_names_cannot_escape() {
-        for bad in ["", "/a", "a/", "a//b", "..", "a/../b", "a@b", "a#b", "a%b", "a\u{7}b"] {
+        for bad in [
+            "", "/a", "a/", "a//b", "..", "a/../b", "a@b", "a#b", "a%b", "a\u{7}b",
+        ] {
             assert!(RelativeName::parse(bad).is_err(), "{bad:?} was accepted");
         }
         let root = DatasetName::parse("backup/nas1").unwrap();

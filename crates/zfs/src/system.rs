@@ -60,9 +60,7 @@ impl SystemZfs {
         // `zfs` without arguments and `zfs get` without a property print usage and exit 2.
         let usage = runner.output_any_status(Vec::new()).await?;
         let properties = runner.output_any_status(vec!["get".into()]).await?;
-        let version = runner
-            .output_any_status(vec!["version".into()])
-            .await?;
+        let version = runner.output_any_status(vec!["version".into()]).await?;
         let mut caps = Capabilities::from_probe(&usage, &properties, &version);
         if !caps.createtxg {
             // zfs-fuse answers `createtxg` without listing it; ask a pool's root dataset.
@@ -139,7 +137,9 @@ impl Zfs for SystemZfs {
         let out = self.zfs(args).await?;
         out.lines()
             .map(|line| {
-                let (name, kind) = line.split_once('\t').ok_or_else(|| parse_error(&command, line, "expected 2 fields"))?;
+                let (name, kind) = line
+                    .split_once('\t')
+                    .ok_or_else(|| parse_error(&command, line, "expected 2 fields"))?;
                 let kind = match kind {
                     "filesystem" => DatasetKind::Filesystem,
                     "volume" => DatasetKind::Volume,
@@ -187,7 +187,11 @@ impl Zfs for SystemZfs {
         Ok(snapshots)
     }
 
-    async fn create_snapshot(&self, snapshot: &SnapshotName, recursive: bool) -> Result<(), ZfsError> {
+    async fn create_snapshot(
+        &self,
+        snapshot: &SnapshotName,
+        recursive: bool,
+    ) -> Result<(), ZfsError> {
         let mut a = args(["snapshot"]);
         if recursive {
             a.push("-r".into());
@@ -197,7 +201,9 @@ impl Zfs for SystemZfs {
     }
 
     async fn destroy_snapshot(&self, snapshot: &SnapshotName) -> Result<(), ZfsError> {
-        self.zfs(args(["destroy", snapshot.as_str()])).await.map(drop)
+        self.zfs(args(["destroy", snapshot.as_str()]))
+            .await
+            .map(drop)
     }
 
     async fn hold(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<(), ZfsError> {
@@ -289,7 +295,9 @@ impl Zfs for SystemZfs {
     }
 
     async fn rollback(&self, snapshot: &SnapshotName) -> Result<(), ZfsError> {
-        self.zfs(args(["rollback", snapshot.as_str()])).await.map(drop)
+        self.zfs(args(["rollback", snapshot.as_str()]))
+            .await
+            .map(drop)
     }
 
     async fn send(&self, request: &SendRequest) -> Result<SendStream, ZfsError> {
@@ -415,7 +423,15 @@ impl Zfs for SystemZfs {
             "name,guid,creation"
         };
         let args = args([
-            "list", "-Hp", "-t", "bookmark", "-d1", "-o", props, "-s", "createtxg",
+            "list",
+            "-Hp",
+            "-t",
+            "bookmark",
+            "-d1",
+            "-o",
+            props,
+            "-s",
+            "createtxg",
             dataset.as_str(),
         ]);
         let command = command_line(&self.config, &args);
@@ -443,7 +459,9 @@ impl Zfs for SystemZfs {
         if !self.caps.bookmarks {
             return Err(self.unsupported("bookmarks"));
         }
-        self.zfs(args(["destroy", bookmark.as_str()])).await.map(drop)
+        self.zfs(args(["destroy", bookmark.as_str()]))
+            .await
+            .map(drop)
     }
 
     async fn abort_resumable_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
@@ -574,10 +592,7 @@ impl Runner {
     }
 
     async fn createtxg_answers(&self) -> bool {
-        let Ok(pools) = self
-            .output(args(["list", "-H", "-o", "name", "-d0"]))
-            .await
-        else {
+        let Ok(pools) = self.output(args(["list", "-H", "-o", "name", "-d0"])).await else {
             return false;
         };
         let Some(pool) = pools.lines().next() else {
@@ -670,7 +685,8 @@ fn parse_snapshot_table(command: &CommandLine, out: &str) -> Result<Vec<Snapshot
     let mut rows: HashMap<String, HashMap<String, (String, String)>> = HashMap::new();
     for line in out.lines() {
         let mut fields = line.splitn(3, '\t');
-        let (Some(name), Some(property), Some(value)) = (fields.next(), fields.next(), fields.next())
+        let (Some(name), Some(property), Some(value)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             return Err(parse_error(command, line, "expected name, property, value"));
         };
@@ -692,14 +708,20 @@ fn parse_snapshot_table(command: &CommandLine, out: &str) -> Result<Vec<Snapshot
                 .ok_or_else(|| parse_error(command, &name, &format!("missing {key}")))?;
             parse_number(command, line, value)
         };
-        if props.get("type").is_some_and(|(kind, _)| kind != "snapshot") {
+        if props
+            .get("type")
+            .is_some_and(|(kind, _)| kind != "snapshot")
+        {
             continue;
         }
         snapshots.push(SnapshotInfo {
             name: SnapshotName::parse(&name)?,
             guid: Guid(field("guid")?),
             creation: field("creation")?,
-            createtxg: props.contains_key("createtxg").then(|| field("createtxg")).transpose()?,
+            createtxg: props
+                .contains_key("createtxg")
+                .then(|| field("createtxg"))
+                .transpose()?,
         });
     }
     Ok(snapshots)
@@ -736,6 +758,9 @@ mod tests {
     fn property_values_cannot_smuggle_lines() {
         let prop = PropertyName::parse("com.example:note").unwrap();
         assert!(property_assignment(&prop, "a\nb").is_err());
-        assert_eq!(property_assignment(&prop, "a b=c").unwrap(), "com.example:note=a b=c");
+        assert_eq!(
+            property_assignment(&prop, "a b=c").unwrap(),
+            "com.example:note=a b=c"
+        );
     }
 }

@@ -1,0 +1,505 @@
+//! The driver against real ZFS (zfs-fuse here; OpenZFS in the OpenZFS tier). Every assertion is
+//! checked against ZFS's own answers (`zfs get -Hp`) or file contents on the target.
+
+// A failed unwrap is a failed test, with the value in the message.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use zrep_zfs::testbed::{
+    TestPool, guid_of, mountpoint_of, pseudo_random_bytes, read_file, write_file, zfs as zfs_cmd,
+    zfs_get,
+};
+use zrep_zfs::{
+    Capabilities, DatasetKind, Dialect, Guid, HoldTag, IncrementalBase, PropertyName,
+    ReceiveRequest, SendKind, SendRequest, SnapshotName, SystemZfs, SystemZfsConfig, Zfs, ZfsError,
+};
+
+async fn driver() -> SystemZfs {
+    SystemZfs::probe(SystemZfsConfig::default())
+        .await
+        .expect("probe the local zfs")
+}
+
+fn prop(name: &str) -> PropertyName {
+    PropertyName::parse(name).unwrap()
+}
+
+/// Pipes `send` into a receive of `target`, returning the receive's outcome.
+async fn transfer(
+    zfs: &SystemZfs,
+    request: SendRequest,
+    target: &zrep_zfs::DatasetName,
+) -> Result<u64, ZfsError> {
+    let mut stream = zfs.send(&request).await?;
+    let mut sink = zfs.receive(&ReceiveRequest::new(target.clone())).await?;
+    let copied = tokio::io::copy(&mut stream.reader, &mut sink.writer).await;
+    let sent = stream.finish().await;
+    let received = sink.finish().await;
+    sent?;
+    received?;
+    Ok(copied.expect("copy between zfs send and receive"))
+}
+
+#[tokio::test]
+async fn probe_matches_dialect() {
+    let zfs = driver().await;
+    let caps = zfs.capabilities();
+    match &caps.dialect {
+        Dialect::Legacy => {
+            // zfs-fuse 0.7: none of the OpenZFS extras, but createtxg answers.
+            assert_eq!(
+                caps,
+                &Capabilities {
+                    createtxg: true,
+                    ..Capabilities::legacy()
+                }
+            );
+        }
+        Dialect::OpenZfs { version } => {
+            assert!(version.starts_with('2'), "unexpected OpenZFS {version}");
+            assert!(caps.bookmarks && caps.resumable_receive && caps.receive_no_mount);
+            assert!(caps.list_parsable && caps.raw_send && caps.holds_scriptable);
+        }
+        other => panic!("unexpected dialect {other:?}"),
+    }
+    eprintln!("probed dialect: {}", caps.dialect);
+}
+
+#[tokio::test]
+async fn lists_datasets_and_snapshots_with_spaces_and_exact_guids() {
+    let pool = TestPool::create("list");
+    let zfs = driver().await;
+    let parent = pool.create_dataset("nfs share");
+    let child = pool.create_dataset("nfs share/vm 1");
+
+    let datasets = zfs.list_datasets(&pool.root()).await.unwrap();
+    let names: Vec<_> = datasets
+        .iter()
+        .map(|d| d.name.as_str().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            pool.name().to_owned(),
+            parent.to_string(),
+            child.to_string()
+        ]
+    );
+    assert!(datasets.iter().all(|d| d.kind == DatasetKind::Filesystem));
+
+    // Several snapshots within one second, named out of alphabetical order: creation order wins.
+    let shorts = ["2012-01-09 08:39:41", "zz", "aa", "m m"];
+    for short in shorts {
+        zfs.create_snapshot(&parent.snapshot(short).unwrap(), false)
+            .await
+            .unwrap();
+    }
+    zfs.create_snapshot(&parent.snapshot("tree").unwrap(), true)
+        .await
+        .unwrap();
+
+    let own = zfs.list_snapshots(&parent, false).await.unwrap();
+    let own_names: Vec<_> = own.iter().map(|s| s.name.short_name().to_owned()).collect();
+    assert_eq!(
+        own_names,
+        ["2012-01-09 08:39:41", "zz", "aa", "m m", "tree"]
+    );
+    for snap in &own {
+        assert_eq!(snap.guid, Guid(guid_of(&snap.name)), "{}", snap.name);
+        assert_eq!(
+            snap.creation.to_string(),
+            zfs_get(snap.name.as_str(), "creation")
+        );
+        if zfs.capabilities().createtxg {
+            assert_eq!(
+                snap.createtxg.unwrap().to_string(),
+                zfs_get(snap.name.as_str(), "createtxg")
+            );
+        }
+    }
+
+    let tree = zfs.list_snapshots(&pool.root(), true).await.unwrap();
+    let tree_names: Vec<_> = tree.iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(tree.len(), 6, "{tree_names:?}");
+    assert_eq!(tree_names.last().unwrap(), &format!("{child}@tree"));
+    assert_eq!(
+        tree.last().unwrap().guid,
+        Guid(guid_of(&child.snapshot("tree").unwrap()))
+    );
+
+    assert!(zfs.list_snapshots(&child, false).await.unwrap().len() == 1);
+}
+
+#[tokio::test]
+async fn destroy_respects_holds() {
+    let pool = TestPool::create("hold");
+    let zfs = driver().await;
+    let ds = pool.create_dataset("data");
+    let snap = ds.snapshot("held one").unwrap();
+    zfs.create_snapshot(&snap, false).await.unwrap();
+    let tag = HoldTag::parse("zrep").unwrap();
+
+    zfs.hold(&tag, &snap).await.unwrap();
+    assert_eq!(zfs_get(snap.as_str(), "userrefs"), "1");
+    if zfs.capabilities().holds_scriptable {
+        assert_eq!(zfs.holds(&snap).await.unwrap(), std::slice::from_ref(&tag));
+    } else {
+        assert!(matches!(
+            zfs.holds(&snap).await,
+            Err(ZfsError::Unsupported { .. })
+        ));
+    }
+    let refused = zfs.destroy_snapshot(&snap).await.unwrap_err();
+    assert!(matches!(refused, ZfsError::Busy { .. }), "{refused:?}");
+    assert!(refused.to_string().contains("busy"), "{refused}");
+    assert_eq!(zfs.list_snapshots(&ds, false).await.unwrap().len(), 1);
+
+    zfs.release(&tag, &snap).await.unwrap();
+    assert_eq!(zfs_get(snap.as_str(), "userrefs"), "0");
+    zfs.destroy_snapshot(&snap).await.unwrap();
+    assert!(zfs.list_snapshots(&ds, false).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn properties_and_dataset_creation() {
+    let pool = TestPool::create("props");
+    let zfs = driver().await;
+    let ds = pool.dataset("made/by driver");
+    zfs.create_dataset(
+        &ds,
+        &[
+            (prop("readonly"), "on".into()),
+            (prop("com.example:note"), "a b=c".into()),
+        ],
+        true,
+    )
+    .await
+    .unwrap();
+    assert!(zfs.exists(&ds).await.unwrap());
+    assert!(zfs.exists(&pool.dataset("made")).await.unwrap());
+    assert!(!zfs.exists(&pool.dataset("absent")).await.unwrap());
+
+    let readonly = zfs
+        .get_property(&ds, &prop("readonly"))
+        .await
+        .unwrap()
+        .unwrap();
+    let readonly = (readonly.value.as_str(), readonly.source.as_str());
+    if zfs.capabilities().dialect == Dialect::Legacy {
+        // zfs-fuse quirk: a mounted read-only filesystem reports `off temporary`; the mount is
+        // read-only all the same, and unmounted it reports the local value.
+        assert_eq!(readonly, ("off", "temporary"));
+        let write = std::fs::write(mountpoint_of(&ds).join("x"), b"x").unwrap_err();
+        assert_eq!(
+            write.raw_os_error(),
+            Some(30),
+            "expected EROFS, got {write}"
+        );
+        zfs_cmd(&["unmount", ds.as_str()]);
+        let unmounted = zfs
+            .get_property(&ds, &prop("readonly"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (unmounted.value.as_str(), unmounted.source.as_str()),
+            ("on", "local")
+        );
+        zfs_cmd(&["mount", ds.as_str()]);
+    } else {
+        assert_eq!(readonly, ("on", "local"));
+    }
+    let note = zfs
+        .get_property(&ds, &prop("com.example:note"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(note.value, "a b=c");
+
+    zfs.set_property(&ds, &prop("readonly"), "off")
+        .await
+        .unwrap();
+    assert_eq!(zfs_get(ds.as_str(), "readonly"), "off");
+
+    let snap = ds.snapshot("s").unwrap();
+    zfs.create_snapshot(&snap, false).await.unwrap();
+    let guid = zfs
+        .get_property(&snap, &prop("guid"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(guid.value, guid_of(&snap).to_string());
+
+    let missing = zfs
+        .get_property(&pool.dataset("absent"), &prop("readonly"))
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, ZfsError::NotFound { .. }), "{missing:?}");
+    let failure = missing.failure().unwrap();
+    assert_eq!(failure.status, Some(1));
+    assert!(
+        failure.stderr.contains("dataset does not exist"),
+        "{failure}"
+    );
+}
+
+#[tokio::test]
+async fn full_and_incremental_sends_reproduce_contents_and_guids() {
+    let src_pool = TestPool::create("src");
+    let dst_pool = TestPool::create("dst");
+    let zfs = driver().await;
+    let src = src_pool.create_dataset("vm store");
+    let dst = dst_pool.dataset("copy of vm");
+
+    let first = pseudo_random_bytes(1, 300_000);
+    write_file(&src, "disk 1.img", &first);
+    let s1 = src.snapshot("zrep 1").unwrap();
+    zfs.create_snapshot(&s1, false).await.unwrap();
+    let bytes = transfer(
+        &zfs,
+        SendRequest::new(SendKind::Full {
+            snapshot: s1.clone(),
+        }),
+        &dst,
+    )
+    .await
+    .unwrap();
+    // As zrep-recv does: without it, reading files updates atime and the target counts as
+    // modified, which refuses the next incremental.
+    zfs.set_property(&dst, &prop("readonly"), "on")
+        .await
+        .unwrap();
+    assert!(bytes > 300_000, "full stream of {bytes} bytes");
+    assert_eq!(read_file(&dst, "disk 1.img"), first);
+    assert_eq!(guid_of(&s1.on_dataset(&dst).unwrap()), guid_of(&s1));
+
+    // -i: only the newest snapshot arrives.
+    write_file(&src, "b", b"second");
+    let s2 = src.snapshot("zrep 2").unwrap();
+    zfs.create_snapshot(&s2, false).await.unwrap();
+    write_file(&src, "c", b"third");
+    let s3 = src.snapshot("zrep 3").unwrap();
+    zfs.create_snapshot(&s3, false).await.unwrap();
+    let incremental = SendKind::Incremental {
+        from: IncrementalBase::Snapshot(s1.clone()),
+        to: s3.clone(),
+        intermediates: false,
+    };
+    transfer(&zfs, SendRequest::new(incremental), &dst)
+        .await
+        .unwrap();
+    let on_target: Vec<_> = zfs.list_snapshots(&dst, false).await.unwrap();
+    let shorts: Vec<_> = on_target.iter().map(|s| s.name.short_name()).collect();
+    assert_eq!(shorts, ["zrep 1", "zrep 3"]);
+    assert_eq!(read_file(&dst, "c"), b"third");
+
+    // -I: every snapshot in between travels too.
+    for (n, text) in [(4, "four"), (5, "five"), (6, "six")] {
+        write_file(&src, "c", text.as_bytes());
+        zfs.create_snapshot(&src.snapshot(&format!("zrep {n}")).unwrap(), false)
+            .await
+            .unwrap();
+    }
+    let s6 = src.snapshot("zrep 6").unwrap();
+    let with_intermediates = SendKind::Incremental {
+        from: IncrementalBase::Snapshot(s3.clone()),
+        to: s6.clone(),
+        intermediates: true,
+    };
+    transfer(&zfs, SendRequest::new(with_intermediates), &dst)
+        .await
+        .unwrap();
+    let on_target = zfs.list_snapshots(&dst, false).await.unwrap();
+    let shorts: Vec<_> = on_target.iter().map(|s| s.name.short_name()).collect();
+    assert_eq!(shorts, ["zrep 1", "zrep 3", "zrep 4", "zrep 5", "zrep 6"]);
+    for snap in &on_target {
+        let source = snap.name.on_dataset(&src).unwrap();
+        assert_eq!(snap.guid, Guid(guid_of(&source)), "{}", snap.name);
+    }
+    assert_eq!(read_file(&dst, "c"), b"six");
+    assert_eq!(read_file(&dst, "disk 1.img"), first);
+}
+
+#[tokio::test]
+async fn receive_failures_are_typed() {
+    let src_pool = TestPool::create("esrc");
+    let dst_pool = TestPool::create("edst");
+    let zfs = driver().await;
+    let src = src_pool.create_dataset("data");
+    let dst = dst_pool.dataset("data");
+    let snap = |n: u32| src.snapshot(&format!("s{n}")).unwrap();
+    for n in 1..=3 {
+        write_file(&src, "f", format!("v{n}").as_bytes());
+        zfs.create_snapshot(&snap(n), false).await.unwrap();
+    }
+    let full = |s: SnapshotName| SendRequest::new(SendKind::Full { snapshot: s });
+    let incr = |from: SnapshotName, to: SnapshotName| {
+        SendRequest::new(SendKind::Incremental {
+            from: IncrementalBase::Snapshot(from),
+            to,
+            intermediates: false,
+        })
+    };
+    transfer(&zfs, full(snap(1)), &dst).await.unwrap();
+
+    // A full stream into an existing dataset.
+    let exists = transfer(&zfs, full(snap(2)), &dst).await.unwrap_err();
+    assert!(
+        matches!(exists, ZfsError::DestinationExists { .. }),
+        "{exists:?}"
+    );
+
+    // An incremental whose base is not the target's newest snapshot.
+    let mismatch = transfer(&zfs, incr(snap(2), snap(3)), &dst)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(mismatch, ZfsError::IncrementalMismatch { .. }),
+        "{mismatch:?}"
+    );
+
+    // The target written to since its newest snapshot.
+    write_file(&dst, "intruder", b"changed on the backup");
+    let modified = transfer(&zfs, incr(snap(1), snap(2)), &dst)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(modified, ZfsError::DestinationModified { .. }),
+        "{modified:?}"
+    );
+    assert!(modified.to_string().contains("modified"), "{modified}");
+
+    // Rollback discards the change; then the same incremental lands.
+    zfs.rollback(&snap(1).on_dataset(&dst).unwrap())
+        .await
+        .unwrap();
+    transfer(&zfs, incr(snap(1), snap(2)), &dst).await.unwrap();
+    assert_eq!(read_file(&dst, "f"), b"v2");
+
+    // A truncated stream: the receive fails and leaves no dataset behind.
+    let mut stream = zfs.send(&full(snap(3))).await.unwrap();
+    let mut head = vec![0u8; 4096];
+    tokio::io::AsyncReadExt::read_exact(&mut stream.reader, &mut head)
+        .await
+        .unwrap();
+    drop(stream);
+    let cut = dst_pool.dataset("cut");
+    let mut sink = zfs
+        .receive(&ReceiveRequest::new(cut.clone()))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut sink.writer, &head)
+        .await
+        .unwrap();
+    let truncated = sink.finish().await.unwrap_err();
+    assert!(
+        matches!(truncated, ZfsError::InvalidStream { .. }),
+        "{truncated:?}"
+    );
+    assert!(!zfs.exists(&cut).await.unwrap());
+
+    // A send of a snapshot that does not exist.
+    let missing = zfs
+        .send(&full(src.snapshot("nope").unwrap()))
+        .await
+        .unwrap();
+    let missing = missing.finish().await.unwrap_err();
+    assert!(matches!(missing, ZfsError::NotFound { .. }), "{missing:?}");
+}
+
+#[tokio::test]
+async fn openzfs_only_operations_report_unsupported_or_work() {
+    let pool = TestPool::create("caps");
+    let zfs = driver().await;
+    let ds = pool.create_dataset("data");
+    let snap = ds.snapshot("s").unwrap();
+    zfs.create_snapshot(&snap, false).await.unwrap();
+    let mark = ds.bookmark("b").unwrap();
+    let caps = zfs.capabilities().clone();
+
+    let bookmark = zfs.create_bookmark(&snap, &mark).await;
+    let listed = zfs.list_bookmarks(&ds).await.unwrap();
+    if caps.bookmarks {
+        bookmark.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].guid, Guid(guid_of(&snap)));
+        zfs.destroy_bookmark(&mark).await.unwrap();
+    } else {
+        eprintln!("bookmarks: not in {}, checking the refusal", caps.dialect);
+        assert!(matches!(
+            bookmark,
+            Err(ZfsError::Unsupported {
+                feature: "bookmarks",
+                ..
+            })
+        ));
+        assert!(listed.is_empty());
+    }
+
+    let mut resumable = ReceiveRequest::new(pool.dataset("r"));
+    resumable.resumable = true;
+    resumable.no_mount = true;
+    resumable
+        .set_properties
+        .push((prop("readonly"), "on".into()));
+    let sink = zfs.receive(&resumable).await;
+    if caps.resumable_receive && caps.receive_no_mount && caps.receive_set_property {
+        let mut stream = zfs
+            .send(&SendRequest::new(SendKind::Full {
+                snapshot: snap.clone(),
+            }))
+            .await
+            .unwrap();
+        let mut sink = sink.unwrap();
+        tokio::io::copy(&mut stream.reader, &mut sink.writer)
+            .await
+            .unwrap();
+        stream.finish().await.unwrap();
+        sink.finish().await.unwrap();
+        assert_eq!(zfs_get(pool.dataset("r").as_str(), "readonly"), "on");
+        assert_eq!(zfs_get(pool.dataset("r").as_str(), "mounted"), "no");
+    } else {
+        eprintln!(
+            "receive -s/-u/-o: not in {}, checking the refusal",
+            caps.dialect
+        );
+        assert!(matches!(sink, Err(ZfsError::Unsupported { .. })));
+        assert!(!zfs.exists(&pool.dataset("r")).await.unwrap());
+    }
+
+    let abort = zfs.abort_resumable_receive(&ds).await;
+    if !caps.resumable_receive {
+        assert!(matches!(abort, Err(ZfsError::Unsupported { .. })));
+    }
+}
+
+#[tokio::test]
+async fn every_command_is_time_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("zfs");
+    std::fs::write(&slow, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = SystemZfsConfig {
+        zfs: slow,
+        command_timeout: Duration::from_millis(300),
+        finish_timeout: Duration::from_millis(300),
+    };
+    let zfs = SystemZfs::with_capabilities(config, Capabilities::legacy());
+    let name = zrep_zfs::DatasetName::parse("p/a").unwrap();
+    // Another test thread forking while the script was open for writing makes exec fail with
+    // ETXTBSY for a moment; that is the test's race, not the driver's.
+    let (err, elapsed) = loop {
+        let started = std::time::Instant::now();
+        let err = zfs.exists(&name).await.unwrap_err();
+        match &err {
+            ZfsError::Spawn { source, .. } if source.raw_os_error() == Some(26) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => break (err, started.elapsed()),
+        }
+    };
+    assert!(matches!(err, ZfsError::Timeout { .. }), "{err:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert!(err.to_string().contains("did not finish within"), "{err}");
+}
