@@ -164,8 +164,8 @@ pub enum TlsError {
 }
 
 impl TlsError {
-    /// The rustls error behind a failed handshake, if there is one (e.g.
-    /// `InvalidCertificate(UnknownIssuer)` or `NoCertificatesPresented`).
+    /// The rustls error behind a failed handshake (e.g. `InvalidCertificate(UnknownIssuer)` or
+    /// `NoCertificatesPresented`) or a rejected configuration, if there is one.
     pub fn rustls_error(&self) -> Option<&rustls::Error> {
         match self {
             TlsError::Handshake(io) => io.get_ref()?.downcast_ref::<rustls::Error>(),

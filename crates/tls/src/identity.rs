@@ -53,6 +53,16 @@ pub fn peer_identity(conn: &ServerConnection) -> Result<PeerIdentity, TlsError> 
 }
 
 impl PeerIdentity {
+    /// Builds an identity from its parts, e.g. for a fake transport in tests. Real connections
+    /// get theirs from [`peer_identity`] or [`crate::Acceptor::accept`].
+    pub fn new(name: PeerName, not_after: SystemTime, fingerprint: Fingerprint) -> Self {
+        PeerIdentity {
+            name,
+            not_after,
+            fingerprint,
+        }
+    }
+
     /// Reads the identity out of a leaf certificate **without verifying it**; use it on
     /// certificates rustls has verified, or that the local CA just issued.
     pub fn from_cert(cert: &CertificateDer<'_>) -> Result<Self, TlsError> {
