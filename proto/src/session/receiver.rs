@@ -1,0 +1,513 @@
+//! The receiver side: answers state requests and offers, checks the stream, reports commits.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Core, SessionConfig};
+use crate::data::{Compression, StreamHasher, decompress_chunk};
+use crate::error::{ProtoError, UsageError};
+use crate::frame::{Frame, decode};
+use crate::handshake::{Negotiated, Role};
+use crate::message::{
+    AbortResumeOutcome, ErrorCode, FailureCode, Message, RefusalCode, StreamKind, TargetState,
+    TransferOffer,
+};
+
+/// What the receiver runtime learns from the sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReceiverEvent {
+    /// The handshake completed.
+    Negotiated(Negotiated),
+    /// The sender asks for the state of `target`: answer with
+    /// [`ReceiverSession::send_state`].
+    StateRequested {
+        /// Target dataset, relative to this peer's root. Not validated: check it.
+        target: String,
+    },
+    /// The sender offers a stream: answer with [`ReceiverSession::accept`] (after starting
+    /// `zfs receive`) or [`ReceiverSession::refuse`].
+    TransferOffered(TransferOffer),
+    /// The next uncompressed bytes of the stream (at most [`MAX_CHUNK`](crate::MAX_CHUNK)):
+    /// write them to `zfs receive` before handling more input.
+    Data(Bytes),
+    /// The stream is complete and its byte count and checksum matched. Wait for
+    /// `zfs receive`, check the snapshot's GUID, then call [`ReceiverSession::committed`] or
+    /// [`ReceiverSession::failed`].
+    StreamEnded {
+        /// Uncompressed bytes received.
+        bytes: u64,
+        /// Their XXH3-64.
+        xxh3: u64,
+    },
+    /// The sender cut the stream short: stop `zfs receive` (its partial state stays if it was
+    /// resumable) and call [`ReceiverSession::failed`] with code `aborted`.
+    StreamAborted {
+        /// Sender's explanation.
+        message: String,
+    },
+    /// The sender asks to discard the partial receive state of `target`: decide, then call
+    /// [`ReceiverSession::abort_resume_result`].
+    AbortResumeRequested {
+        /// Target dataset.
+        target: String,
+    },
+    /// The sender is done; the session is closed.
+    Bye,
+    /// The sender sent an error frame and is closing; the session is closed.
+    PeerError {
+        /// Stable code.
+        code: ErrorCode,
+        /// Sender's explanation.
+        message: String,
+    },
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitHello,
+    Ready,
+    AnsweringState {
+        target: String,
+    },
+    Deciding {
+        offer: TransferOffer,
+    },
+    Receiving {
+        offer: TransferOffer,
+        hasher: StreamHasher,
+    },
+    /// Stream ended or aborted; waiting for the runtime's verdict.
+    Committing {
+        offer: TransferOffer,
+        aborted: bool,
+    },
+    /// We reported failure before the stream ended: drop data until the sender's end/abort.
+    Draining,
+    AnsweringAbortResume {
+        target: String,
+    },
+    Closed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::AwaitHello => "waiting for hello",
+            Self::Ready => "ready",
+            Self::AnsweringState { .. } => "answering a state request",
+            Self::Deciding { .. } => "deciding on an offer",
+            Self::Receiving { .. } => "receiving",
+            Self::Committing { .. } => "committing",
+            Self::Draining => "draining a failed stream",
+            Self::AnsweringAbortResume { .. } => "answering an abort-resume request",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// The receiver's protocol state machine (sans-IO).
+///
+/// # Driving it
+///
+/// ```text
+/// let mut r = ReceiverSession::new(config, now);      // hello is queued
+/// loop {
+///     while let Some(bytes) = r.poll_transmit(now) { socket.write_all(&bytes) }
+///     if r.is_closed() { break }
+///     select! {
+///         n = socket.read_buf(&mut inbuf) =>            // n == 0: connection lost
+///             while let Some(ev) = r.handle_bytes(&mut inbuf, now)? { act(ev) }
+///         _ = sleep_until(r.poll_timeout()) => r.handle_timeout(now)?,
+///         status = zfs_receive.wait() => r.committed(..) / r.failed(..),
+///     }
+/// }
+/// ```
+///
+/// Each event that asks a question (`StateRequested`, `TransferOffered`, `StreamEnded`,
+/// `StreamAborted`, `AbortResumeRequested`) is answered by exactly one method call; the sender
+/// waits meanwhile, and heartbeats keep the connection alive however long ZFS takes. A
+/// `zfs receive` that fails while data still arrives is reported with
+/// [`failed`](Self::failed) at once; the session then discards the rest of the stream.
+///
+/// Apply backpressure by writing each [`ReceiverEvent::Data`] to `zfs receive` before reading
+/// more. While not reading the socket, do not call [`handle_timeout`](Self::handle_timeout):
+/// the peer is not silent, we are not listening.
+#[derive(Debug)]
+pub struct ReceiverSession {
+    core: Core,
+    state: State,
+}
+
+impl ReceiverSession {
+    /// A new session; its hello is queued for `poll_transmit`.
+    pub fn new(config: SessionConfig, now: Duration) -> Self {
+        Self {
+            core: Core::new(config, Role::Receiver, now),
+            state: State::AwaitHello,
+        }
+    }
+
+    /// Handles one decoded frame from the sender.
+    ///
+    /// `Ok(None)` for frames that need no action (heartbeats, data discarded after an early
+    /// failure). On `Err` the session is closed and an error frame is queued.
+    pub fn handle_frame(
+        &mut self,
+        frame: Frame,
+        now: Duration,
+    ) -> Result<Option<ReceiverEvent>, ProtoError> {
+        self.core.on_receive(now)?;
+        self.on_frame(frame).map_err(|e| self.fail(e))
+    }
+
+    /// Decodes and handles frames from `buf` until one yields an event (`Ok(Some)`) or more
+    /// bytes are needed (`Ok(None)`). Call it again after each event: `buf` may hold more.
+    pub fn handle_bytes(
+        &mut self,
+        buf: &mut BytesMut,
+        now: Duration,
+    ) -> Result<Option<ReceiverEvent>, ProtoError> {
+        loop {
+            if self.core.closed {
+                return Err(ProtoError::Closed);
+            }
+            let frame = match decode(buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            if let Some(event) = self.handle_frame(frame, now)? {
+                return Ok(Some(event));
+            }
+        }
+    }
+
+    /// Checks the sender's liveness. `Err(PeerTimeout)` closes the session (an error frame is
+    /// queued). Call it when [`poll_timeout`](Self::poll_timeout) expires.
+    pub fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError> {
+        let result = self.core.handle_timeout(now);
+        if result.is_err() {
+            self.state = State::Closed;
+        }
+        result
+    }
+
+    /// Encoded frames to write to the connection, in order: queued control frames, or a
+    /// heartbeat when one is due. `None` when there is nothing to send.
+    pub fn poll_transmit(&mut self, now: Duration) -> Option<Bytes> {
+        self.core.poll_transmit(now)
+    }
+
+    /// The next time [`handle_timeout`](Self::handle_timeout) or
+    /// [`poll_transmit`](Self::poll_transmit) has work. `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.core.poll_timeout()
+    }
+
+    /// Whether our own heartbeat is due (nothing sent for a heartbeat interval).
+    pub fn heartbeat_due(&self, now: Duration) -> bool {
+        self.core.heartbeat_due(now)
+    }
+
+    /// Whether the sender is overdue (nothing received within the idle timeout).
+    pub fn peer_overdue(&self, now: Duration) -> bool {
+        self.core.peer_overdue(now)
+    }
+
+    /// The handshake result, once the sender's hello arrived.
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.core.negotiated.as_ref()
+    }
+
+    /// Whether the session is over (after bye, an error, or a timeout). Drain `poll_transmit`
+    /// first, then close the connection.
+    pub fn is_closed(&self) -> bool {
+        self.core.closed
+    }
+
+    /// Name of the current state, for logs.
+    pub fn state_name(&self) -> &'static str {
+        self.state.name()
+    }
+
+    /// The offer being decided, received or committed, if any.
+    pub fn current_offer(&self) -> Option<&TransferOffer> {
+        match &self.state {
+            State::Deciding { offer }
+            | State::Receiving { offer, .. }
+            | State::Committing { offer, .. } => Some(offer),
+            _ => None,
+        }
+    }
+
+    /// Answers [`ReceiverEvent::StateRequested`]. `state.target` must be the requested target.
+    pub fn send_state(&mut self, state: TargetState) -> Result<(), UsageError> {
+        let State::AnsweringState { target } = &self.state else {
+            return Err(self.wrong_state("send state"));
+        };
+        if state.target != *target {
+            return Err(UsageError::WrongTarget {
+                expected: target.clone(),
+                got: state.target,
+            });
+        }
+        self.core.queue_message(Message::State(state))?;
+        self.state = State::Ready;
+        Ok(())
+    }
+
+    /// Accepts the offer of [`ReceiverEvent::TransferOffered`]; data follows.
+    pub fn accept(&mut self) -> Result<(), UsageError> {
+        let State::Deciding { offer } = &self.state else {
+            return Err(self.wrong_state("accept"));
+        };
+        let offer = offer.clone();
+        self.core.queue_message(Message::Accept)?;
+        self.state = State::Receiving {
+            offer,
+            hasher: StreamHasher::new(),
+        };
+        Ok(())
+    }
+
+    /// Refuses the offer of [`ReceiverEvent::TransferOffered`].
+    pub fn refuse(
+        &mut self,
+        code: RefusalCode,
+        message: impl Into<String>,
+    ) -> Result<(), UsageError> {
+        if !matches!(self.state, State::Deciding { .. }) {
+            return Err(self.wrong_state("refuse"));
+        }
+        self.core.queue_message(Message::Refuse {
+            code,
+            message: message.into(),
+        })?;
+        self.state = State::Ready;
+        Ok(())
+    }
+
+    /// Reports success after [`ReceiverEvent::StreamEnded`]: `zfs receive` succeeded and the
+    /// target snapshot exists with this GUID (read back from the pool). Must equal the offer.
+    pub fn committed(&mut self, snapshot: impl Into<String>, guid: u64) -> Result<(), UsageError> {
+        let State::Committing {
+            offer,
+            aborted: false,
+        } = &self.state
+        else {
+            return Err(self.wrong_state("commit"));
+        };
+        let snapshot = snapshot.into();
+        if snapshot != offer.snapshot || guid != offer.guid {
+            return Err(UsageError::CommitMismatch {
+                expected_snapshot: offer.snapshot.clone(),
+                expected_guid: offer.guid,
+                got_snapshot: snapshot,
+                got_guid: guid,
+            });
+        }
+        self.core
+            .queue_message(Message::Committed { snapshot, guid })?;
+        self.state = State::Ready;
+        Ok(())
+    }
+
+    /// Reports that the accepted transfer failed. Allowed after the stream ended or was aborted,
+    /// and also while data still arrives (`zfs receive` died early): the rest of the stream is
+    /// then discarded by the session.
+    pub fn failed(
+        &mut self,
+        code: FailureCode,
+        message: impl Into<String>,
+    ) -> Result<(), UsageError> {
+        let next = match self.state {
+            State::Committing { .. } => State::Ready,
+            State::Receiving { .. } => State::Draining,
+            _ => return Err(self.wrong_state("report failure")),
+        };
+        self.core.queue_message(Message::Failed {
+            code,
+            message: message.into(),
+        })?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// Answers [`ReceiverEvent::AbortResumeRequested`].
+    pub fn abort_resume_result(&mut self, outcome: AbortResumeOutcome) -> Result<(), UsageError> {
+        let State::AnsweringAbortResume { target } = &self.state else {
+            return Err(self.wrong_state("answer abort-resume"));
+        };
+        let target = target.clone();
+        self.core
+            .queue_message(Message::AbortResumeResult { target, outcome })?;
+        self.state = State::Ready;
+        Ok(())
+    }
+
+    /// Sends an error frame and closes, from any state (e.g. shutting down, not authorized).
+    pub fn error(&mut self, code: ErrorCode, message: impl Into<String>) {
+        self.core.send_error(code, message.into());
+        self.state = State::Closed;
+    }
+
+    fn wrong_state(&self, action: &'static str) -> UsageError {
+        UsageError::WrongState {
+            action,
+            state: self.state.name(),
+        }
+    }
+
+    fn fail(&mut self, err: ProtoError) -> ProtoError {
+        if matches!(err, ProtoError::Closed) {
+            return err;
+        }
+        self.state = State::Closed;
+        self.core.fail(err)
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Result<Option<ReceiverEvent>, ProtoError> {
+        match frame {
+            Frame::Heartbeat => Ok(None),
+            Frame::Error(e) => {
+                self.core.closed = true;
+                self.state = State::Closed;
+                Ok(Some(ReceiverEvent::PeerError {
+                    code: e.code,
+                    message: e.message,
+                }))
+            }
+            Frame::Hello(hello) => {
+                if !matches!(self.state, State::AwaitHello) {
+                    return Err(ProtoError::Unexpected {
+                        frame: "Hello",
+                        state: self.state.name(),
+                    });
+                }
+                let negotiated = self.core.on_hello(&hello)?;
+                self.state = State::Ready;
+                Ok(Some(ReceiverEvent::Negotiated(negotiated)))
+            }
+            Frame::Data(chunk) => match &mut self.state {
+                State::Receiving { offer, hasher } => {
+                    let got = chunk.compression();
+                    if got != Compression::None && got != offer.compression {
+                        return Err(ProtoError::CompressionNotAnnounced {
+                            announced: offer.compression,
+                            got,
+                        });
+                    }
+                    let bytes = decompress_chunk(&chunk)?;
+                    hasher.update(&bytes);
+                    Ok(Some(ReceiverEvent::Data(bytes)))
+                }
+                State::Draining => Ok(None),
+                other => Err(ProtoError::Unexpected {
+                    frame: "Data",
+                    state: other.name(),
+                }),
+            },
+            Frame::Control(message) => self.on_message(message),
+        }
+    }
+
+    fn on_message(&mut self, message: Message) -> Result<Option<ReceiverEvent>, ProtoError> {
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        let (next, event) = match (state, message) {
+            (State::Ready, Message::StateRequest { target }) => (
+                State::AnsweringState {
+                    target: target.clone(),
+                },
+                Some(ReceiverEvent::StateRequested { target }),
+            ),
+            (State::Ready, Message::Offer(offer)) => {
+                self.check_offer(&offer)?;
+                (
+                    State::Deciding {
+                        offer: offer.clone(),
+                    },
+                    Some(ReceiverEvent::TransferOffered(offer)),
+                )
+            }
+            (State::Ready, Message::AbortResume { target }) => {
+                if !self.core.negotiated.as_ref().is_some_and(|n| n.resumable) {
+                    return Err(ProtoError::NotNegotiated { feature: "resume" });
+                }
+                (
+                    State::AnsweringAbortResume {
+                        target: target.clone(),
+                    },
+                    Some(ReceiverEvent::AbortResumeRequested { target }),
+                )
+            }
+            (State::Ready, Message::Bye) => {
+                self.core.closed = true;
+                (State::Closed, Some(ReceiverEvent::Bye))
+            }
+            (State::Receiving { offer, hasher }, Message::StreamEnd { bytes, xxh3 }) => {
+                if hasher.bytes() != bytes {
+                    return Err(ProtoError::StreamLength {
+                        announced: bytes,
+                        received: hasher.bytes(),
+                    });
+                }
+                if hasher.digest() != xxh3 {
+                    return Err(ProtoError::StreamChecksum {
+                        announced: xxh3,
+                        computed: hasher.digest(),
+                    });
+                }
+                (
+                    State::Committing {
+                        offer,
+                        aborted: false,
+                    },
+                    Some(ReceiverEvent::StreamEnded { bytes, xxh3 }),
+                )
+            }
+            (State::Receiving { offer, .. }, Message::StreamAbort { message }) => (
+                State::Committing {
+                    offer,
+                    aborted: true,
+                },
+                Some(ReceiverEvent::StreamAborted { message }),
+            ),
+            // We already answered `Failed`; the sender's terminator closes the stream.
+            (State::Draining, Message::StreamEnd { .. } | Message::StreamAbort { .. }) => {
+                (State::Ready, None)
+            }
+            (state, message) => {
+                return Err(ProtoError::Unexpected {
+                    frame: message.name(),
+                    state: state.name(),
+                });
+            }
+        };
+        self.state = next;
+        Ok(event)
+    }
+
+    /// An offer may only use what the handshake negotiated.
+    fn check_offer(&self, offer: &TransferOffer) -> Result<(), ProtoError> {
+        let Some(n) = self.core.negotiated.as_ref() else {
+            return Err(ProtoError::Unexpected {
+                frame: "Offer",
+                state: "waiting for hello",
+            });
+        };
+        if !n.supports(offer.compression) {
+            return Err(ProtoError::NotNegotiated {
+                feature: "compression",
+            });
+        }
+        if offer.raw && !n.raw_send {
+            return Err(ProtoError::NotNegotiated { feature: "raw" });
+        }
+        if matches!(offer.kind, StreamKind::Resume { .. }) && !n.resumable {
+            return Err(ProtoError::NotNegotiated { feature: "resume" });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,531 @@
+//! The sender side: drives the conversation (plan, offer, stream, wait for the commit).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Core, SessionConfig};
+use crate::data::{Compression, DataChunk, StreamHasher};
+use crate::error::{ProtoError, UsageError};
+use crate::frame::{Frame, decode};
+use crate::handshake::{Negotiated, Role};
+use crate::message::{
+    AbortResumeOutcome, ErrorCode, FailureCode, Message, RefusalCode, StreamKind, TargetState,
+    TransferOffer,
+};
+
+/// What the sender runtime learns from the receiver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SenderEvent {
+    /// The handshake completed; the session is ready for requests.
+    Negotiated(Negotiated),
+    /// Answer to [`SenderSession::request_state`]; ready again.
+    State(TargetState),
+    /// The offer was accepted: send the stream with [`SenderSession::send_data`], then
+    /// [`SenderSession::finish_stream`] (or [`SenderSession::abort_stream`]).
+    Accepted,
+    /// The offer was refused, nothing changed on the receiver; ready again.
+    Refused {
+        /// Why.
+        code: RefusalCode,
+        /// Receiver's explanation.
+        message: String,
+    },
+    /// The snapshot is on the receiver with the offered GUID; ready again.
+    Committed {
+        /// Snapshot short name.
+        snapshot: String,
+        /// Its GUID (equal to the offer's; checked).
+        guid: u64,
+    },
+    /// The transfer failed on the receiver; ready again. If this arrives while streaming, the
+    /// session has already queued a stream abort: stop `zfs send` and drain `poll_transmit`.
+    Failed {
+        /// Why.
+        code: FailureCode,
+        /// Receiver's explanation (including ZFS's message).
+        message: String,
+    },
+    /// Answer to [`SenderSession::abort_resume`]; ready again.
+    AbortResumeAnswered {
+        /// Target, as requested.
+        target: String,
+        /// What the receiver did.
+        outcome: AbortResumeOutcome,
+    },
+    /// The receiver sent an error frame and is closing; the session is closed.
+    PeerError {
+        /// Stable code.
+        code: ErrorCode,
+        /// Receiver's explanation.
+        message: String,
+    },
+}
+
+/// Byte count and checksum of a finished stream, as announced to the receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamSummary {
+    /// Uncompressed bytes sent.
+    pub bytes: u64,
+    /// XXH3-64 of those bytes.
+    pub xxh3: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitHello,
+    Ready,
+    AwaitState {
+        target: String,
+    },
+    AwaitAnswer {
+        offer: TransferOffer,
+    },
+    Streaming {
+        offer: TransferOffer,
+        hasher: StreamHasher,
+    },
+    AwaitCommit {
+        offer: TransferOffer,
+        aborted: bool,
+    },
+    AwaitAbortResume {
+        target: String,
+    },
+    Closed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::AwaitHello => "waiting for hello",
+            Self::Ready => "ready",
+            Self::AwaitState { .. } => "waiting for state",
+            Self::AwaitAnswer { .. } => "waiting for accept or refuse",
+            Self::Streaming { .. } => "streaming",
+            Self::AwaitCommit { .. } => "waiting for commit",
+            Self::AwaitAbortResume { .. } => "waiting for abort-resume result",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// The sender's protocol state machine (sans-IO).
+///
+/// # Driving it
+///
+/// ```text
+/// let mut s = SenderSession::new(config, now);        // hello is queued
+/// loop {
+///     while let Some(bytes) = s.poll_transmit(now) { socket.write_all(&bytes) }
+///     if s.is_closed() { break }
+///     select! {
+///         n = socket.read_buf(&mut inbuf) =>            // n == 0: connection lost
+///             while let Some(ev) = s.handle_bytes(&mut inbuf, now)? { act(ev) }
+///         _ = sleep_until(s.poll_timeout()) => s.handle_timeout(now)?,
+///     }
+/// }
+/// ```
+///
+/// `act` calls the request methods when the session [`is_ready`](Self::is_ready):
+/// [`request_state`](Self::request_state), [`offer_transfer`](Self::offer_transfer),
+/// [`abort_resume`](Self::abort_resume), or [`close`](Self::close) when done. After
+/// [`SenderEvent::Accepted`] the runtime reads `zfs send` in chunks of at most
+/// [`MAX_CHUNK`](crate::MAX_CHUNK), builds frames with [`compress_chunk`](crate::compress_chunk)
+/// (in parallel if it likes), and passes each chunk *in stream order* through
+/// [`send_data`](Self::send_data), which returns the bytes to write; then
+/// [`finish_stream`](Self::finish_stream). Data never queues inside the session.
+///
+/// Any `Err` from `handle_*` means the session is closed with an error frame queued: write out
+/// what `poll_transmit` returns, then close the connection. A lost connection while waiting for
+/// the commit is recovered by a new session: plan again and look for the snapshot's GUID.
+#[derive(Debug)]
+pub struct SenderSession {
+    core: Core,
+    state: State,
+}
+
+impl SenderSession {
+    /// A new session; its hello is queued for `poll_transmit`.
+    pub fn new(config: SessionConfig, now: Duration) -> Self {
+        Self {
+            core: Core::new(config, Role::Sender, now),
+            state: State::AwaitHello,
+        }
+    }
+
+    /// Handles one decoded frame from the receiver.
+    ///
+    /// `Ok(None)` for frames that need no action (heartbeats). On `Err` the session is closed
+    /// and an error frame is queued.
+    pub fn handle_frame(
+        &mut self,
+        frame: Frame,
+        now: Duration,
+    ) -> Result<Option<SenderEvent>, ProtoError> {
+        self.core.on_receive(now)?;
+        self.on_frame(frame).map_err(|e| self.fail(e))
+    }
+
+    /// Decodes and handles frames from `buf` until one yields an event (`Ok(Some)`) or more
+    /// bytes are needed (`Ok(None)`). Call it again after each event: `buf` may hold more.
+    pub fn handle_bytes(
+        &mut self,
+        buf: &mut BytesMut,
+        now: Duration,
+    ) -> Result<Option<SenderEvent>, ProtoError> {
+        loop {
+            if self.core.closed {
+                return Err(ProtoError::Closed);
+            }
+            let frame = match decode(buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            if let Some(event) = self.handle_frame(frame, now)? {
+                return Ok(Some(event));
+            }
+        }
+    }
+
+    /// Checks the receiver's liveness. `Err(PeerTimeout)` closes the session (an error frame is
+    /// queued). Call it when [`poll_timeout`](Self::poll_timeout) expires.
+    pub fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError> {
+        let result = self.core.handle_timeout(now);
+        if result.is_err() {
+            self.state = State::Closed;
+        }
+        result
+    }
+
+    /// Encoded frames to write to the connection, in order: queued control frames, or a
+    /// heartbeat when one is due. `None` when there is nothing to send.
+    pub fn poll_transmit(&mut self, now: Duration) -> Option<Bytes> {
+        self.core.poll_transmit(now)
+    }
+
+    /// The next time [`handle_timeout`](Self::handle_timeout) or
+    /// [`poll_transmit`](Self::poll_transmit) has work (a heartbeat due or the peer's deadline).
+    /// `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.core.poll_timeout()
+    }
+
+    /// Whether our own heartbeat is due (nothing sent for a heartbeat interval).
+    pub fn heartbeat_due(&self, now: Duration) -> bool {
+        self.core.heartbeat_due(now)
+    }
+
+    /// Whether the receiver is overdue (nothing received within the idle timeout).
+    pub fn peer_overdue(&self, now: Duration) -> bool {
+        self.core.peer_overdue(now)
+    }
+
+    /// The handshake result, once the receiver's hello arrived.
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.core.negotiated.as_ref()
+    }
+
+    /// Whether a new request (`request_state`, `offer_transfer`, `abort_resume`, `close`) can
+    /// be made now.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready)
+    }
+
+    /// Whether the session is over (after bye, an error, or a timeout). Drain `poll_transmit`
+    /// first, then close the connection.
+    pub fn is_closed(&self) -> bool {
+        self.core.closed
+    }
+
+    /// Name of the current state, for logs.
+    pub fn state_name(&self) -> &'static str {
+        self.state.name()
+    }
+
+    /// The offer being negotiated, streamed or committed, if any.
+    pub fn current_offer(&self) -> Option<&TransferOffer> {
+        match &self.state {
+            State::AwaitAnswer { offer }
+            | State::Streaming { offer, .. }
+            | State::AwaitCommit { offer, .. } => Some(offer),
+            _ => None,
+        }
+    }
+
+    /// Uncompressed bytes passed through `send_data` in the current stream.
+    pub fn stream_bytes(&self) -> Option<u64> {
+        match &self.state {
+            State::Streaming { hasher, .. } => Some(hasher.bytes()),
+            _ => None,
+        }
+    }
+
+    /// Asks for the receiver's state of `target` (relative dataset name). Answered by
+    /// [`SenderEvent::State`].
+    pub fn request_state(&mut self, target: impl Into<String>) -> Result<(), UsageError> {
+        self.require_ready("request state")?;
+        let target = target.into();
+        self.core.queue_message(Message::StateRequest {
+            target: target.clone(),
+        })?;
+        self.state = State::AwaitState { target };
+        Ok(())
+    }
+
+    /// Offers a stream. Answered by [`SenderEvent::Accepted`] or [`SenderEvent::Refused`].
+    ///
+    /// The offer's compression, `raw` flag and resume kind must have been negotiated.
+    pub fn offer_transfer(&mut self, offer: TransferOffer) -> Result<(), UsageError> {
+        self.require_ready("offer a transfer")?;
+        let n = self.core.negotiated_or("offer a transfer")?;
+        if !n.supports(offer.compression) {
+            return Err(UsageError::NotNegotiated {
+                feature: "compression",
+            });
+        }
+        if offer.raw && !n.raw_send {
+            return Err(UsageError::NotNegotiated { feature: "raw" });
+        }
+        if matches!(offer.kind, StreamKind::Resume { .. }) && !n.resumable {
+            return Err(UsageError::NotNegotiated { feature: "resume" });
+        }
+        self.core.queue_message(Message::Offer(offer.clone()))?;
+        self.state = State::AwaitAnswer { offer };
+        Ok(())
+    }
+
+    /// Accounts one chunk of the stream and returns its encoded frame to write.
+    ///
+    /// `raw` is the chunk's uncompressed bytes and `chunk` the frame built from them (by
+    /// [`compress_chunk`](crate::compress_chunk) or [`DataChunk::stored`]). Chunks must come in
+    /// stream order: the session counts and hashes `raw` for the stream-end message. Only
+    /// allowed after [`SenderEvent::Accepted`]; write any pending `poll_transmit` bytes first.
+    pub fn send_data(
+        &mut self,
+        raw: &[u8],
+        chunk: DataChunk,
+        now: Duration,
+    ) -> Result<Bytes, UsageError> {
+        let state = self.state.name();
+        let State::Streaming { offer, hasher } = &mut self.state else {
+            return Err(UsageError::WrongState {
+                action: "send data",
+                state,
+            });
+        };
+        if chunk.raw_len() != raw.len() {
+            return Err(UsageError::ChunkMismatch("raw length differs from the chunk's"));
+        }
+        if chunk.compression() != Compression::None && chunk.compression() != offer.compression {
+            return Err(UsageError::ChunkMismatch(
+                "compression not announced in the offer",
+            ));
+        }
+        hasher.update(raw);
+        self.core.last_tx = self.core.last_tx.max(now);
+        Ok(chunk.into_wire())
+    }
+
+    /// Ends the stream: queues the stream-end message with the byte count and checksum, then
+    /// waits for [`SenderEvent::Committed`] or [`SenderEvent::Failed`].
+    pub fn finish_stream(&mut self) -> Result<StreamSummary, UsageError> {
+        let state = self.state.name();
+        let State::Streaming { offer, hasher } = &self.state else {
+            return Err(UsageError::WrongState {
+                action: "finish the stream",
+                state,
+            });
+        };
+        let summary = StreamSummary {
+            bytes: hasher.bytes(),
+            xxh3: hasher.digest(),
+        };
+        let offer = offer.clone();
+        self.core.queue_message(Message::StreamEnd {
+            bytes: summary.bytes,
+            xxh3: summary.xxh3,
+        })?;
+        self.state = State::AwaitCommit {
+            offer,
+            aborted: false,
+        };
+        Ok(summary)
+    }
+
+    /// Cuts the stream short (e.g. `zfs send` failed). The receiver answers with
+    /// [`SenderEvent::Failed`] (code `aborted`).
+    pub fn abort_stream(&mut self, message: impl Into<String>) -> Result<(), UsageError> {
+        let state = self.state.name();
+        let State::Streaming { offer, .. } = &self.state else {
+            return Err(UsageError::WrongState {
+                action: "abort the stream",
+                state,
+            });
+        };
+        let offer = offer.clone();
+        self.core.queue_message(Message::StreamAbort {
+            message: message.into(),
+        })?;
+        self.state = State::AwaitCommit {
+            offer,
+            aborted: true,
+        };
+        Ok(())
+    }
+
+    /// Asks the receiver to discard the partial receive state of `target`. The receiver
+    /// decides; answered by [`SenderEvent::AbortResumeAnswered`]. Needs the `resume` feature.
+    pub fn abort_resume(&mut self, target: impl Into<String>) -> Result<(), UsageError> {
+        self.require_ready("request abort-resume")?;
+        if !self.core.negotiated_or("request abort-resume")?.resumable {
+            return Err(UsageError::NotNegotiated { feature: "resume" });
+        }
+        let target = target.into();
+        self.core.queue_message(Message::AbortResume {
+            target: target.clone(),
+        })?;
+        self.state = State::AwaitAbortResume { target };
+        Ok(())
+    }
+
+    /// Ends the session politely: queues `Bye` and closes.
+    pub fn close(&mut self) -> Result<(), UsageError> {
+        self.require_ready("close")?;
+        self.core.queue_message(Message::Bye)?;
+        self.core.closed = true;
+        self.state = State::Closed;
+        Ok(())
+    }
+
+    /// Sends an error frame and closes, from any state (e.g. shutting down, local failure).
+    pub fn error(&mut self, code: ErrorCode, message: impl Into<String>) {
+        self.core.send_error(code, message.into());
+        self.state = State::Closed;
+    }
+
+    fn require_ready(&self, action: &'static str) -> Result<(), UsageError> {
+        if self.core.closed || !self.is_ready() {
+            return Err(UsageError::WrongState {
+                action,
+                state: self.state.name(),
+            });
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, err: ProtoError) -> ProtoError {
+        if matches!(err, ProtoError::Closed) {
+            return err;
+        }
+        self.state = State::Closed;
+        self.core.fail(err)
+    }
+
+    fn unexpected(&self, frame: &Frame) -> ProtoError {
+        ProtoError::Unexpected {
+            frame: frame.name(),
+            state: self.state.name(),
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Result<Option<SenderEvent>, ProtoError> {
+        match frame {
+            Frame::Heartbeat => Ok(None),
+            Frame::Error(e) => {
+                self.core.closed = true;
+                self.state = State::Closed;
+                Ok(Some(SenderEvent::PeerError {
+                    code: e.code,
+                    message: e.message,
+                }))
+            }
+            Frame::Hello(hello) => {
+                if !matches!(self.state, State::AwaitHello) {
+                    return Err(self.unexpected(&Frame::Hello(hello)));
+                }
+                let negotiated = self.core.on_hello(&hello)?;
+                self.state = State::Ready;
+                Ok(Some(SenderEvent::Negotiated(negotiated)))
+            }
+            Frame::Control(message) => self.on_message(message),
+            other @ Frame::Data(_) => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn on_message(&mut self, message: Message) -> Result<Option<SenderEvent>, ProtoError> {
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        let (next, event) = match (state, message) {
+            (State::AwaitState { target }, Message::State(st)) => {
+                if st.target != target {
+                    return Err(ProtoError::TargetMismatch {
+                        expected: target,
+                        got: st.target,
+                    });
+                }
+                (State::Ready, SenderEvent::State(st))
+            }
+            (State::AwaitAnswer { offer }, Message::Accept) => (
+                State::Streaming {
+                    offer,
+                    hasher: StreamHasher::new(),
+                },
+                SenderEvent::Accepted,
+            ),
+            (State::AwaitAnswer { .. }, Message::Refuse { code, message }) => {
+                (State::Ready, SenderEvent::Refused { code, message })
+            }
+            (
+                State::AwaitCommit {
+                    offer,
+                    aborted: false,
+                },
+                Message::Committed { snapshot, guid },
+            ) => {
+                if snapshot != offer.snapshot || guid != offer.guid {
+                    return Err(ProtoError::CommitMismatch {
+                        expected_snapshot: offer.snapshot,
+                        expected_guid: offer.guid,
+                        got_snapshot: snapshot,
+                        got_guid: guid,
+                    });
+                }
+                (State::Ready, SenderEvent::Committed { snapshot, guid })
+            }
+            (State::AwaitCommit { .. }, Message::Failed { code, message }) => {
+                (State::Ready, SenderEvent::Failed { code, message })
+            }
+            (State::Streaming { .. }, Message::Failed { code, message }) => {
+                // The receiver gave up early. Terminate our side of the stream so it knows
+                // where the data in flight ends; it discards data until then.
+                // A short control message always encodes.
+                let _ = self.core.queue_message(Message::StreamAbort {
+                    message: format!("receiver failed: {code}"),
+                });
+                (State::Ready, SenderEvent::Failed { code, message })
+            }
+            (State::AwaitAbortResume { target }, Message::AbortResumeResult { target: got, outcome }) => {
+                if got != target {
+                    return Err(ProtoError::TargetMismatch {
+                        expected: target,
+                        got,
+                    });
+                }
+                (
+                    State::Ready,
+                    SenderEvent::AbortResumeAnswered { target, outcome },
+                )
+            }
+            (state, message) => {
+                return Err(ProtoError::Unexpected {
+                    frame: message.name(),
+                    state: state.name(),
+                });
+            }
+        };
+        self.state = next;
+        Ok(Some(event))
+    }
+}
