@@ -395,10 +395,7 @@ mod tests {
         frame.put_u32(100);
         frame.extend_from_slice(&body);
         let chunk = DataChunk::from_frame(frame.freeze()).unwrap();
-        assert!(matches!(
-            decompress_chunk(&chunk),
-            Err(ChunkError::Zstd(_))
-        ));
+        assert!(matches!(decompress_chunk(&chunk), Err(ChunkError::Zstd(_))));
     }
 
     #[test]

@@ -18,10 +18,10 @@
 
 use std::time::Duration;
 
-use crate::frame::FrameKind;
-use crate::handshake::{Role, VersionRange};
 use crate::codes::ErrorCode;
 use crate::data::Compression;
+use crate::frame::FrameKind;
+use crate::handshake::{Role, VersionRange};
 
 /// The bytes received are not a valid zrep frame. Fatal for the connection.
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +201,9 @@ pub enum ProtoError {
         got: String,
     },
     /// The receiver committed a different snapshot than the one offered.
-    #[error("receiver committed {got_snapshot}/{got_guid:#x}, offered {expected_snapshot}/{expected_guid:#x}")]
+    #[error(
+        "receiver committed {got_snapshot}/{got_guid:#x}, offered {expected_snapshot}/{expected_guid:#x}"
+    )]
     CommitMismatch {
         /// Snapshot name offered.
         expected_snapshot: String,
@@ -296,7 +298,9 @@ pub enum UsageError {
         got: String,
     },
     /// The committed snapshot differs from the one offered: report `failed` instead.
-    #[error("committed {got_snapshot}/{got_guid:#x} but the offer was {expected_snapshot}/{expected_guid:#x}")]
+    #[error(
+        "committed {got_snapshot}/{got_guid:#x} but the offer was {expected_snapshot}/{expected_guid:#x}"
+    )]
     CommitMismatch {
         /// Snapshot name offered.
         expected_snapshot: String,

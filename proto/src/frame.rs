@@ -286,7 +286,7 @@ mod tests {
     use super::*;
     use crate::codes::{ErrorCode, FailureCode, RefusalCode};
     use crate::data::{Compression, compress_chunk};
-    use crate::handshake::{Features, Role, VersionRange, ZfsDialect};
+    use crate::handshake::{Features, Role, VersionRange};
     use crate::message::{
         AbortResumeOutcome, SnapshotInfo, StreamKind, TargetState, TransferOffer,
     };
@@ -396,13 +396,10 @@ mod tests {
 
     #[test]
     fn every_frame_kind_round_trips() {
-        let mut features = Features::default();
-        features.compression = vec![Compression::Zstd];
-        features.resumable = true;
-        features.zfs = Some(ZfsDialect {
-            implementation: "openzfs".into(),
-            version: "2.2.4".into(),
-        });
+        let features = Features::new()
+            .with_compression([Compression::Zstd])
+            .with_resumable(true)
+            .with_zfs("openzfs", "2.2.4");
         round_trip(Frame::Hello(Hello {
             versions: VersionRange::new(1, 3),
             role: Role::Sender,
@@ -439,8 +436,14 @@ mod tests {
         assert_eq!(
             hex(&frame.to_bytes().unwrap()),
             concat!(
-                "5a524550", "01", "02", "0000", "00000012", //
-                "00000000", "0000000000000006", "74616e6b2f61",
+                "5a524550",
+                "01",
+                "02",
+                "0000",
+                "00000012", //
+                "00000000",
+                "0000000000000006",
+                "74616e6b2f61",
             )
         );
     }
@@ -454,8 +457,14 @@ mod tests {
         assert_eq!(
             hex(&end.to_bytes().unwrap()),
             concat!(
-                "5a524550", "01", "02", "0000", "00000014", //
-                "00000005", "0000000000000102", "0a0b0c0d0e0f1011",
+                "5a524550",
+                "01",
+                "02",
+                "0000",
+                "00000014", //
+                "00000005",
+                "0000000000000102",
+                "0a0b0c0d0e0f1011",
             )
         );
         let accept = Frame::Control(Message::Accept);
@@ -471,7 +480,16 @@ mod tests {
         // body: code u16 3, string length u64 1, "v"
         assert_eq!(
             hex(&frame.to_bytes().unwrap()),
-            concat!("5a524550", "01", "05", "0000", "0000000b", "0003", "0000000000000001", "76")
+            concat!(
+                "5a524550",
+                "01",
+                "05",
+                "0000",
+                "0000000b",
+                "0003",
+                "0000000000000001",
+                "76"
+            )
         );
     }
 
@@ -481,15 +499,17 @@ mod tests {
         // prefix: compression 0, raw length u32 2
         assert_eq!(
             hex(&frame.to_bytes().unwrap()),
-            concat!("5a524550", "01", "03", "0000", "00000007", "00", "00000002", "6869")
+            concat!(
+                "5a524550", "01", "03", "0000", "00000007", "00", "00000002", "6869"
+            )
         );
     }
 
     #[test]
     fn golden_hello() {
-        let mut features = Features::default();
-        features.compression = vec![Compression::Zstd];
-        features.resumable = true;
+        let features = Features::new()
+            .with_compression([Compression::Zstd])
+            .with_resumable(true);
         let frame = Frame::Hello(Hello {
             versions: VersionRange::new(1, 2),
             role: Role::Receiver,
@@ -500,15 +520,25 @@ mod tests {
         assert_eq!(
             hex(&frame.to_bytes().unwrap()),
             concat!(
-                "5a524550", "01", "01", "0000", "00000054", //
-                "0001", "0002", // versions 1..=2
+                "5a524550",
+                "01",
+                "01",
+                "0000",
+                "00000054", //
+                "0001",
+                "0002", // versions 1..=2
                 "02",   // role receiver
-                "0000000000000001", "7a", // software "z"
-                "00002710", // heartbeat 10000 ms
+                "0000000000000001",
+                "7a",               // software "z"
+                "00002710",         // heartbeat 10000 ms
                 "0000000000000002", // two feature entries
-                "0000000000000008", "636f6d7072657373", // "compress"
-                "0000000000000001", "0000000000000004", "7a737464", // ["zstd"]
-                "0000000000000006", "726573756d65", // "resume"
+                "0000000000000008",
+                "636f6d7072657373", // "compress"
+                "0000000000000001",
+                "0000000000000004",
+                "7a737464", // ["zstd"]
+                "0000000000000006",
+                "726573756d65",     // "resume"
                 "0000000000000000", // []
             )
         );
@@ -636,7 +666,10 @@ mod tests {
         ));
         assert!(matches!(
             decode(&mut data(0, 3, b"xy")),
-            Err(DecodeError::StoredLengthMismatch { raw_len: 3, body: 2 })
+            Err(DecodeError::StoredLengthMismatch {
+                raw_len: 3,
+                body: 2
+            })
         ));
         let mut short = BytesMut::new();
         write_header(&mut short, FrameKind::Data, 2);

@@ -125,7 +125,7 @@ pub struct Hello {
 /// Capabilities announced in a hello.
 ///
 /// Wire: a sequence of [`FeatureEntry`] (see the key list in `PROTOCOL.md`). Build with
-/// `Features::default()` and set fields.
+/// [`Features::new`] and the `with_*` methods.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "Vec<FeatureEntry>", into = "Vec<FeatureEntry>")]
 #[non_exhaustive]
@@ -144,6 +144,50 @@ pub struct Features {
     pub zfs: Option<ZfsDialect>,
     /// Entries this version does not know, kept as received.
     pub other: Vec<FeatureEntry>,
+}
+
+impl Features {
+    /// No features (only uncompressed data).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the compressions this side can use.
+    pub fn with_compression(mut self, compression: impl IntoIterator<Item = Compression>) -> Self {
+        self.compression = compression.into_iter().collect();
+        self
+    }
+
+    /// Sets resumable-receive support.
+    pub fn with_resumable(mut self, on: bool) -> Self {
+        self.resumable = on;
+        self
+    }
+
+    /// Sets bookmark-base support.
+    pub fn with_bookmarks(mut self, on: bool) -> Self {
+        self.bookmarks = on;
+        self
+    }
+
+    /// Sets raw-stream support.
+    pub fn with_raw_send(mut self, on: bool) -> Self {
+        self.raw_send = on;
+        self
+    }
+
+    /// Sets this side's ZFS implementation and version.
+    pub fn with_zfs(
+        mut self,
+        implementation: impl Into<String>,
+        version: impl Into<String>,
+    ) -> Self {
+        self.zfs = Some(ZfsDialect {
+            implementation: implementation.into(),
+            version: version.into(),
+        });
+        self
+    }
 }
 
 /// A ZFS implementation and its version, e.g. `openzfs` / `2.2.4`.
@@ -216,7 +260,11 @@ impl From<Vec<FeatureEntry>> for Features {
             match entry.key.as_str() {
                 KEY_COMPRESS => {
                     // Names we do not know (newer codecs) are simply not usable with us.
-                    for c in entry.values.iter().filter_map(|v| Compression::from_name(v)) {
+                    for c in entry
+                        .values
+                        .iter()
+                        .filter_map(|v| Compression::from_name(v))
+                    {
                         if c != Compression::None && !f.compression.contains(&c) {
                             f.compression.push(c);
                         }
@@ -337,7 +385,10 @@ mod tests {
     fn version_mismatch_names_both_ranges_by_role() {
         let s = hello(Role::Sender, 2, 3, Features::default());
         let r = hello(Role::Receiver, 1, 1, Features::default());
-        for err in [negotiate(&s, &r).unwrap_err(), negotiate(&r, &s).unwrap_err()] {
+        for err in [
+            negotiate(&s, &r).unwrap_err(),
+            negotiate(&r, &s).unwrap_err(),
+        ] {
             assert_eq!(
                 err.to_string(),
                 "no common protocol version: sender speaks versions 2..=3, receiver speaks version 1"
@@ -359,17 +410,14 @@ mod tests {
 
     #[test]
     fn features_intersect() {
-        let mut a = Features::default();
-        a.compression = vec![Compression::Zstd];
-        a.resumable = true;
-        a.raw_send = true;
-        let mut b = Features::default();
-        b.resumable = true;
-        b.bookmarks = true;
-        b.zfs = Some(ZfsDialect {
-            implementation: "openzfs".into(),
-            version: "2.1.5".into(),
-        });
+        let a = Features::new()
+            .with_compression([Compression::Zstd])
+            .with_resumable(true)
+            .with_raw_send(true);
+        let b = Features::new()
+            .with_resumable(true)
+            .with_bookmarks(true)
+            .with_zfs("openzfs", "2.1.5");
         let n = negotiate(
             &hello(Role::Sender, 1, 1, a),
             &hello(Role::Receiver, 1, 1, b),

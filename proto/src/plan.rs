@@ -201,7 +201,10 @@ mod tests {
         assert_eq!(check_relative_dataset(""), Err(NameError::Empty));
         assert_eq!(check_relative_dataset("/a"), Err(NameError::BadComponent));
         assert_eq!(check_relative_dataset("a//b"), Err(NameError::BadComponent));
-        assert_eq!(check_relative_dataset("a/../b"), Err(NameError::BadComponent));
+        assert_eq!(
+            check_relative_dataset("a/../b"),
+            Err(NameError::BadComponent)
+        );
         assert_eq!(check_relative_dataset("a@b"), Err(NameError::BadChar('@')));
         assert_eq!(
             check_relative_dataset(&"a".repeat(256)),

@@ -13,7 +13,9 @@ use bytes::{Bytes, BytesMut};
 use crate::data::Compression;
 use crate::error::{EncodeError, ProtoError, UsageError};
 use crate::frame::Frame;
-use crate::handshake::{Features, Hello, Negotiated, Role, SUPPORTED_VERSIONS, VersionRange, negotiate};
+use crate::handshake::{
+    Features, Hello, Negotiated, Role, SUPPORTED_VERSIONS, VersionRange, negotiate,
+};
 use crate::message::{ErrorCode, ErrorFrame, Message};
 
 mod receiver;
@@ -48,8 +50,7 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        let mut features = Features::default();
-        features.compression = vec![Compression::Zstd];
+        let features = Features::new().with_compression([Compression::Zstd]);
         Self {
             versions: SUPPORTED_VERSIONS,
             software: concat!("zrep-proto ", env!("CARGO_PKG_VERSION")).to_owned(),

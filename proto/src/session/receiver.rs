@@ -68,7 +68,7 @@ pub enum ReceiverEvent {
 enum State {
     AwaitHello,
     Ready,
-    AnsweringState {
+    AnsweringStateRequest {
         target: String,
     },
     Deciding {
@@ -76,7 +76,7 @@ enum State {
     },
     Receiving {
         offer: TransferOffer,
-        hasher: StreamHasher,
+        hasher: Box<StreamHasher>,
     },
     /// Stream ended or aborted; waiting for the runtime's verdict.
     Committing {
@@ -96,7 +96,7 @@ impl State {
         match self {
             Self::AwaitHello => "waiting for hello",
             Self::Ready => "ready",
-            Self::AnsweringState { .. } => "answering a state request",
+            Self::AnsweringStateRequest { .. } => "answering a state request",
             Self::Deciding { .. } => "deciding on an offer",
             Self::Receiving { .. } => "receiving",
             Self::Committing { .. } => "committing",
@@ -164,14 +164,17 @@ impl ReceiverSession {
 
     /// Decodes and handles frames from `buf` until one yields an event (`Ok(Some)`) or more
     /// bytes are needed (`Ok(None)`). Call it again after each event: `buf` may hold more.
+    /// Once the session is closed it returns `Ok(None)` and leaves `buf` alone.
     pub fn handle_bytes(
         &mut self,
         buf: &mut BytesMut,
         now: Duration,
     ) -> Result<Option<ReceiverEvent>, ProtoError> {
         loop {
+            // Input after close (e.g. after `Bye` or a peer error) is ignored, so the runtime's
+            // `while let Some(ev) = handle_bytes(..)?` loop ends cleanly; check `is_closed`.
             if self.core.closed {
-                return Err(ProtoError::Closed);
+                return Ok(None);
             }
             let frame = match decode(buf) {
                 Ok(Some(frame)) => frame,
@@ -244,7 +247,7 @@ impl ReceiverSession {
 
     /// Answers [`ReceiverEvent::StateRequested`]. `state.target` must be the requested target.
     pub fn send_state(&mut self, state: TargetState) -> Result<(), UsageError> {
-        let State::AnsweringState { target } = &self.state else {
+        let State::AnsweringStateRequest { target } = &self.state else {
             return Err(self.wrong_state("send state"));
         };
         if state.target != *target {
@@ -267,7 +270,7 @@ impl ReceiverSession {
         self.core.queue_message(Message::Accept)?;
         self.state = State::Receiving {
             offer,
-            hasher: StreamHasher::new(),
+            hasher: Box::default(),
         };
         Ok(())
     }
@@ -417,7 +420,7 @@ impl ReceiverSession {
         let state = std::mem::replace(&mut self.state, State::Closed);
         let (next, event) = match (state, message) {
             (State::Ready, Message::StateRequest { target }) => (
-                State::AnsweringState {
+                State::AnsweringStateRequest {
                     target: target.clone(),
                 },
                 Some(ReceiverEvent::StateRequested { target }),

@@ -76,7 +76,7 @@ pub struct StreamSummary {
 enum State {
     AwaitHello,
     Ready,
-    AwaitState {
+    AwaitTarget {
         target: String,
     },
     AwaitAnswer {
@@ -84,7 +84,7 @@ enum State {
     },
     Streaming {
         offer: TransferOffer,
-        hasher: StreamHasher,
+        hasher: Box<StreamHasher>,
     },
     AwaitCommit {
         offer: TransferOffer,
@@ -101,7 +101,7 @@ impl State {
         match self {
             Self::AwaitHello => "waiting for hello",
             Self::Ready => "ready",
-            Self::AwaitState { .. } => "waiting for state",
+            Self::AwaitTarget { .. } => "waiting for state",
             Self::AwaitAnswer { .. } => "waiting for accept or refuse",
             Self::Streaming { .. } => "streaming",
             Self::AwaitCommit { .. } => "waiting for commit",
@@ -170,14 +170,17 @@ impl SenderSession {
 
     /// Decodes and handles frames from `buf` until one yields an event (`Ok(Some)`) or more
     /// bytes are needed (`Ok(None)`). Call it again after each event: `buf` may hold more.
+    /// Once the session is closed it returns `Ok(None)` and leaves `buf` alone.
     pub fn handle_bytes(
         &mut self,
         buf: &mut BytesMut,
         now: Duration,
     ) -> Result<Option<SenderEvent>, ProtoError> {
         loop {
+            // Input after close (e.g. after `Bye` or a peer error) is ignored, so the runtime's
+            // `while let Some(ev) = handle_bytes(..)?` loop ends cleanly; check `is_closed`.
             if self.core.closed {
-                return Err(ProtoError::Closed);
+                return Ok(None);
             }
             let frame = match decode(buf) {
                 Ok(Some(frame)) => frame,
@@ -271,7 +274,7 @@ impl SenderSession {
         self.core.queue_message(Message::StateRequest {
             target: target.clone(),
         })?;
-        self.state = State::AwaitState { target };
+        self.state = State::AwaitTarget { target };
         Ok(())
     }
 
@@ -317,7 +320,9 @@ impl SenderSession {
             });
         };
         if chunk.raw_len() != raw.len() {
-            return Err(UsageError::ChunkMismatch("raw length differs from the chunk's"));
+            return Err(UsageError::ChunkMismatch(
+                "raw length differs from the chunk's",
+            ));
         }
         if chunk.compression() != Compression::None && chunk.compression() != offer.compression {
             return Err(UsageError::ChunkMismatch(
@@ -458,7 +463,7 @@ impl SenderSession {
     fn on_message(&mut self, message: Message) -> Result<Option<SenderEvent>, ProtoError> {
         let state = std::mem::replace(&mut self.state, State::Closed);
         let (next, event) = match (state, message) {
-            (State::AwaitState { target }, Message::State(st)) => {
+            (State::AwaitTarget { target }, Message::State(st)) => {
                 if st.target != target {
                     return Err(ProtoError::TargetMismatch {
                         expected: target,
@@ -470,7 +475,7 @@ impl SenderSession {
             (State::AwaitAnswer { offer }, Message::Accept) => (
                 State::Streaming {
                     offer,
-                    hasher: StreamHasher::new(),
+                    hasher: Box::default(),
                 },
                 SenderEvent::Accepted,
             ),
@@ -506,7 +511,13 @@ impl SenderSession {
                 });
                 (State::Ready, SenderEvent::Failed { code, message })
             }
-            (State::AwaitAbortResume { target }, Message::AbortResumeResult { target: got, outcome }) => {
+            (
+                State::AwaitAbortResume { target },
+                Message::AbortResumeResult {
+                    target: got,
+                    outcome,
+                },
+            ) => {
                 if got != target {
                     return Err(ProtoError::TargetMismatch {
                         expected: target,

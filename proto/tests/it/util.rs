@@ -1,0 +1,170 @@
+//! In-memory sender↔receiver pair: bytes move between the two sessions through buffers, time
+//! is a number the test advances. No sockets, no clocks.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use zrep_proto::{
+    Compression, DataChunk, Features, Frame, Negotiated, ProtoError, ReceiverEvent,
+    ReceiverSession, SenderEvent, SenderSession, SessionConfig, SnapshotInfo, TargetState,
+    compress_chunk, decode,
+};
+
+pub(crate) fn config() -> SessionConfig {
+    let mut c = SessionConfig::default();
+    c.features = Features::new()
+        .with_compression([Compression::Zstd])
+        .with_resumable(true)
+        .with_raw_send(true)
+        .with_zfs("openzfs", "2.2.4");
+    c.heartbeat_interval = Duration::from_secs(10);
+    c.idle_timeout = Duration::from_secs(60);
+    c
+}
+
+pub(crate) struct Pair {
+    pub(crate) now: Duration,
+    pub(crate) s: SenderSession,
+    pub(crate) r: ReceiverSession,
+    /// Bytes on their way to the receiver / to the sender.
+    pub(crate) to_r: BytesMut,
+    pub(crate) to_s: BytesMut,
+}
+
+impl Pair {
+    pub(crate) fn new(s: SessionConfig, r: SessionConfig) -> Self {
+        let now = Duration::from_secs(1000);
+        Self {
+            now,
+            s: SenderSession::new(s, now),
+            r: ReceiverSession::new(r, now),
+            to_r: BytesMut::new(),
+            to_s: BytesMut::new(),
+        }
+    }
+
+    /// A pair that has completed the handshake.
+    pub(crate) fn connected() -> Self {
+        let mut p = Self::new(config(), config());
+        let (ns, nr) = p.handshake();
+        assert_eq!(ns.version, 1);
+        assert_eq!(nr.version, 1);
+        p
+    }
+
+    pub(crate) fn handshake(&mut self) -> (Negotiated, Negotiated) {
+        self.flush();
+        let Some(SenderEvent::Negotiated(ns)) = self.s_event().unwrap() else {
+            panic!("sender did not negotiate");
+        };
+        let Some(ReceiverEvent::Negotiated(nr)) = self.r_event().unwrap() else {
+            panic!("receiver did not negotiate");
+        };
+        (ns, nr)
+    }
+
+    /// Moves everything both sides want to send into the other side's input buffer.
+    pub(crate) fn flush(&mut self) {
+        while let Some(b) = self.s.poll_transmit(self.now) {
+            self.to_r.extend_from_slice(&b);
+        }
+        while let Some(b) = self.r.poll_transmit(self.now) {
+            self.to_s.extend_from_slice(&b);
+        }
+    }
+
+    pub(crate) fn s_event(&mut self) -> Result<Option<SenderEvent>, ProtoError> {
+        self.flush();
+        self.s.handle_bytes(&mut self.to_s, self.now)
+    }
+
+    pub(crate) fn r_event(&mut self) -> Result<Option<ReceiverEvent>, ProtoError> {
+        self.flush();
+        self.r.handle_bytes(&mut self.to_r, self.now)
+    }
+
+    /// The next sender event, which must exist.
+    pub(crate) fn s_next(&mut self) -> SenderEvent {
+        self.s_event().unwrap().expect("a sender event")
+    }
+
+    /// The next receiver event, which must exist.
+    pub(crate) fn r_next(&mut self) -> ReceiverEvent {
+        self.r_event().unwrap().expect("a receiver event")
+    }
+
+    /// Sends `stream` as data frames (zstd where it helps) and returns what the receiver got.
+    pub(crate) fn stream(&mut self, stream: &[u8], chunk_size: usize) -> Vec<u8> {
+        let mut received = Vec::new();
+        for raw in stream.chunks(chunk_size) {
+            let chunk = compress_chunk(raw, 1).unwrap();
+            let wire = self.s.send_data(raw, chunk, self.now).unwrap();
+            self.to_r.extend_from_slice(&wire);
+            while let Some(ev) = self.r_event().unwrap() {
+                match ev {
+                    ReceiverEvent::Data(b) => received.extend_from_slice(&b),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        received
+    }
+
+    /// Frames the receiver has queued for the sender, decoded (consumes them).
+    pub(crate) fn frames_to_s(&mut self) -> Vec<Frame> {
+        self.flush();
+        let mut frames = Vec::new();
+        while let Some(f) = decode(&mut self.to_s).unwrap() {
+            frames.push(f);
+        }
+        frames
+    }
+
+    /// Frames the sender has queued for the receiver, decoded (consumes them).
+    pub(crate) fn frames_to_r(&mut self) -> Vec<Frame> {
+        self.flush();
+        let mut frames = Vec::new();
+        while let Some(f) = decode(&mut self.to_r).unwrap() {
+            frames.push(f);
+        }
+        frames
+    }
+}
+
+pub(crate) fn snap(name: &str, guid: u64, txg: u64) -> SnapshotInfo {
+    SnapshotInfo {
+        name: name.into(),
+        guid,
+        createtxg: txg,
+        creation: 1_700_000_000 + txg,
+    }
+}
+
+pub(crate) fn absent(target: &str) -> TargetState {
+    TargetState {
+        target: target.into(),
+        ..TargetState::default()
+    }
+}
+
+/// Deterministic test stream: compressible runs mixed with noise, so both chunk forms occur.
+pub(crate) fn test_stream(len: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    (0..len)
+        .map(|i| {
+            if (i / 100_000) % 2 == 0 {
+                (i % 251) as u8
+            } else {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            }
+        })
+        .collect()
+}
+
+/// Stored chunk helper for tests that need an exact frame.
+pub(crate) fn stored(raw: &[u8]) -> DataChunk {
+    DataChunk::stored(raw).unwrap()
+}
