@@ -339,14 +339,9 @@ fn unmutated_conversation_is_accepted() {
     p.flush();
     p.to_r = BytesMut::from(&valid_sender_stream()[..]);
     let mut events = Vec::new();
-    loop {
-        match p.r.handle_bytes(&mut p.to_r, p.now).unwrap() {
-            Some(ev) => {
-                answer(&mut p.r, &ev, 0);
-                events.push(ev);
-            }
-            None => break,
-        }
+    while let Some(ev) = p.r.handle_bytes(&mut p.to_r, p.now).unwrap() {
+        answer(&mut p.r, &ev, 0);
+        events.push(ev);
     }
     assert!(
         matches!(events.last(), Some(ReceiverEvent::Bye)),
