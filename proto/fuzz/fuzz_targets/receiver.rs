@@ -75,7 +75,12 @@ fuzz_target!(|data: &[u8]| {
                 let n = usize::from(input.byte());
                 wire.extend_from_slice(input.bytes(n));
             }
-            1 => push(&mut wire, msg(Message::StateRequest { target: input.name() })),
+            1 => push(
+                &mut wire,
+                msg(Message::StateRequest {
+                    target: input.name(),
+                }),
+            ),
             2 => {
                 let kind = match input.byte() % 3 {
                     0 => StreamKind::Full,
@@ -84,7 +89,9 @@ fuzz_target!(|data: &[u8]| {
                         base_name: input.name(),
                         intermediates: input.byte() % 2 == 0,
                     },
-                    _ => StreamKind::Resume { token: input.name() },
+                    _ => StreamKind::Resume {
+                        token: input.name(),
+                    },
                 };
                 let offer = TransferOffer {
                     target: input.name(),
@@ -126,8 +133,18 @@ fuzz_target!(|data: &[u8]| {
                 };
                 push(&mut wire, msg(Message::StreamEnd { bytes, xxh3 }));
             }
-            6 => push(&mut wire, msg(Message::StreamAbort { message: input.name() })),
-            7 => push(&mut wire, msg(Message::AbortResume { target: input.name() })),
+            6 => push(
+                &mut wire,
+                msg(Message::StreamAbort {
+                    message: input.name(),
+                }),
+            ),
+            7 => push(
+                &mut wire,
+                msg(Message::AbortResume {
+                    target: input.name(),
+                }),
+            ),
             8 => push(&mut wire, Frame::Heartbeat),
             9 => {
                 let frame = match input.byte() % 4 {
@@ -184,16 +201,17 @@ fn push(wire: &mut BytesMut, frame: Frame) {
 /// The runtime's reaction, chosen by the input (usage errors are fine, panics are not).
 fn answer(r: &mut ReceiverSession, ev: &ReceiverEvent, choice: u8) {
     let _ = match (ev, choice % 4) {
-        (ReceiverEvent::StateRequested { target }, 0) => r.send_state(TargetState {
-            target: "wrong".into(),
-            ..TargetState::default()
-        })
-        .or_else(|_| {
-            r.send_state(TargetState {
-                target: target.clone(),
+        (ReceiverEvent::StateRequested { target }, 0) => r
+            .send_state(TargetState {
+                target: "wrong".into(),
                 ..TargetState::default()
             })
-        }),
+            .or_else(|_| {
+                r.send_state(TargetState {
+                    target: target.clone(),
+                    ..TargetState::default()
+                })
+            }),
         (ReceiverEvent::StateRequested { target }, _) => r.send_state(TargetState {
             target: target.clone(),
             exists: true,
