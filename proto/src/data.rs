@@ -191,25 +191,56 @@ pub fn compress_chunk(raw: &[u8], level: i32) -> Result<DataChunk, ChunkError> {
 ///
 /// The output is bounded by the chunk's declared length (at most [`MAX_CHUNK`]): a body that
 /// would expand beyond it is an error, and nothing larger is ever allocated. Stored chunks are
-/// returned without copying.
+/// returned without copying. For many chunks, [`ChunkDecompressor`] reuses the zstd context.
 pub fn decompress_chunk(chunk: &DataChunk) -> Result<Bytes, ChunkError> {
-    let declared = chunk.raw_len();
     match chunk.compression {
-        Compression::None => Ok(chunk.wire.slice(HEADER_LEN + DATA_PREFIX_LEN..)),
-        Compression::Zstd => {
-            // Invariant from construction: 1 <= declared <= MAX_CHUNK, so this allocation is
-            // bounded no matter what the body claims about its own content size.
-            let mut out = vec![0u8; declared];
-            let mut dctx = zstd::bulk::Decompressor::new().map_err(ChunkError::Zstd)?;
-            let actual = dctx
-                .decompress_to_buffer(chunk.body(), &mut out[..])
-                .map_err(ChunkError::Zstd)?;
-            if actual != declared {
-                return Err(ChunkError::LengthMismatch { declared, actual });
-            }
-            Ok(Bytes::from(out))
-        }
+        Compression::None => Ok(stored_body(chunk)),
+        Compression::Zstd => ChunkDecompressor::new()?.decompress(chunk),
     }
+}
+
+/// A reusable zstd decompressor for data chunks (the receiver session keeps one).
+pub struct ChunkDecompressor {
+    dctx: zstd::bulk::Decompressor<'static>,
+}
+
+impl ChunkDecompressor {
+    /// A new decompressor.
+    pub fn new() -> Result<Self, ChunkError> {
+        Ok(Self {
+            dctx: zstd::bulk::Decompressor::new().map_err(ChunkError::Zstd)?,
+        })
+    }
+
+    /// Like [`decompress_chunk`], reusing this decompressor's context.
+    pub fn decompress(&mut self, chunk: &DataChunk) -> Result<Bytes, ChunkError> {
+        if chunk.compression == Compression::None {
+            return Ok(stored_body(chunk));
+        }
+        let declared = chunk.raw_len();
+        // Invariant from construction: 1 <= declared <= MAX_CHUNK, so this allocation is
+        // bounded no matter what the body claims about its own content size; zstd writes into
+        // this capacity only and fails if the output does not fit.
+        let mut out = Vec::with_capacity(declared);
+        let actual = self
+            .dctx
+            .decompress_to_buffer(chunk.body(), &mut out)
+            .map_err(ChunkError::Zstd)?;
+        if actual != declared {
+            return Err(ChunkError::LengthMismatch { declared, actual });
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+impl fmt::Debug for ChunkDecompressor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunkDecompressor").finish_non_exhaustive()
+    }
+}
+
+fn stored_body(chunk: &DataChunk) -> Bytes {
+    chunk.wire.slice(HEADER_LEN + DATA_PREFIX_LEN..)
 }
 
 /// A reusable zstd compressor for data chunks (one per worker thread).

@@ -50,8 +50,8 @@ pub mod plan;
 mod session;
 
 pub use data::{
-    ChunkCompressor, Compression, DataChunk, MAX_CHUNK, StreamHasher, compress_chunk,
-    decompress_chunk,
+    ChunkCompressor, ChunkDecompressor, Compression, DataChunk, MAX_CHUNK, StreamHasher,
+    compress_chunk, decompress_chunk,
 };
 pub use error::{ChunkError, DecodeError, EncodeError, ProtoError, UsageError};
 pub use frame::{Frame, FrameKind, HEADER_LEN, decode};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::{Core, SessionConfig};
-use crate::data::{Compression, StreamHasher, decompress_chunk};
+use crate::data::{ChunkDecompressor, Compression, StreamHasher};
 use crate::error::{ProtoError, UsageError};
 use crate::frame::{Frame, decode};
 use crate::handshake::{Negotiated, Role};
@@ -138,6 +138,8 @@ impl State {
 pub struct ReceiverSession {
     core: Core,
     state: State,
+    /// Created on the first zstd chunk, then reused for the whole session.
+    dctx: Option<ChunkDecompressor>,
 }
 
 impl ReceiverSession {
@@ -146,6 +148,7 @@ impl ReceiverSession {
         Self {
             core: Core::new(config, Role::Receiver, now),
             state: State::AwaitHello,
+            dctx: None,
         }
     }
 
@@ -402,7 +405,11 @@ impl ReceiverSession {
                             got,
                         });
                     }
-                    let bytes = decompress_chunk(&chunk)?;
+                    let dctx = match &mut self.dctx {
+                        Some(d) => d,
+                        None => self.dctx.insert(ChunkDecompressor::new()?),
+                    };
+                    let bytes = dctx.decompress(&chunk)?;
                     hasher.update(&bytes);
                     Ok(Some(ReceiverEvent::Data(bytes)))
                 }
