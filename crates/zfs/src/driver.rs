@@ -346,6 +346,9 @@ pub trait Zfs: Send + Sync {
         parents: bool,
     ) -> impl Future<Output = Result<(), ZfsError>> + Send;
 
+    /// Unmounts a filesystem; one that is not mounted is left as it is.
+    fn unmount(&self, dataset: &DatasetName) -> impl Future<Output = Result<(), ZfsError>> + Send;
+
     /// Rolls a dataset back to its newest snapshot (never `-r`: no snapshot is destroyed).
     fn rollback(
         &self,

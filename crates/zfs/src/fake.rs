@@ -500,6 +500,11 @@ impl Zfs for FakeZfs {
         Ok(())
     }
 
+    async fn unmount(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        let state = self.lock();
+        state.dataset(dataset, &["unmount", dataset.as_str()]).map(drop)
+    }
+
     async fn rollback(&self, snapshot: &SnapshotName) -> Result<(), ZfsError> {
         let mut state = self.lock();
         let args = ["rollback", snapshot.as_str()];

@@ -294,6 +294,16 @@ impl Zfs for SystemZfs {
         self.zfs(a).await.map(drop)
     }
 
+    async fn unmount(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        let mounted = self
+            .get_property(dataset, &PropertyName::parse("mounted")?)
+            .await?;
+        if mounted.is_some_and(|m| m.value == "yes") {
+            self.zfs(args(["unmount", dataset.as_str()])).await?;
+        }
+        Ok(())
+    }
+
     async fn rollback(&self, snapshot: &SnapshotName) -> Result<(), ZfsError> {
         self.zfs(args(["rollback", snapshot.as_str()]))
             .await
