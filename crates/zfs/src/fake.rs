@@ -502,7 +502,9 @@ impl Zfs for FakeZfs {
 
     async fn unmount(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
         let state = self.lock();
-        state.dataset(dataset, &["unmount", dataset.as_str()]).map(drop)
+        state
+            .dataset(dataset, &["unmount", dataset.as_str()])
+            .map(drop)
     }
 
     async fn rollback(&self, snapshot: &SnapshotName) -> Result<(), ZfsError> {

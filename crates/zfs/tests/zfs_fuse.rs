@@ -503,3 +503,288 @@ async fn every_command_is_time_limited() {
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     assert!(err.to_string().contains("did not finish within"), "{err}");
 }
+
+/// Whether an OpenZFS-only test applies; if not, says so in the test's output (shown by the
+/// tiers' `--show-output`), so a dialect without the feature never passes silently.
+fn applies(zfs: &SystemZfs, present: bool, feature: &str) -> bool {
+    if !present {
+        eprintln!(
+            "not applicable: {} lacks {feature}; checked that the driver refuses it instead",
+            zfs.capabilities().dialect
+        );
+    }
+    present
+}
+
+/// Starts a send and a resumable receive, copies only the first `cut_after` bytes, then ends
+/// both as a dropped connection would; returns the receive's error.
+async fn cut_transfer(
+    zfs: &SystemZfs,
+    request: SendRequest,
+    target: &zrep_zfs::DatasetName,
+    cut_after: u64,
+) -> ZfsError {
+    let mut stream = zfs.send(&request).await.unwrap();
+    let mut resumable = ReceiveRequest::new(target.clone());
+    resumable.resumable = true;
+    let mut sink = zfs.receive(&resumable).await.unwrap();
+    let mut head = tokio::io::AsyncReadExt::take(&mut stream.reader, cut_after);
+    let copied = tokio::io::copy(&mut head, &mut sink.writer).await.unwrap();
+    assert_eq!(copied, cut_after, "the stream is longer than the cut");
+    drop(stream);
+    sink.finish()
+        .await
+        .expect_err("a cut stream must not be committed")
+}
+
+/// The target's resume token, if a resumable receive was cut.
+async fn resume_token(zfs: &SystemZfs, target: &zrep_zfs::DatasetName) -> Option<String> {
+    zfs.get_property(target, &prop("receive_resume_token"))
+        .await
+        .unwrap()
+        .map(|token| token.value)
+}
+
+#[tokio::test]
+async fn cut_resumable_receive_resumes_from_its_token() {
+    let src_pool = TestPool::create("rsrc");
+    let dst_pool = TestPool::create("rdst");
+    let zfs = driver().await;
+    let src = src_pool.create_dataset("data");
+    let dst = dst_pool.dataset("data");
+    let data = pseudo_random_bytes(7, 3 << 20);
+    write_file(&src, "big file", &data);
+    let snap = src.snapshot("s1").unwrap();
+    zfs.create_snapshot(&snap, false).await.unwrap();
+    let full = SendRequest::new(SendKind::Full {
+        snapshot: snap.clone(),
+    });
+
+    if !applies(
+        &zfs,
+        zfs.capabilities().resumable_receive,
+        "resumable receive",
+    ) {
+        let mut resumable = ReceiveRequest::new(dst.clone());
+        resumable.resumable = true;
+        assert!(matches!(
+            zfs.receive(&resumable).await,
+            Err(ZfsError::Unsupported { .. })
+        ));
+        let resume = SendRequest::new(SendKind::Resume {
+            token: "1-abc".into(),
+        });
+        assert!(matches!(
+            zfs.send(&resume).await,
+            Err(ZfsError::Unsupported { .. })
+        ));
+        return;
+    }
+
+    let cut = cut_transfer(&zfs, full, &dst, 1 << 20).await;
+    assert!(matches!(cut, ZfsError::InvalidStream { .. }), "{cut:?}");
+    let token = resume_token(&zfs, &dst)
+        .await
+        .expect("a cut resumable receive leaves a resume token");
+    assert!(token.starts_with("1-"), "{token}");
+    assert!(zfs.list_snapshots(&dst, false).await.unwrap().is_empty());
+
+    let mut resumed = zfs
+        .send(&SendRequest::new(SendKind::Resume {
+            token: token.clone(),
+        }))
+        .await
+        .unwrap();
+    let mut resumable = ReceiveRequest::new(dst.clone());
+    resumable.resumable = true;
+    let mut sink = zfs.receive(&resumable).await.unwrap();
+    let rest = tokio::io::copy(&mut resumed.reader, &mut sink.writer)
+        .await
+        .unwrap();
+    resumed.finish().await.unwrap();
+    sink.finish().await.unwrap();
+    // The resumed stream carries only what was missing, not the whole snapshot again.
+    assert!(rest < data.len() as u64, "resumed stream of {rest} bytes");
+
+    assert_eq!(resume_token(&zfs, &dst).await, None);
+    let on_target = zfs.list_snapshots(&dst, false).await.unwrap();
+    assert_eq!(on_target.len(), 1);
+    assert_eq!(on_target[0].guid, Guid(guid_of(&snap)));
+    assert_eq!(read_file(&dst, "big file"), data);
+}
+
+#[tokio::test]
+async fn abort_discards_a_cut_resumable_receive() {
+    let src_pool = TestPool::create("asrc");
+    let dst_pool = TestPool::create("adst");
+    let zfs = driver().await;
+    let src = src_pool.create_dataset("data");
+    let dst = dst_pool.dataset("data");
+    write_file(&src, "f", b"one");
+    let s1 = src.snapshot("s1").unwrap();
+    zfs.create_snapshot(&s1, false).await.unwrap();
+
+    if !applies(
+        &zfs,
+        zfs.capabilities().resumable_receive,
+        "`zfs receive -A`",
+    ) {
+        assert!(matches!(
+            zfs.abort_resumable_receive(&src).await,
+            Err(ZfsError::Unsupported { .. })
+        ));
+        return;
+    }
+
+    let full = SendRequest::new(SendKind::Full {
+        snapshot: s1.clone(),
+    });
+    transfer(&zfs, full, &dst).await.unwrap();
+    zfs.set_property(&dst, &prop("readonly"), "on")
+        .await
+        .unwrap();
+    let data = pseudo_random_bytes(8, 3 << 20);
+    write_file(&src, "big file", &data);
+    let s2 = src.snapshot("s2").unwrap();
+    zfs.create_snapshot(&s2, false).await.unwrap();
+    let incremental = SendRequest::new(SendKind::Incremental {
+        from: IncrementalBase::Snapshot(s1.clone()),
+        to: s2.clone(),
+        intermediates: false,
+    });
+
+    cut_transfer(&zfs, incremental.clone(), &dst, 1 << 20).await;
+    assert!(resume_token(&zfs, &dst).await.is_some());
+    // A partial incremental blocks a plain one until it is resumed or aborted.
+    let blocked = transfer(&zfs, incremental.clone(), &dst).await;
+    assert!(blocked.is_err(), "{blocked:?}");
+
+    zfs.abort_resumable_receive(&dst).await.unwrap();
+    assert_eq!(resume_token(&zfs, &dst).await, None);
+    let shorts: Vec<_> = zfs
+        .list_snapshots(&dst, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name.short_name().to_owned())
+        .collect();
+    assert_eq!(shorts, ["s1"]);
+    assert_eq!(read_file(&dst, "f"), b"one");
+
+    // Nothing is left to abort: that is an error, not a silent success.
+    let nothing = zfs.abort_resumable_receive(&dst).await;
+    assert!(nothing.is_err(), "{nothing:?}");
+
+    // The target is as before the cut: the same incremental now lands whole.
+    transfer(&zfs, incremental, &dst).await.unwrap();
+    assert_eq!(read_file(&dst, "big file"), data);
+    let on_target = zfs.list_snapshots(&dst, false).await.unwrap();
+    assert_eq!(on_target.last().unwrap().guid, Guid(guid_of(&s2)));
+}
+
+#[tokio::test]
+async fn bookmark_is_an_incremental_base_after_its_snapshot_is_gone() {
+    let src_pool = TestPool::create("bsrc");
+    let dst_pool = TestPool::create("bdst");
+    let zfs = driver().await;
+    let src = src_pool.create_dataset("vm store");
+    let dst = dst_pool.dataset("vm store");
+    write_file(&src, "f", b"one");
+    let s1 = src.snapshot("zrep 1").unwrap();
+    zfs.create_snapshot(&s1, false).await.unwrap();
+    let mark = src.bookmark("zrep 1").unwrap();
+
+    if !applies(&zfs, zfs.capabilities().bookmarks, "bookmarks") {
+        assert!(matches!(
+            zfs.create_bookmark(&s1, &mark).await,
+            Err(ZfsError::Unsupported { .. })
+        ));
+        return;
+    }
+
+    transfer(
+        &zfs,
+        SendRequest::new(SendKind::Full {
+            snapshot: s1.clone(),
+        }),
+        &dst,
+    )
+    .await
+    .unwrap();
+    zfs.set_property(&dst, &prop("readonly"), "on")
+        .await
+        .unwrap();
+    let s1_guid = guid_of(&s1);
+    zfs.create_bookmark(&s1, &mark).await.unwrap();
+    zfs.destroy_snapshot(&s1).await.unwrap();
+    assert!(zfs.list_snapshots(&src, false).await.unwrap().is_empty());
+
+    let marks = zfs.list_bookmarks(&src).await.unwrap();
+    assert_eq!(marks.len(), 1);
+    assert_eq!(marks[0].name, mark);
+    assert_eq!(marks[0].guid, Guid(s1_guid));
+    assert_eq!(
+        marks[0].createtxg.map(|txg| txg.to_string()),
+        Some(zfs_get(mark.as_str(), "createtxg"))
+    );
+
+    write_file(&src, "f", b"two");
+    let s2 = src.snapshot("zrep 2").unwrap();
+    zfs.create_snapshot(&s2, false).await.unwrap();
+    let with_intermediates = SendRequest::new(SendKind::Incremental {
+        from: IncrementalBase::Bookmark(mark.clone()),
+        to: s2.clone(),
+        intermediates: true,
+    });
+    assert!(matches!(
+        zfs.send(&with_intermediates).await,
+        Err(ZfsError::Unsupported { .. })
+    ));
+    let from_mark = SendRequest::new(SendKind::Incremental {
+        from: IncrementalBase::Bookmark(mark.clone()),
+        to: s2.clone(),
+        intermediates: false,
+    });
+    transfer(&zfs, from_mark, &dst).await.unwrap();
+
+    let on_target = zfs.list_snapshots(&dst, false).await.unwrap();
+    let guids: Vec<_> = on_target.iter().map(|s| s.guid).collect();
+    assert_eq!(guids, [Guid(s1_guid), Guid(guid_of(&s2))]);
+    assert_eq!(read_file(&dst, "f"), b"two");
+
+    zfs.destroy_bookmark(&mark).await.unwrap();
+    assert!(zfs.list_bookmarks(&src).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn holds_lists_every_tag() {
+    let pool = TestPool::create("holds");
+    let zfs = driver().await;
+    let ds = pool.create_dataset("data");
+    let snap = ds.snapshot("kept one").unwrap();
+    zfs.create_snapshot(&snap, false).await.unwrap();
+    let tags = [
+        HoldTag::parse("zrep").unwrap(),
+        HoldTag::parse("zrep:peer-1.example").unwrap(),
+    ];
+    for tag in &tags {
+        zfs.hold(tag, &snap).await.unwrap();
+    }
+    assert_eq!(zfs_get(snap.as_str(), "userrefs"), "2");
+
+    if applies(&zfs, zfs.capabilities().holds_scriptable, "`zfs holds -H`") {
+        let mut held = zfs.holds(&snap).await.unwrap();
+        held.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(held, tags);
+        zfs.release(&tags[0], &snap).await.unwrap();
+        assert_eq!(zfs.holds(&snap).await.unwrap(), tags[1..]);
+    } else {
+        assert!(matches!(
+            zfs.holds(&snap).await,
+            Err(ZfsError::Unsupported { .. })
+        ));
+        zfs.release(&tags[0], &snap).await.unwrap();
+    }
+    zfs.release(&tags[1], &snap).await.unwrap();
+    assert_eq!(zfs_get(snap.as_str(), "userrefs"), "0");
+}
