@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -59,6 +60,7 @@ pub struct FakeZfs {
 #[derive(Debug, Default)]
 struct State {
     datasets: BTreeMap<String, Dataset>,
+    seed: u64,
     counter: u64,
     clock: u64,
     faults: HashMap<FakeOp, Vec<String>>,
@@ -94,7 +96,9 @@ struct Bookmark {
 impl FakeZfs {
     /// An empty fake with the given dialect.
     pub fn new(caps: Capabilities) -> Self {
+        static INSTANCES: AtomicU64 = AtomicU64::new(1);
         let state = State {
+            seed: INSTANCES.fetch_add(1, Ordering::Relaxed),
             clock: 1_700_000_000,
             ..State::default()
         };
@@ -199,8 +203,9 @@ impl State {
 
     fn next_ids(&mut self) -> (u64, u64) {
         self.counter += 1;
-        // splitmix64: GUIDs that look random, span all 64 bits, and are reproducible.
-        let mut z = self.counter.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // splitmix64 over (instance, counter): GUIDs that look random and span all 64 bits, and
+        // that differ between fakes, as GUIDs of different pools do.
+        let mut z = (self.seed << 32 | self.counter).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (z ^ (z >> 31), self.counter)

@@ -1,0 +1,78 @@
+//! Errors of the replication logic.
+//!
+//! Rules: every variant says what went wrong in words an admin can act on; where the fix is on
+//! the other host, the message says so. ZFS and protocol errors keep their typed source.
+
+use std::time::Duration;
+
+use thiserror::Error;
+use zrep_proto::{ChunkError, ErrorCode, FailureCode, RefusalCode, UsageError};
+use zrep_zfs::{NameError, ZfsError};
+
+use crate::transport::TransportError;
+
+/// Why one dataset was not replicated.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ReplicationError {
+    /// A local ZFS operation failed.
+    #[error("{action}: {source}")]
+    Zfs {
+        /// What zrep was doing.
+        action: String,
+        /// ZFS's error.
+        source: ZfsError,
+    },
+    /// A name could not be formed (too long, invalid characters).
+    #[error("invalid name: {0}")]
+    Name(#[from] NameError),
+    /// The connection failed or the receiver broke the protocol.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The receiver refused the transfer; nothing changed there.
+    #[error("the receiver refused the transfer ({code}): {message}")]
+    Refused {
+        /// The stable refusal code.
+        code: RefusalCode,
+        /// The receiver's explanation.
+        message: String,
+    },
+    /// The receiver accepted the stream but did not commit it.
+    #[error("the receiver did not commit the snapshot ({code}): {message}")]
+    Failed {
+        /// The stable failure code.
+        code: FailureCode,
+        /// The receiver's explanation, with ZFS's message.
+        message: String,
+    },
+    /// Source and target histories differ; zrep never destroys anything to reconcile them.
+    #[error("{0}")]
+    Diverged(String),
+    /// The receiver closed the session with an error.
+    #[error("the receiver ended the session ({code}): {message}")]
+    PeerError {
+        /// The stable error code.
+        code: ErrorCode,
+        /// The receiver's explanation.
+        message: String,
+    },
+    /// No commit answer arrived in time. The next cycle finds out by GUID whether it landed.
+    #[error("no commit answer from the receiver within {0:?}; the next cycle reconciles by GUID")]
+    CommitTimeout(Duration),
+    /// The receiver sent something the sender did not ask for.
+    #[error("unexpected answer from the receiver: {0}")]
+    Unexpected(String),
+    /// A protocol call was out of order: a bug in zrep.
+    #[error("internal error: {0}")]
+    Usage(#[from] UsageError),
+    /// Compressing a chunk failed.
+    #[error("compression failed: {0}")]
+    Chunk(#[from] ChunkError),
+}
+
+impl ReplicationError {
+    pub(crate) fn zfs(action: impl Into<String>) -> impl FnOnce(ZfsError) -> Self {
+        let action = action.into();
+        move |source| Self::Zfs { action, source }
+    }
+}

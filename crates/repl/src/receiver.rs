@@ -1,0 +1,632 @@
+//! The receiving side of a session: answers state requests, checks offers, runs `zfs receive`
+//! into the peer's own subtree, and answers `committed` only after it verified the result.
+//!
+//! Every target name is derived here: `<peer root>/<relative name>`, where the relative name
+//! comes from the peer and is parsed into a [`RelativeName`] (no `..`, `@`, `#`, `%`, empty
+//! components or control characters). There is no path by which a peer names anything outside
+//! its root, and no operation here destroys, rolls back or overwrites (`-F`) anything.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info, warn};
+use zrep_proto::{
+    AbortResumeOutcome, ErrorCode, FailureCode, ReceiverEvent, ReceiverSession, RefusalCode,
+    SnapshotInfo as WireSnapshot, StreamKind, TargetState, TransferOffer,
+};
+use zrep_zfs::{
+    DatasetName, Dialect, PropertyName, ReceiveRequest, ReceiveSink, RelativeName, SnapshotName,
+    Zfs, ZfsError,
+};
+
+use crate::transport::{Connection, TransportError};
+
+/// Targets with a receive in progress, shared by all connections: one receive per target.
+#[derive(Debug, Clone, Default)]
+pub struct TargetLocks(Arc<Mutex<HashSet<DatasetName>>>);
+
+/// Holds a target until dropped.
+#[derive(Debug)]
+pub struct TargetGuard {
+    locks: TargetLocks,
+    target: DatasetName,
+}
+
+impl TargetLocks {
+    /// Takes the target, or `None` if another session has it.
+    pub fn try_lock(&self, target: &DatasetName) -> Option<TargetGuard> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.insert(target.clone()).then(|| TargetGuard {
+            locks: self.clone(),
+            target: target.clone(),
+        })
+    }
+}
+
+impl Drop for TargetGuard {
+    fn drop(&mut self) {
+        let mut held = self.locks.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.remove(&self.target);
+    }
+}
+
+/// What one peer may do, and how long the receiver waits.
+#[derive(Debug, Clone)]
+pub struct ReceiverPolicy {
+    /// The peer's name, for logs.
+    pub peer: String,
+    /// Everything this peer sends lands below here.
+    pub root: DatasetName,
+    /// Limit for one write into `zfs receive` (a stalled receive is abandoned).
+    pub write_timeout: Duration,
+    /// Shared per-target locks.
+    pub locks: TargetLocks,
+    /// Test hook: drop the connection once, after a verified receive and before the commit
+    /// answer, to exercise the sender's lost-answer recovery.
+    pub drop_next_commit_answer: Arc<AtomicBool>,
+}
+
+/// Why a session ended badly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The connection failed or the peer broke the protocol.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The peer named a target that cannot be accepted; the session was closed.
+    #[error("refused target name {name:?}: {reason}")]
+    InvalidTarget {
+        /// What the peer sent.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A local ZFS query failed while answering; the session was closed.
+    #[error("{0}")]
+    Zfs(#[from] ZfsError),
+    /// The peer ended the session with an error frame.
+    #[error("the peer ended the session ({code}): {message}")]
+    Peer {
+        /// Its code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// The test hook dropped the connection before the commit answer.
+    #[error("commit answer dropped by the test hook")]
+    DroppedCommitAnswer,
+    /// A protocol call was out of order: a bug in zrep.
+    #[error("internal error: {0}")]
+    Usage(#[from] zrep_proto::UsageError),
+}
+
+/// Serves one authenticated peer until it says bye or the connection ends.
+pub async fn serve<Z, R, W>(
+    zfs: &Z,
+    conn: &mut Connection<ReceiverSession, R, W>,
+    policy: &ReceiverPolicy,
+) -> Result<(), ServeError>
+where
+    Z: Zfs,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let event = match conn.next_event().await {
+            Ok(event) => event,
+            Err(TransportError::Closed) if conn.session.is_closed() => return Ok(()),
+            Err(err) => return Err(err.into()),
+        };
+        match event {
+            ReceiverEvent::Negotiated(n) => {
+                debug!(peer = %policy.peer, version = n.version, "negotiated");
+            }
+            ReceiverEvent::StateRequested { target } => {
+                let dataset = resolve(conn, policy, &target).await?;
+                match target_state(zfs, &dataset, &target).await {
+                    Ok(state) => conn.session.send_state(state)?,
+                    Err(err) => {
+                        conn.session
+                            .error(ErrorCode::Internal, format!("reading {target}: {err}"));
+                        conn.shutdown().await;
+                        return Err(err.into());
+                    }
+                }
+            }
+            ReceiverEvent::TransferOffered(offer) => {
+                receive_offer(zfs, conn, policy, offer).await?;
+            }
+            ReceiverEvent::AbortResumeRequested { target } => {
+                let dataset = resolve(conn, policy, &target).await?;
+                let outcome = abort_resume(zfs, policy, &dataset).await;
+                conn.session.abort_resume_result(outcome)?;
+            }
+            ReceiverEvent::Bye => {
+                conn.shutdown().await;
+                return Ok(());
+            }
+            ReceiverEvent::PeerError { code, message } => {
+                return Err(ServeError::Peer { code, message });
+            }
+            other => {
+                conn.session.error(
+                    ErrorCode::ProtocolViolation,
+                    format!("unexpected {other:?} outside a transfer"),
+                );
+                conn.shutdown().await;
+                return Err(ServeError::Peer {
+                    code: ErrorCode::ProtocolViolation,
+                    message: "unexpected event".into(),
+                });
+            }
+        }
+    }
+}
+
+/// `<root>/<relative>`, or a closed session with a clear error.
+async fn resolve<R, W>(
+    conn: &mut Connection<ReceiverSession, R, W>,
+    policy: &ReceiverPolicy,
+    relative: &str,
+) -> Result<DatasetName, ServeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match target_dataset(&policy.root, relative) {
+        Ok(dataset) => Ok(dataset),
+        Err(reason) => {
+            warn!(peer = %policy.peer, target = relative, %reason, "refused target name");
+            conn.session.error(
+                ErrorCode::NotAuthorized,
+                format!("target {relative:?} refused: {reason}"),
+            );
+            conn.shutdown().await;
+            Err(ServeError::InvalidTarget {
+                name: relative.to_owned(),
+                reason,
+            })
+        }
+    }
+}
+
+/// The dataset a peer's relative name stands for, strictly inside its root.
+pub fn target_dataset(root: &DatasetName, relative: &str) -> Result<DatasetName, String> {
+    let relative = RelativeName::parse(relative).map_err(|e| e.to_string())?;
+    let dataset = root.join(&relative).map_err(|e| e.to_string())?;
+    // Belt and braces: the name rules already make escaping impossible.
+    if !dataset.is_within(root) || dataset == *root {
+        return Err(format!("{dataset} is not below {root}"));
+    }
+    Ok(dataset)
+}
+
+async fn target_state<Z: Zfs>(
+    zfs: &Z,
+    dataset: &DatasetName,
+    relative: &str,
+) -> Result<TargetState, ZfsError> {
+    let mut state = TargetState {
+        target: relative.to_owned(),
+        ..TargetState::default()
+    };
+    if !zfs.exists(dataset).await? {
+        return Ok(state);
+    }
+    state.exists = true;
+    state.snapshots = zfs
+        .list_snapshots(dataset, false)
+        .await?
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| WireSnapshot {
+            name: s.name.short_name().to_owned(),
+            guid: s.guid.0,
+            createtxg: s.createtxg.unwrap_or(i as u64),
+            creation: s.creation,
+        })
+        .collect();
+    state.read_only = is_read_only(zfs, dataset).await?;
+    if zfs.capabilities().resumable_receive {
+        state.resume_token = zfs
+            .get_property(dataset, &property("receive_resume_token"))
+            .await?
+            .map(|v| v.value)
+            .filter(|v| v != "-");
+    }
+    Ok(state)
+}
+
+fn property(name: &'static str) -> PropertyName {
+    // Constant, valid names.
+    PropertyName::parse(name).unwrap_or_else(|_| unreachable!("{name} is a valid property name"))
+}
+
+async fn is_read_only<Z: Zfs>(zfs: &Z, dataset: &DatasetName) -> Result<bool, ZfsError> {
+    Ok(zfs
+        .get_property(dataset, &property("readonly"))
+        .await?
+        .is_some_and(|v| v.value == "on"))
+}
+
+/// Checks an offer, runs the receive, verifies and answers.
+async fn receive_offer<Z, R, W>(
+    zfs: &Z,
+    conn: &mut Connection<ReceiverSession, R, W>,
+    policy: &ReceiverPolicy,
+    offer: TransferOffer,
+) -> Result<(), ServeError>
+where
+    Z: Zfs,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let dataset = match target_dataset(&policy.root, &offer.target) {
+        Ok(dataset) => dataset,
+        Err(reason) => {
+            conn.session.refuse(RefusalCode::InvalidName, reason)?;
+            return Ok(());
+        }
+    };
+    let snapshot = match dataset.snapshot(&offer.snapshot) {
+        Ok(snapshot) => snapshot,
+        Err(err) => {
+            conn.session
+                .refuse(RefusalCode::InvalidName, err.to_string())?;
+            return Ok(());
+        }
+    };
+    let Some(_guard) = policy.locks.try_lock(&dataset) else {
+        conn.session.refuse(
+            RefusalCode::Busy,
+            format!("another transfer to {} is running", offer.target),
+        )?;
+        return Ok(());
+    };
+    if let Err((code, message)) = check_offer(zfs, &dataset, &offer).await {
+        info!(peer = %policy.peer, target = %dataset, %code, %message, "offer refused");
+        conn.session.refuse(code, message)?;
+        return Ok(());
+    }
+    if let Err(err) = ensure_parents(zfs, &policy.root, &dataset).await {
+        conn.session.refuse(
+            RefusalCode::NotPermitted,
+            format!("cannot create parents: {err}"),
+        )?;
+        return Ok(());
+    }
+    let sink = match zfs.receive(&receive_request(zfs, &dataset)).await {
+        Ok(sink) => sink,
+        Err(err) => {
+            conn.session
+                .refuse(RefusalCode::Unsupported, err.to_string())?;
+            return Ok(());
+        }
+    };
+    conn.session.accept()?;
+    info!(peer = %policy.peer, target = %dataset, snapshot = %offer.snapshot, "receiving");
+    let outcome = pump(conn, policy, sink).await?;
+    let verdict = match outcome {
+        Pumped::Aborted(message) => Err((FailureCode::Aborted, message)),
+        Pumped::Failed(failure) => Err(failure),
+        Pumped::Received => finalize(zfs, &dataset, &snapshot, offer.guid).await,
+    };
+    match verdict {
+        Ok(()) => {
+            if policy.drop_next_commit_answer.swap(false, Ordering::SeqCst) {
+                warn!(peer = %policy.peer, target = %dataset, "test hook: dropping the commit answer");
+                return Err(ServeError::DroppedCommitAnswer);
+            }
+            info!(peer = %policy.peer, snapshot = %snapshot, guid = offer.guid, "committed");
+            conn.session.committed(offer.snapshot, offer.guid)?;
+        }
+        Err((code, message)) => {
+            warn!(peer = %policy.peer, target = %dataset, %code, %message, "transfer failed");
+            conn.session.failed(code, message)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the offer fits the target as it is now.
+async fn check_offer<Z: Zfs>(
+    zfs: &Z,
+    dataset: &DatasetName,
+    offer: &TransferOffer,
+) -> Result<(), (RefusalCode, String)> {
+    let caps = zfs.capabilities();
+    if offer.raw && !caps.raw_send {
+        return Err((
+            RefusalCode::Unsupported,
+            format!(
+                "raw streams need OpenZFS; this receiver runs {}",
+                caps.dialect
+            ),
+        ));
+    }
+    let internal = |err: ZfsError| (RefusalCode::NotPermitted, err.to_string());
+    let exists = zfs.exists(dataset).await.map_err(internal)?;
+    match &offer.kind {
+        StreamKind::Full if exists => Err((
+            RefusalCode::TargetExists,
+            format!(
+                "{} already exists on the receiver; a full stream would need to overwrite it, which zrep never does",
+                offer.target
+            ),
+        )),
+        StreamKind::Full => Ok(()),
+        StreamKind::Incremental {
+            base_guid,
+            base_name,
+            ..
+        } => {
+            if !exists {
+                return Err((
+                    RefusalCode::BaseMismatch,
+                    format!(
+                        "{} does not exist on the receiver; send a full stream",
+                        offer.target
+                    ),
+                ));
+            }
+            let snapshots = zfs.list_snapshots(dataset, false).await.map_err(internal)?;
+            match snapshots.last() {
+                Some(newest) if newest.guid.0 == *base_guid => Ok(()),
+                Some(newest) => Err((
+                    RefusalCode::BaseMismatch,
+                    format!(
+                        "the newest snapshot of {} is @{} (GUID {}), not the base @{base_name} (GUID {base_guid})",
+                        offer.target,
+                        newest.name.short_name(),
+                        newest.guid
+                    ),
+                )),
+                None => Err((
+                    RefusalCode::BaseMismatch,
+                    format!(
+                        "{} has no snapshot to apply an incremental stream to",
+                        offer.target
+                    ),
+                )),
+            }
+        }
+        StreamKind::Resume { .. } => {
+            if caps.resumable_receive {
+                Ok(())
+            } else {
+                Err((
+                    RefusalCode::Unsupported,
+                    format!(
+                        "resumable receive needs OpenZFS; this receiver runs {}",
+                        caps.dialect
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Creates missing datasets between the pool and the target's parent as placeholders: not
+/// mounted, read-only, holding no data.
+async fn ensure_parents<Z: Zfs>(
+    zfs: &Z,
+    root: &DatasetName,
+    dataset: &DatasetName,
+) -> Result<(), ZfsError> {
+    let mut missing = Vec::new();
+    let mut parent = dataset.parent();
+    while let Some(p) = parent {
+        if zfs.exists(&p).await? {
+            break;
+        }
+        parent = p.parent();
+        missing.push(p);
+    }
+    for p in missing.into_iter().rev() {
+        debug!(dataset = %p, within = %root, "creating placeholder");
+        let props = [
+            (property("canmount"), "off".to_owned()),
+            (property("readonly"), "on".to_owned()),
+        ];
+        zfs.create_dataset(&p, &props, false).await?;
+    }
+    Ok(())
+}
+
+fn receive_request<Z: Zfs>(zfs: &Z, dataset: &DatasetName) -> ReceiveRequest {
+    let caps = zfs.capabilities();
+    let mut request = ReceiveRequest::new(dataset.clone());
+    request.resumable = caps.resumable_receive;
+    request.no_mount = caps.receive_no_mount;
+    if caps.receive_set_property {
+        request
+            .set_properties
+            .push((property("readonly"), "on".to_owned()));
+    }
+    request
+}
+
+enum Pumped {
+    Received,
+    Aborted(String),
+    Failed((FailureCode, String)),
+}
+
+/// Feeds data events into `zfs receive` until the stream ends.
+async fn pump<R, W>(
+    conn: &mut Connection<ReceiverSession, R, W>,
+    policy: &ReceiverPolicy,
+    mut sink: ReceiveSink,
+) -> Result<Pumped, ServeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        match conn.next_event().await? {
+            ReceiverEvent::Data(bytes) => {
+                let write =
+                    tokio::time::timeout(policy.write_timeout, sink.writer.write_all(&bytes)).await;
+                match write {
+                    Ok(Ok(())) => {}
+                    // zfs receive stopped reading: it exited, and its status says why.
+                    Ok(Err(_)) => {
+                        return Ok(match sink.finish().await {
+                            Err(err) => Pumped::Failed(classify_failure(&err)),
+                            Ok(()) => Pumped::Failed((
+                                FailureCode::Internal,
+                                "zfs receive exited before the stream ended".into(),
+                            )),
+                        });
+                    }
+                    Err(_) => {
+                        // Dropping the sink kills the stalled zfs receive.
+                        drop(sink);
+                        return Ok(Pumped::Failed((
+                            FailureCode::Internal,
+                            format!(
+                                "zfs receive accepted no data for {:?}",
+                                policy.write_timeout
+                            ),
+                        )));
+                    }
+                }
+            }
+            ReceiverEvent::StreamEnded { bytes, .. } => {
+                debug!(bytes, "stream ended, waiting for zfs receive");
+                return Ok(match sink.finish().await {
+                    Ok(()) => Pumped::Received,
+                    Err(err) => Pumped::Failed(classify_failure(&err)),
+                });
+            }
+            ReceiverEvent::StreamAborted { message } => {
+                drop(sink);
+                return Ok(Pumped::Aborted(message));
+            }
+            ReceiverEvent::PeerError { code, message } => {
+                return Err(ServeError::Peer { code, message });
+            }
+            other => {
+                conn.session.error(
+                    ErrorCode::ProtocolViolation,
+                    format!("unexpected {other:?} during a stream"),
+                );
+                conn.shutdown().await;
+                return Err(ServeError::Peer {
+                    code: ErrorCode::ProtocolViolation,
+                    message: "unexpected event during a stream".into(),
+                });
+            }
+        }
+    }
+}
+
+fn classify_failure(err: &ZfsError) -> (FailureCode, String) {
+    let text = err.to_string();
+    let code = if text.contains("out of space") || text.contains("No space left") {
+        FailureCode::NoSpace
+    } else {
+        FailureCode::ZfsReceive
+    };
+    let hint = match err {
+        ZfsError::DestinationModified { .. } => {
+            " (the target was changed on the receiver since its newest snapshot; roll it back there)"
+        }
+        _ => "",
+    };
+    (code, format!("{text}{hint}"))
+}
+
+/// Makes the target read-only (and, on zfs-fuse, unmounted so the setting reads back truly),
+/// then checks the snapshot's GUID.
+async fn finalize<Z: Zfs>(
+    zfs: &Z,
+    dataset: &DatasetName,
+    snapshot: &SnapshotName,
+    guid: u64,
+) -> Result<(), (FailureCode, String)> {
+    let internal = |what: &str, err: ZfsError| (FailureCode::Internal, format!("{what}: {err}"));
+    zfs.set_property(dataset, &property("readonly"), "on")
+        .await
+        .map_err(|e| internal("setting readonly=on", e))?;
+    if zfs.capabilities().dialect == Dialect::Legacy {
+        // zfs-fuse reports a mounted read-only filesystem as `off temporary`; unmounted, its
+        // property reads true. Backups need no mount, and an unmounted one cannot change.
+        zfs.set_property(dataset, &property("canmount"), "noauto")
+            .await
+            .map_err(|e| internal("setting canmount=noauto", e))?;
+        zfs.unmount(dataset)
+            .await
+            .map_err(|e| internal("unmounting", e))?;
+    }
+    let snapshots = zfs
+        .list_snapshots(dataset, false)
+        .await
+        .map_err(|e| internal("listing snapshots", e))?;
+    match snapshots.iter().find(|s| s.name == *snapshot) {
+        Some(found) if found.guid.0 == guid => {}
+        Some(found) => {
+            return Err((
+                FailureCode::GuidMismatch,
+                format!(
+                    "{snapshot} has GUID {}, the offer announced {guid}",
+                    found.guid
+                ),
+            ));
+        }
+        None => {
+            return Err((
+                FailureCode::GuidMismatch,
+                format!("{snapshot} is missing after zfs receive"),
+            ));
+        }
+    }
+    if !is_read_only(zfs, dataset)
+        .await
+        .map_err(|e| internal("reading readonly", e))?
+    {
+        return Err((
+            FailureCode::Internal,
+            format!("{dataset} does not read back as readonly=on"),
+        ));
+    }
+    Ok(())
+}
+
+async fn abort_resume<Z: Zfs>(
+    zfs: &Z,
+    policy: &ReceiverPolicy,
+    dataset: &DatasetName,
+) -> AbortResumeOutcome {
+    if !zfs.capabilities().resumable_receive {
+        return AbortResumeOutcome::Refused {
+            code: RefusalCode::Unsupported,
+            message: "this receiver's ZFS has no resumable receive".into(),
+        };
+    }
+    let Some(_guard) = policy.locks.try_lock(dataset) else {
+        return AbortResumeOutcome::Refused {
+            code: RefusalCode::Busy,
+            message: "a transfer to this target is running".into(),
+        };
+    };
+    let token = zfs
+        .get_property(dataset, &property("receive_resume_token"))
+        .await
+        .ok()
+        .flatten()
+        .filter(|v| v.value != "-");
+    if token.is_none() {
+        return AbortResumeOutcome::NothingToDiscard;
+    }
+    match zfs.abort_resumable_receive(dataset).await {
+        Ok(()) => AbortResumeOutcome::Discarded,
+        Err(err) => AbortResumeOutcome::Refused {
+            code: RefusalCode::NotPermitted,
+            message: err.to_string(),
+        },
+    }
+}

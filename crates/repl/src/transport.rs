@@ -1,0 +1,216 @@
+//! Drives a sans-IO protocol session over an async byte stream (TLS in production, an in-memory
+//! pipe in tests): writes what the session wants sent, feeds it what arrives, keeps its clock.
+//!
+//! Every wait is bounded: reads wait at most until the session's next deadline (heartbeat due or
+//! peer overdue), and writes are bounded by `write_timeout`.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use zrep_proto::{ProtoError, ReceiverEvent, ReceiverSession, SenderEvent, SenderSession};
+
+/// How much is read from the connection at once; frames larger than this arrive in pieces.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A failure of the connection or of the peer's protocol conduct.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// Reading or writing the connection failed.
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the connection.
+    #[error("the peer closed the connection")]
+    Closed,
+    /// Writing did not progress within the limit.
+    #[error("writing to the peer stalled for {0:?}")]
+    WriteStalled(Duration),
+    /// The peer broke the protocol or went silent; an error frame was sent if possible.
+    #[error("{0}")]
+    Protocol(#[from] ProtoError),
+}
+
+/// The session calls shared by both sides.
+pub trait Session {
+    /// What the session reports.
+    type Event;
+    /// See `SenderSession::handle_bytes`.
+    fn handle_bytes(
+        &mut self,
+        buf: &mut BytesMut,
+        now: Duration,
+    ) -> Result<Option<Self::Event>, ProtoError>;
+    /// See `SenderSession::poll_transmit`.
+    fn poll_transmit(&mut self, now: Duration) -> Option<Bytes>;
+    /// See `SenderSession::poll_timeout`.
+    fn poll_timeout(&self) -> Option<Duration>;
+    /// See `SenderSession::handle_timeout`.
+    fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError>;
+    /// See `SenderSession::is_closed`.
+    fn is_closed(&self) -> bool;
+}
+
+macro_rules! impl_session {
+    ($session:ty, $event:ty) => {
+        impl Session for $session {
+            type Event = $event;
+            fn handle_bytes(
+                &mut self,
+                buf: &mut BytesMut,
+                now: Duration,
+            ) -> Result<Option<Self::Event>, ProtoError> {
+                <$session>::handle_bytes(self, buf, now)
+            }
+            fn poll_transmit(&mut self, now: Duration) -> Option<Bytes> {
+                <$session>::poll_transmit(self, now)
+            }
+            fn poll_timeout(&self) -> Option<Duration> {
+                <$session>::poll_timeout(self)
+            }
+            fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError> {
+                <$session>::handle_timeout(self, now)
+            }
+            fn is_closed(&self) -> bool {
+                <$session>::is_closed(self)
+            }
+        }
+    };
+}
+
+impl_session!(SenderSession, SenderEvent);
+impl_session!(ReceiverSession, ReceiverEvent);
+
+/// What [`Connection::next_event_or`] produced first.
+#[derive(Debug)]
+pub enum Either<E, T> {
+    /// The session reported an event.
+    Event(E),
+    /// The other future finished.
+    Other(T),
+}
+
+/// A session bound to a connection.
+#[derive(Debug)]
+pub struct Connection<S, R, W> {
+    /// The protocol state machine; call its methods, then [`Connection::flush`].
+    pub session: S,
+    reader: R,
+    writer: W,
+    inbuf: BytesMut,
+    epoch: Instant,
+    write_timeout: Duration,
+}
+
+impl<S, R, W> Connection<S, R, W>
+where
+    S: Session,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Binds `session`, whose clock started at `epoch`, to a connection.
+    pub fn new(session: S, reader: R, writer: W, epoch: Instant, write_timeout: Duration) -> Self {
+        Self {
+            session,
+            reader,
+            writer,
+            inbuf: BytesMut::new(),
+            epoch,
+            write_timeout,
+        }
+    }
+
+    /// The session clock.
+    pub fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Writes everything the session has queued (including a due heartbeat).
+    pub async fn flush(&mut self) -> Result<(), TransportError> {
+        while let Some(bytes) = self.session.poll_transmit(self.now()) {
+            self.write_raw(&bytes).await?;
+        }
+        let limit = self.write_timeout;
+        tokio::time::timeout(limit, self.writer.flush())
+            .await
+            .map_err(|_| TransportError::WriteStalled(limit))??;
+        Ok(())
+    }
+
+    /// Writes bytes the session produced outside its queue (data frames).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
+        let limit = self.write_timeout;
+        tokio::time::timeout(limit, self.writer.write_all(bytes))
+            .await
+            .map_err(|_| TransportError::WriteStalled(limit))??;
+        Ok(())
+    }
+
+    /// Waits for the session's next event, answering heartbeats and enforcing the peer's
+    /// deadline meanwhile.
+    pub async fn next_event(&mut self) -> Result<S::Event, TransportError> {
+        match self.next_event_or(std::future::pending::<()>()).await? {
+            Either::Event(event) => Ok(event),
+            Either::Other(()) => unreachable!("a pending future never finishes"),
+        }
+    }
+
+    /// Waits for the session's next event or for `other`, whichever comes first. Reading is
+    /// cancel-safe, so nothing the peer sent is lost when `other` wins.
+    pub async fn next_event_or<T>(
+        &mut self,
+        other: impl Future<Output = T>,
+    ) -> Result<Either<S::Event, T>, TransportError> {
+        let mut other = std::pin::pin!(other);
+        loop {
+            self.flush().await?;
+            let now = self.now();
+            match self.session.handle_bytes(&mut self.inbuf, now) {
+                Ok(Some(event)) => {
+                    self.flush().await?;
+                    return Ok(Either::Event(event));
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    // The session queued an error frame saying why; send it if we still can.
+                    let _ = self.flush().await;
+                    return Err(err.into());
+                }
+            }
+            if self.session.is_closed() {
+                self.flush().await?;
+                return Err(TransportError::Closed);
+            }
+            let deadline = self
+                .session
+                .poll_timeout()
+                .map_or(Duration::from_secs(3600), |t| t.saturating_sub(now));
+            self.inbuf.reserve(READ_CHUNK);
+            tokio::select! {
+                biased;
+                read = self.reader.read_buf(&mut self.inbuf) => {
+                    if read? == 0 {
+                        return Err(TransportError::Closed);
+                    }
+                }
+                out = &mut other => return Ok(Either::Other(out)),
+                () = tokio::time::sleep(deadline) => {
+                    let now = self.now();
+                    if let Err(err) = self.session.handle_timeout(now) {
+                        // Tell the peer why before giving up; a failure to do so changes nothing.
+                        let _ = self.flush().await;
+                        return Err(err.into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends what is queued (e.g. an error frame or `Bye`) and shuts the write side down.
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = tokio::time::timeout(self.write_timeout, self.writer.shutdown()).await;
+    }
+}

@@ -1,0 +1,335 @@
+//! Sender and receiver logic against two in-memory ZFSs over an in-memory pipe: fast, and able
+//! to inject faults the real tests reach only with difficulty. The same behaviours are proven
+//! on real ZFS by the end-to-end tests.
+
+// A failed unwrap is a failed test, with the value in the message.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+use tokio::task::JoinHandle;
+use zrep_proto::{
+    ErrorCode, ReceiverSession, RefusalCode, SenderEvent, SenderSession, SessionConfig,
+};
+use zrep_repl::ReplicationError;
+use zrep_repl::receiver::{ReceiverPolicy, ServeError, TargetLocks, serve};
+use zrep_repl::sender::{DatasetJob, Replicated, SenderOptions, StreamShape, replicate};
+use zrep_repl::transport::Connection;
+use zrep_zfs::fake::FakeZfs;
+use zrep_zfs::{Capabilities, DatasetName, Guid, HoldTag, PropertyName, RelativeName, Zfs};
+
+type SenderConn = Connection<SenderSession, ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
+
+struct Bed {
+    src: FakeZfs,
+    dst: FakeZfs,
+    source: DatasetName,
+    root: DatasetName,
+    locks: TargetLocks,
+    drop_commit: Arc<AtomicBool>,
+    clock: u64,
+}
+
+impl Bed {
+    async fn new() -> Self {
+        let src = FakeZfs::new(Capabilities::legacy());
+        let dst = FakeZfs::new(Capabilities::legacy());
+        let pool = src.create_pool("tank");
+        let source = pool.child("vm store").unwrap();
+        src.create_dataset(&source, &[], true).await.unwrap();
+        let backup = dst.create_pool("backup");
+        Self {
+            src,
+            dst,
+            source,
+            root: backup.child("nas1").unwrap(),
+            locks: TargetLocks::default(),
+            drop_commit: Arc::new(AtomicBool::new(false)),
+            clock: 1_795_000_000,
+        }
+    }
+
+    fn job(&self) -> DatasetJob {
+        DatasetJob {
+            source: self.source.clone(),
+            target: RelativeName::parse("vm/store").unwrap(),
+            prefix: "zrep".into(),
+            intermediates: true,
+            keep_last: 1,
+        }
+    }
+
+    fn target(&self) -> DatasetName {
+        self.root
+            .join(&RelativeName::parse("vm/store").unwrap())
+            .unwrap()
+    }
+
+    fn options() -> SenderOptions {
+        SenderOptions {
+            compression_level: 3,
+            chunk_size: 64 * 1024,
+            commit_timeout: Duration::from_secs(10),
+            hold_tag: HoldTag::parse("zrep:backup1").unwrap(),
+        }
+    }
+
+    /// A connected, negotiated sender and the receiver task serving it.
+    async fn connect(&self) -> (SenderConn, JoinHandle<Result<(), ServeError>>) {
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        let (ra, wa) = tokio::io::split(a);
+        let (rb, wb) = tokio::io::split(b);
+        let policy = ReceiverPolicy {
+            peer: "nas1".into(),
+            root: self.root.clone(),
+            write_timeout: Duration::from_secs(10),
+            locks: self.locks.clone(),
+            drop_next_commit_answer: self.drop_commit.clone(),
+        };
+        let dst = self.dst.clone();
+        let receiver = tokio::spawn(async move {
+            let epoch = Instant::now();
+            let session = ReceiverSession::new(SessionConfig::default(), Duration::ZERO);
+            let mut conn = Connection::new(session, rb, wb, epoch, Duration::from_secs(10));
+            serve(&dst, &mut conn, &policy).await
+        });
+        let session = SenderSession::new(SessionConfig::default(), Duration::ZERO);
+        let mut conn = Connection::new(session, ra, wa, Instant::now(), Duration::from_secs(10));
+        match conn.next_event().await.unwrap() {
+            SenderEvent::Negotiated(_) => {}
+            other => panic!("expected negotiation, got {other:?}"),
+        }
+        (conn, receiver)
+    }
+
+    async fn cycle(&mut self, conn: &mut SenderConn) -> Result<Replicated, ReplicationError> {
+        self.clock += 60;
+        let now = UNIX_EPOCH + Duration::from_secs(self.clock);
+        replicate(&self.src, conn, &self.job(), &Self::options(), now).await
+    }
+
+    async fn guids(zfs: &FakeZfs, dataset: &DatasetName) -> Vec<(String, Guid)> {
+        zfs.list_snapshots(dataset, false)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.name.short_name().to_owned(), s.guid))
+            .collect()
+    }
+}
+
+async fn bye(mut conn: SenderConn, receiver: JoinHandle<Result<(), ServeError>>) {
+    conn.session.close().unwrap();
+    conn.flush().await.unwrap();
+    receiver.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn full_then_incrementals_match_by_guid_and_content() {
+    let mut bed = Bed::new().await;
+    let (mut conn, receiver) = bed.connect().await;
+    bed.src.write_file(&bed.source, "disk.img", b"version 1");
+    let first = bed.cycle(&mut conn).await.unwrap();
+    assert_eq!(first.shape, StreamShape::Full);
+    assert!(first.stream_bytes > 0 && first.wire_bytes > 0);
+
+    // A manual snapshot between cycles travels with -I; zrep never prunes it.
+    bed.src.write_file(&bed.source, "disk.img", b"version 2");
+    bed.src
+        .create_snapshot(&bed.source.snapshot("manual").unwrap(), false)
+        .await
+        .unwrap();
+    bed.src.write_file(&bed.source, "disk.img", b"version 3");
+    let second = bed.cycle(&mut conn).await.unwrap();
+    assert_eq!(
+        second.shape,
+        StreamShape::Incremental {
+            base: first.snapshot.short_name().to_owned(),
+            intermediates: true
+        }
+    );
+    bed.src.write_file(&bed.source, "other", b"x");
+    let third = bed.cycle(&mut conn).await.unwrap();
+    bye(conn, receiver).await;
+
+    let target = bed.target();
+    assert_eq!(bed.dst.files(&target), bed.src.files(&bed.source));
+    let on_target = Bed::guids(&bed.dst, &target).await;
+    let shorts: Vec<&str> = on_target.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        shorts,
+        [
+            first.snapshot.short_name(),
+            "manual",
+            second.snapshot.short_name(),
+            third.snapshot.short_name()
+        ]
+    );
+    let on_source = Bed::guids(&bed.src, &bed.source).await;
+    let manual = on_source.iter().find(|(n, _)| n == "manual").unwrap();
+    let guids: Vec<Guid> = on_target.iter().map(|(_, g)| *g).collect();
+    assert_eq!(guids, [first.guid, manual.1, second.guid, third.guid]);
+    // Pruned to keep-last = 1: only the newest zrep snapshot and the manual one remain.
+    let source_names: Vec<&str> = on_source.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(source_names, ["manual", third.snapshot.short_name()]);
+    assert_eq!(bed.src.holds_of(&third.snapshot), ["zrep:backup1"]);
+    let readonly = bed
+        .dst
+        .get_property(&target, &PropertyName::parse("readonly").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(readonly.value, "on");
+    // Parents were created as placeholders: not mounted, read-only.
+    let parent = target.parent().unwrap();
+    let canmount = bed
+        .dst
+        .get_property(&parent, &PropertyName::parse("canmount").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(canmount.value, "off");
+}
+
+#[tokio::test]
+async fn lost_commit_answer_is_reconciled_by_guid() {
+    let mut bed = Bed::new().await;
+    let (mut conn, receiver) = bed.connect().await;
+    bed.src.write_file(&bed.source, "f", b"1");
+    let first = bed.cycle(&mut conn).await.unwrap();
+    bed.src.write_file(&bed.source, "f", b"2");
+    bed.drop_commit.store(true, Ordering::SeqCst);
+    let lost = bed.cycle(&mut conn).await.unwrap_err();
+    assert!(matches!(lost, ReplicationError::Transport(_)), "{lost:?}");
+    assert!(matches!(
+        receiver.await.unwrap(),
+        Err(ServeError::DroppedCommitAnswer)
+    ));
+    // The snapshot landed although the answer was lost.
+    let landed = Bed::guids(&bed.dst, &bed.target()).await;
+    assert_eq!(landed.len(), 2);
+    let (lost_name, lost_guid) = landed[1].clone();
+    // The first base is still held: the hold moves only on a confirmed commit.
+    assert_eq!(bed.src.holds_of(&first.snapshot), ["zrep:backup1"]);
+
+    let (mut conn, receiver) = bed.connect().await;
+    bed.src.write_file(&bed.source, "f", b"3");
+    let next = bed.cycle(&mut conn).await.unwrap();
+    bye(conn, receiver).await;
+    // Not sent again: the next stream starts from the snapshot whose answer was lost.
+    assert_eq!(
+        next.shape,
+        StreamShape::Incremental {
+            base: lost_name.clone(),
+            intermediates: true
+        }
+    );
+    let on_target = Bed::guids(&bed.dst, &bed.target()).await;
+    assert_eq!(on_target.len(), 3);
+    assert_eq!(on_target[1], (lost_name, lost_guid));
+    assert_eq!(bed.dst.files(&bed.target())["f"], b"3");
+    // The hold moved to the new base and the old bases were pruned.
+    assert_eq!(bed.src.holds_of(&next.snapshot), ["zrep:backup1"]);
+    let left = Bed::guids(&bed.src, &bed.source).await;
+    assert_eq!(left, [(next.snapshot.short_name().to_owned(), next.guid)]);
+}
+
+#[tokio::test]
+async fn diverged_target_is_refused_and_nothing_is_destroyed() {
+    let mut bed = Bed::new().await;
+    let (mut conn, receiver) = bed.connect().await;
+    bed.src.write_file(&bed.source, "f", b"1");
+    bed.cycle(&mut conn).await.unwrap();
+    // Someone snapshots the backup directly.
+    bed.dst
+        .create_snapshot(&bed.target().snapshot("local-on-backup").unwrap(), false)
+        .await
+        .unwrap();
+    let before_target = Bed::guids(&bed.dst, &bed.target()).await;
+    let err = bed.cycle(&mut conn).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, ReplicationError::Diverged(_)), "{err:?}");
+    assert!(
+        text.contains("local-on-backup") && text.contains("never destroys"),
+        "{text}"
+    );
+    assert_eq!(Bed::guids(&bed.dst, &bed.target()).await, before_target);
+    bye(conn, receiver).await;
+}
+
+#[tokio::test]
+async fn modified_target_fails_with_zfs_message_and_loses_nothing() {
+    let mut bed = Bed::new().await;
+    let (mut conn, receiver) = bed.connect().await;
+    bed.src.write_file(&bed.source, "f", b"1");
+    bed.cycle(&mut conn).await.unwrap();
+    bed.dst.write_file(&bed.target(), "intruder", b"x");
+    bed.src.write_file(&bed.source, "f", b"2");
+    let err = bed.cycle(&mut conn).await.unwrap_err();
+    assert!(err.to_string().contains("has been modified"), "{err}");
+    assert!(bed.dst.files(&bed.target()).contains_key("intruder"));
+    assert_eq!(Bed::guids(&bed.dst, &bed.target()).await.len(), 1);
+    bye(conn, receiver).await;
+}
+
+#[tokio::test]
+async fn busy_target_is_refused() {
+    let mut bed = Bed::new().await;
+    let (mut conn, receiver) = bed.connect().await;
+    let target = bed.target();
+    let _held = bed.locks.try_lock(&target).unwrap();
+    bed.src.write_file(&bed.source, "f", b"1");
+    let err = bed.cycle(&mut conn).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReplicationError::Refused {
+                code: RefusalCode::Busy,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!bed.dst.exists(&target).await.unwrap());
+    bye(conn, receiver).await;
+}
+
+#[tokio::test]
+async fn escaping_target_names_close_the_session() {
+    let bed = Bed::new().await;
+    for bad in [
+        "../nas2/x",
+        "/abs",
+        "a@b",
+        "a#b",
+        "a%b",
+        "",
+        "a//b",
+        "a\u{1}b",
+    ] {
+        let (mut conn, receiver) = bed.connect().await;
+        conn.session.request_state(bad).unwrap();
+        match conn.next_event().await.unwrap() {
+            SenderEvent::PeerError { code, message } => {
+                assert_eq!(code, ErrorCode::NotAuthorized);
+                assert!(message.contains("refused"), "{message}");
+            }
+            other => panic!("{bad:?}: expected refusal, got {other:?}"),
+        }
+        assert!(matches!(
+            receiver.await.unwrap(),
+            Err(ServeError::InvalidTarget { .. })
+        ));
+    }
+    assert_eq!(
+        bed.dst
+            .list_datasets(&DatasetName::parse("backup").unwrap())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
