@@ -1,0 +1,222 @@
+//! `recv.toml`, parsed once into typed values. Relative paths are relative to the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use zrep_tls::PeerName;
+use zrep_zfs::DatasetName;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The configuration file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or missing keys.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The configuration file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is well-formed TOML but not acceptable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    listen: String,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    handshake_timeout: Duration,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    idle_timeout: Duration,
+    #[serde(default = "default_receive_timeout", with = "humantime_serde")]
+    receive_timeout: Duration,
+    #[serde(default, rename = "peer")]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPeer {
+    name: String,
+    root: String,
+}
+
+fn default_max_connections() -> usize {
+    16
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_receive_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// A validated receiver configuration.
+#[derive(Debug, Clone)]
+pub struct RecvConfig {
+    /// Where to listen for senders.
+    pub listen: SocketAddr,
+    /// The server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+    /// The CA whose client certificates are accepted (PEM).
+    pub ca: PathBuf,
+    /// At most this many connections at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Limit for the TLS handshake and the protocol hello.
+    pub handshake_timeout: Duration,
+    /// A peer silent for this long (no frame, not even a heartbeat) is disconnected.
+    pub idle_timeout: Duration,
+    /// Limit for `zfs receive` to finish once the stream has ended.
+    pub receive_timeout: Duration,
+    /// Each peer's root dataset, by certificate name.
+    pub peers: BTreeMap<PeerName, DatasetName>,
+}
+
+impl RecvConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let listen = raw.listen.parse().map_err(|e| {
+            invalid(format!(
+                "listen = {:?}: {e} (expected ADDRESS:PORT)",
+                raw.listen
+            ))
+        })?;
+        if raw.max_connections == 0 {
+            return Err(invalid("max-connections must be at least 1".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut peers = BTreeMap::new();
+        for peer in raw.peers {
+            let name = PeerName::new(peer.name.clone())
+                .map_err(|e| invalid(format!("peer name {:?}: {e}", peer.name)))?;
+            let root = DatasetName::parse(&peer.root)
+                .map_err(|e| invalid(format!("root of peer {name}: {e}")))?;
+            if root.parent().is_none() {
+                return Err(invalid(format!(
+                    "root of peer {name} is the pool {root}; give each peer a dataset below the pool"
+                )));
+            }
+            for (other, other_root) in &peers {
+                if root.is_within(other_root) || other_root.is_within(&root) {
+                    return Err(invalid(format!(
+                        "roots of peers {other} ({other_root}) and {name} ({root}) overlap; each peer needs its own subtree"
+                    )));
+                }
+            }
+            if peers.insert(name.clone(), root).is_some() {
+                return Err(invalid(format!("peer {name} is listed twice")));
+            }
+        }
+        Ok(Self {
+            listen,
+            cert: base.join(raw.cert),
+            key: base.join(raw.key),
+            ca: base.join(raw.ca),
+            max_connections: raw.max_connections,
+            handshake_timeout: raw.handshake_timeout,
+            idle_timeout: raw.idle_timeout,
+            receive_timeout: raw.receive_timeout,
+            peers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+listen = "127.0.0.1:7711"
+cert = "backup1.pem"
+key = "backup1.key"
+ca = "ca.pem"
+idle-timeout = "30s"
+
+[[peer]]
+name = "nas1"
+root = "backup/nas1"
+
+[[peer]]
+name = "nas2"
+root = "backup/nas2"
+"#;
+
+    #[test]
+    fn parses_and_resolves_paths() {
+        let config = RecvConfig::parse(EXAMPLE, Path::new("/etc/zrep/recv.toml")).unwrap();
+        assert_eq!(config.cert, Path::new("/etc/zrep/backup1.pem"));
+        assert_eq!(config.idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.max_connections, 16);
+        let nas1 = PeerName::new("nas1").unwrap();
+        assert_eq!(config.peers[&nas1].as_str(), "backup/nas1");
+    }
+
+    #[test]
+    fn refuses_bad_configs() {
+        let cases = [
+            (
+                EXAMPLE.replace("idle-timeout", "idle-timout"),
+                "unknown field",
+            ),
+            (EXAMPLE.replace("backup/nas2", "backup/nas1/x"), "overlap"),
+            (EXAMPLE.replace("backup/nas2", "backup"), "is the pool"),
+            (EXAMPLE.replace("\"nas2\"", "\"nas 2\""), "peer name"),
+            (
+                EXAMPLE.replace("backup/nas2", "backup/../x"),
+                "root of peer",
+            ),
+            (EXAMPLE.replace("127.0.0.1:7711", "localhost"), "listen"),
+        ];
+        for (text, want) in cases {
+            let err = RecvConfig::parse(&text, Path::new("recv.toml")).unwrap_err();
+            assert!(err.to_string().contains(want), "{err} lacks {want:?}");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! zrep-recv: the receive service on the backup host. The binary is a thin shell over
+//! [`server::run`]; configuration lives in [`config`].
+
+pub mod config;
+pub mod server;

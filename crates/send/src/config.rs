@@ -1,0 +1,293 @@
+//! `send.toml`, parsed once into typed values. Relative paths are relative to the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use zrep_zfs::{DatasetName, RelativeName};
+
+/// Why a configuration cannot be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The configuration file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or missing keys.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The configuration file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is well-formed TOML but not acceptable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    receiver: String,
+    server_name: String,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    #[serde(default = "default_prefix")]
+    prefix: String,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(default = "default_commit_timeout", with = "humantime_serde")]
+    commit_timeout: Duration,
+    #[serde(default = "default_compression_level")]
+    compression_level: i32,
+    #[serde(default = "default_keep_last")]
+    keep_last: usize,
+    #[serde(default, rename = "dataset")]
+    datasets: Vec<RawDataset>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDataset {
+    source: String,
+    target: Option<String>,
+    #[serde(default = "default_true")]
+    intermediates: bool,
+    prefix: Option<String>,
+    keep_last: Option<usize>,
+}
+
+fn default_prefix() -> String {
+    zrep_repl::naming::DEFAULT_PREFIX.to_owned()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_commit_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_compression_level() -> i32 {
+    3
+}
+fn default_keep_last() -> usize {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A validated sender configuration.
+#[derive(Debug, Clone)]
+pub struct SendConfig {
+    /// The receiver's address, `HOST:PORT`.
+    pub receiver: String,
+    /// The name in the receiver's certificate.
+    pub server_name: String,
+    /// This sender's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// This sender's private key (PEM).
+    pub key: PathBuf,
+    /// The receiver's CA (PEM).
+    pub ca: PathBuf,
+    /// Limit for TCP connect, TLS handshake and protocol hello together.
+    pub connect_timeout: Duration,
+    /// Limit for the receiver's commit answer after the stream ended.
+    pub commit_timeout: Duration,
+    /// zstd level for data chunks (1 to 19).
+    pub compression_level: i32,
+    /// The datasets to replicate, in order.
+    pub datasets: Vec<DatasetConfig>,
+}
+
+/// One replicated dataset.
+#[derive(Debug, Clone)]
+pub struct DatasetConfig {
+    /// The dataset on this host.
+    pub source: DatasetName,
+    /// Its name under this peer's root on the receiver.
+    pub target: RelativeName,
+    /// `-I` (every snapshot in between travels) rather than `-i`.
+    pub intermediates: bool,
+    /// Prefix of zrep's snapshot names.
+    pub prefix: String,
+    /// How many of zrep's snapshots to keep on the source, the newest common one always among
+    /// them.
+    pub keep_last: usize,
+}
+
+impl SendConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if !raw.receiver.contains(':') {
+            return Err(invalid(format!(
+                "receiver = {:?}: expected HOST:PORT",
+                raw.receiver
+            )));
+        }
+        if !(1..=19).contains(&raw.compression_level) {
+            return Err(invalid("compression-level must be 1 to 19".into()));
+        }
+        let check_prefix = |prefix: &str| {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 32
+                && prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(format!(
+                    "prefix {prefix:?}: use 1 to 32 of A-Z a-z 0-9 - ."
+                )))
+            }
+        };
+        check_prefix(&raw.prefix)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut datasets: Vec<DatasetConfig> = Vec::new();
+        for ds in raw.datasets {
+            let source = DatasetName::parse(&ds.source)
+                .map_err(|e| invalid(format!("dataset source: {e}")))?;
+            let target = match &ds.target {
+                Some(target) => RelativeName::parse(target)
+                    .map_err(|e| invalid(format!("target of {source}: {e}")))?,
+                None => source.without_pool().ok_or_else(|| {
+                    invalid(format!(
+                        "dataset {source} is a pool's root: give it a `target` name"
+                    ))
+                })?,
+            };
+            if let Some(prefix) = &ds.prefix {
+                check_prefix(prefix)?;
+            }
+            let keep_last = ds.keep_last.unwrap_or(raw.keep_last);
+            if keep_last == 0 {
+                return Err(invalid(format!(
+                    "keep-last of {source} must be at least 1 (the newest common snapshot)"
+                )));
+            }
+            if let Some(other) = datasets.iter().find(|d| d.target == target) {
+                return Err(invalid(format!(
+                    "{source} and {} both replicate to target {target}",
+                    other.source
+                )));
+            }
+            datasets.push(DatasetConfig {
+                source,
+                target,
+                intermediates: ds.intermediates,
+                prefix: ds.prefix.unwrap_or_else(|| raw.prefix.clone()),
+                keep_last,
+            });
+        }
+        Ok(Self {
+            receiver: raw.receiver,
+            server_name: raw.server_name,
+            cert: base.join(raw.cert),
+            key: base.join(raw.key),
+            ca: base.join(raw.ca),
+            connect_timeout: raw.connect_timeout,
+            commit_timeout: raw.commit_timeout,
+            compression_level: raw.compression_level,
+            datasets,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+receiver = "backup.example:7711"
+server-name = "backup1"
+cert = "nas1.pem"
+key = "nas1.key"
+ca = "ca.pem"
+
+[[dataset]]
+source = "zpool1/nfs/vm/esxi"
+target = "nfs/vm/esxi"
+
+[[dataset]]
+source = "zpool1/home dirs"
+intermediates = false
+keep-last = 3
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let config = SendConfig::parse(EXAMPLE, Path::new("/etc/zrep/send.toml")).unwrap();
+        assert_eq!(config.ca, Path::new("/etc/zrep/ca.pem"));
+        assert_eq!(config.datasets.len(), 2);
+        let home = &config.datasets[1];
+        assert_eq!(home.target.as_str(), "home dirs");
+        assert!(!home.intermediates);
+        assert_eq!(home.keep_last, 3);
+        assert_eq!(home.prefix, "zrep");
+        assert!(config.datasets[0].intermediates);
+    }
+
+    #[test]
+    fn refuses_bad_configs() {
+        let cases = [
+            (
+                EXAMPLE.replace("server-name", "servername"),
+                "unknown field",
+            ),
+            (
+                EXAMPLE.replace("target = \"nfs/vm/esxi\"", "target = \"../esxi\""),
+                "target of",
+            ),
+            (
+                EXAMPLE.replace("\"zpool1/home dirs\"", "\"zpool1\""),
+                "pool's root",
+            ),
+            (
+                EXAMPLE.replace("keep-last = 3", "keep-last = 0"),
+                "at least 1",
+            ),
+            (
+                EXAMPLE.replace("intermediates = false", "target = \"nfs/vm/esxi\""),
+                "both replicate",
+            ),
+            (
+                EXAMPLE.replace("backup.example:7711", "backup.example"),
+                "HOST:PORT",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = SendConfig::parse(&text, Path::new("send.toml")).unwrap_err();
+            assert!(err.to_string().contains(want), "{err} lacks {want:?}");
+        }
+    }
+}

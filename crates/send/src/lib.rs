@@ -1,0 +1,5 @@
+//! zrep-send: the push agent on the primary. The binary is a thin shell over [`once::run_once`];
+//! configuration lives in [`config`].
+
+pub mod config;
+pub mod once;

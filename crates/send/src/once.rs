@@ -1,0 +1,184 @@
+//! `zrep-send once`: one replication cycle of every configured dataset over one session.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, anyhow};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+use zrep_proto::{MAX_CHUNK, SenderEvent, SenderSession, SessionConfig};
+use zrep_repl::ReplicationError;
+use zrep_repl::sender::{DatasetJob, Replicated, SenderOptions, StreamShape, replicate};
+use zrep_repl::transport::Connection;
+use zrep_tls::Connector;
+use zrep_tls::tokio_rustls::client::TlsStream;
+use zrep_zfs::{HoldTag, SystemZfs, SystemZfsConfig};
+
+use crate::config::{DatasetConfig, SendConfig};
+
+type Tls = TlsStream<TcpStream>;
+type SenderConn = Connection<SenderSession, ReadHalf<Tls>, WriteHalf<Tls>>;
+
+/// How a run ended, for the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every dataset replicated.
+    AllReplicated,
+    /// At least one dataset failed.
+    SomeFailed,
+}
+
+/// Replicates every dataset once. Prints one line per dataset on stdout.
+pub async fn run_once(config: &SendConfig) -> anyhow::Result<RunOutcome> {
+    let zfs = SystemZfs::probe(SystemZfsConfig::default())
+        .await
+        .context("probing the local ZFS")?;
+    let tls = zrep_tls::client_config_from_files(&config.ca, &config.cert, &config.key)
+        .context("loading the TLS certificate, key and CA")?;
+    let connector = Connector::new(tls);
+    let options = SenderOptions {
+        compression_level: config.compression_level,
+        chunk_size: MAX_CHUNK,
+        commit_timeout: config.commit_timeout,
+        hold_tag: hold_tag(&config.server_name),
+    };
+    let mut conn: Option<SenderConn> = None;
+    let mut outcome = RunOutcome::AllReplicated;
+    for dataset in &config.datasets {
+        if conn.is_none() {
+            match connect(config, &connector).await {
+                Ok(fresh) => conn = Some(fresh),
+                Err(err) => {
+                    println!(
+                        "{} NOT replicated to {}: {err:#}",
+                        dataset.source, config.receiver
+                    );
+                    outcome = RunOutcome::SomeFailed;
+                    continue;
+                }
+            }
+        }
+        let Some(session) = conn.as_mut() else {
+            continue;
+        };
+        let job = job(dataset);
+        match replicate(&zfs, session, &job, &options, SystemTime::now()).await {
+            Ok(done) => println!("{}", success_line(&done, &config.receiver)),
+            Err(err) => {
+                println!(
+                    "{} NOT replicated to {}: {err}",
+                    dataset.source, config.receiver
+                );
+                outcome = RunOutcome::SomeFailed;
+                if session_is_broken(&err) {
+                    conn = None;
+                }
+            }
+        }
+    }
+    if let Some(mut conn) = conn {
+        if conn.session.close().is_ok() {
+            conn.shutdown().await;
+        }
+    }
+    Ok(outcome)
+}
+
+fn job(dataset: &DatasetConfig) -> DatasetJob {
+    DatasetJob {
+        source: dataset.source.clone(),
+        target: dataset.target.clone(),
+        prefix: dataset.prefix.clone(),
+        intermediates: dataset.intermediates,
+        keep_last: dataset.keep_last,
+    }
+}
+
+/// One hold tag per receiver, so replicating to two receivers keeps both bases.
+fn hold_tag(server_name: &str) -> HoldTag {
+    HoldTag::parse(&format!("zrep:{server_name}"))
+        .or_else(|_| HoldTag::parse("zrep"))
+        .unwrap_or_else(|_| unreachable!("`zrep` is a valid hold tag"))
+}
+
+fn session_is_broken(err: &ReplicationError) -> bool {
+    matches!(
+        err,
+        ReplicationError::Transport(_)
+            | ReplicationError::PeerError { .. }
+            | ReplicationError::CommitTimeout(_)
+            | ReplicationError::Usage(_)
+            | ReplicationError::Unexpected(_)
+    )
+}
+
+fn success_line(done: &Replicated, receiver: &str) -> String {
+    let secs = done.elapsed.as_secs_f64();
+    match &done.shape {
+        StreamShape::UpToDate => {
+            format!("{} already on {receiver} (nothing to send)", done.snapshot)
+        }
+        shape => {
+            let kind = match shape {
+                StreamShape::Full => "full".to_owned(),
+                StreamShape::Incremental {
+                    base,
+                    intermediates,
+                } => {
+                    format!("{} from @{base}", if *intermediates { "-I" } else { "-i" })
+                }
+                StreamShape::UpToDate => unreachable!("handled above"),
+            };
+            format!(
+                "{} replicated to {receiver} ({} bytes in {secs:.1} s, {kind}, {} bytes on the wire)",
+                done.snapshot, done.stream_bytes, done.wire_bytes
+            )
+        }
+    }
+}
+
+async fn connect(config: &SendConfig, connector: &Connector) -> anyhow::Result<SenderConn> {
+    let limit = config.connect_timeout;
+    let work = async {
+        let tcp = TcpStream::connect(&config.receiver)
+            .await
+            .with_context(|| format!("connecting to {}", config.receiver))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = connector
+            .connect(&config.server_name, tcp)
+            .await
+            .with_context(|| format!("TLS handshake with {}", config.server_name))?;
+        let (reader, writer) = tokio::io::split(tls);
+        let mut session_config = SessionConfig::default();
+        session_config.software = concat!("zrep-send ", env!("CARGO_PKG_VERSION")).to_owned();
+        let session = SenderSession::new(session_config, Duration::ZERO);
+        let mut conn = Connection::new(
+            session,
+            reader,
+            writer,
+            Instant::now(),
+            limit.max(Duration::from_secs(30)),
+        );
+        match conn.next_event().await {
+            Ok(SenderEvent::Negotiated(n)) => {
+                info!(version = n.version, peer = %n.peer.software, "session established");
+                Ok(conn)
+            }
+            Ok(SenderEvent::PeerError { code, message }) => Err(anyhow!(
+                "the receiver refused the session ({code}): {message}"
+            )),
+            Ok(other) => Err(anyhow!(
+                "unexpected first answer from the receiver: {other:?}"
+            )),
+            // In TLS 1.3 a refused client certificate shows up on the first read.
+            Err(err) => Err(anyhow!("the receiver closed the session: {err}")),
+        }
+    };
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        warn!(after = ?limit, "connecting timed out");
+        Err(anyhow!(
+            "connecting to {} timed out after {limit:?}",
+            config.receiver
+        ))
+    })
+}
