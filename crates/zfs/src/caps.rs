@@ -226,6 +226,18 @@ mod tests {
     }
 
     #[test]
+    fn real_openzfs_2_3_probe_output() {
+        // What `zfs`, `zfs get` and `zfs version` print on OpenZFS 2.3.2 (bookworm-backports),
+        // usage and property list on stderr; recorded in the OpenZFS VM.
+        let caps = Capabilities::from_probe(
+            include_str!("../testdata/openzfs-2.3.2-usage.txt"),
+            include_str!("../testdata/openzfs-2.3.2-get.txt"),
+            include_str!("../testdata/openzfs-2.3.2-version.txt"),
+        );
+        assert_eq!(caps, Capabilities::openzfs("2.3.2-2~bpo12+2"));
+    }
+
+    #[test]
     fn version_parsing() {
         assert_eq!(parse_version("zfs-2.1.11-1\n"), Some("2.1.11-1".into()));
         assert_eq!(parse_version("unrecognized command 'version'"), None);

@@ -56,7 +56,16 @@ pub enum ZfsError {
         /// The failed command.
         failure: CommandFailure,
     },
-    /// The stream was truncated or corrupt.
+    /// The target holds a partially received stream (OpenZFS `zfs receive -s` that was cut):
+    /// resume it with its `receive_resume_token` or discard it with `zfs receive -A` before
+    /// anything else can be received into it.
+    #[error("{failure}")]
+    PartialReceive {
+        /// The failed command.
+        failure: CommandFailure,
+    },
+    /// The stream was truncated or corrupt. After a cut resumable receive the target keeps a
+    /// `receive_resume_token`.
     #[error("{failure}")]
     InvalidStream {
         /// The failed command.
@@ -68,7 +77,8 @@ pub enum ZfsError {
         /// The failed command.
         failure: CommandFailure,
     },
-    /// The target already has a snapshot of this name.
+    /// The name is taken: a snapshot, dataset or bookmark of this name exists, or the snapshot
+    /// already has a hold with this tag.
     #[error("{failure}")]
     AlreadyExists {
         /// The failed command.
@@ -118,6 +128,7 @@ impl ZfsError {
             Self::NotFound { failure }
             | Self::DestinationModified { failure }
             | Self::IncrementalMismatch { failure }
+            | Self::PartialReceive { failure }
             | Self::DestinationExists { failure }
             | Self::InvalidStream { failure }
             | Self::Busy { failure }
@@ -127,7 +138,7 @@ impl ZfsError {
         }
     }
 
-    /// Classifies a failed command by ZFS's message.
+    /// Classifies a failed command by ZFS's message (zfs-fuse 0.7 and OpenZFS 2.x wordings).
     pub(crate) fn from_failure(failure: CommandFailure) -> Self {
         // ZFS wraps long messages; fold all whitespace so phrases match across lines.
         let text = failure
@@ -136,31 +147,40 @@ impl ZfsError {
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
-        if text.contains("has been modified") {
+        let has = |phrase: &str| text.contains(phrase);
+        if has("has been modified") {
             Self::DestinationModified { failure }
-        } else if text.contains("does not match incremental source")
-            || text.contains("most recent snapshot of") && text.contains("does not match")
+        } else if has("contains partially-complete state") {
+            // OpenZFS: a plain receive into a target that holds a cut `receive -s`.
+            Self::PartialReceive { failure }
+        } else if has("does not match incremental source")
+            || has("most recent snapshot of") && has("does not match")
         {
             Self::IncrementalMismatch { failure }
-        } else if text.contains("invalid backup stream")
-            || text.contains("checksum mismatch")
-            || text.contains("unexpected end")
-            || text.contains("incomplete stream")
+        } else if has("invalid backup stream")
+            || has("invalid stream")
+            || has("checksum mismatch")
+            || has("unexpected end")
+            || has("incomplete stream")
+            || has("failed to read from stream")
         {
+            // A cut `receive -s` says "checksum mismatch or incomplete stream" too, then
+            // "partially received snapshot is saved": its target keeps a resume token.
             Self::InvalidStream { failure }
-        } else if text.contains("must specify -f to overwrite")
-            || text.contains("destination") && text.contains("exists")
+        } else if has("does not exist")
+            || has("could not find any snapshots")
+            || has("no such pool")
+            || has("no such dataset")
+            || has("no longer exists")
         {
-            Self::DestinationExists { failure }
-        } else if text.contains("does not exist")
-            || text.contains("could not find any snapshots")
-            || text.contains("no such pool")
-            || text.contains("no such dataset")
-        {
+            // "no longer exists": OpenZFS `send -t` whose source snapshot was destroyed.
             Self::NotFound { failure }
-        } else if text.contains("dataset is busy") || text.contains("pool or dataset is busy") {
+        } else if has("must specify -f to overwrite") || has("destination") && has("exists") {
+            Self::DestinationExists { failure }
+        } else if has("dataset is busy") || has("being held") {
+            // OpenZFS says why: "cannot destroy snapshot p/a@s: it's being held".
             Self::Busy { failure }
-        } else if text.contains("dataset already exists") {
+        } else if has("already exists") || has("bookmark exists") {
             Self::AlreadyExists { failure }
         } else {
             Self::Failed { failure }
@@ -254,6 +274,75 @@ mod tests {
             ("cannot destroy snapshot p/a@s: dataset is busy", "Busy"),
             ("something else", "Failed"),
         ];
+        // OpenZFS 2.3.2, as `scripts/test-openzfs` saw them.
+        let openzfs = [
+            (
+                "cannot destroy snapshot p/a@s1: it's being held. Run 'zfs holds -r p/a@s1' to \
+                 see holders.",
+                "Busy",
+            ),
+            (
+                "cannot receive incremental stream: destination p/d contains partially-complete \
+                 state from \"zfs receive -s\".",
+                "PartialReceive",
+            ),
+            (
+                "cannot receive incremental stream: checksum mismatch or incomplete stream.\n\
+                 Partially received snapshot is saved.\n\
+                 A resuming stream can be generated on the sending system by running:\n    \
+                 zfs send -t 1-a72d4ae97-d8-789c63",
+                "InvalidStream",
+            ),
+            (
+                "cannot receive new filesystem stream: incomplete stream",
+                "InvalidStream",
+            ),
+            (
+                "cannot receive: invalid stream (bad magic number)",
+                "InvalidStream",
+            ),
+            (
+                "cannot receive: failed to read from stream",
+                "InvalidStream",
+            ),
+            (
+                "cannot receive incremental stream: destination 'p/nope' does not exist",
+                "NotFound",
+            ),
+            (
+                "cannot open 'p/x': dataset does not exist\n\
+                 cannot receive new filesystem stream: unable to restore to destination",
+                "NotFound",
+            ),
+            (
+                "cannot resume send: 'p/d@s2' used in the initial send no longer exists",
+                "NotFound",
+            ),
+            ("bookmark 'p/d#nope' does not exist.", "NotFound"),
+            (
+                "cannot create bookmark 'p/d#b1': bookmark exists",
+                "AlreadyExists",
+            ),
+            (
+                "cannot hold snapshot 'p/d@s1': tag already exists on this dataset",
+                "AlreadyExists",
+            ),
+            (
+                "cannot create snapshot 'p/d@s1': dataset already exists",
+                "AlreadyExists",
+            ),
+            ("cannot unmount '/mnt/p/d': pool or dataset is busy", "Busy"),
+            (
+                "cannot rollback to 'p/d@s1': more recent snapshots or bookmarks exist\n\
+                 use '-r' to force deletion of the following snapshots and bookmarks:\np/d@s2",
+                "Failed",
+            ),
+            (
+                "'p/d' does not have any resumable receive state to abort",
+                "Failed",
+            ),
+        ];
+        let cases = cases.into_iter().chain(openzfs);
         for (stderr, want) in cases {
             let err = ZfsError::from_failure(failure(stderr));
             let got = format!("{err:?}");

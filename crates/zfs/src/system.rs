@@ -631,8 +631,18 @@ fn check_status(command: CommandLine, status: ExitStatus, stderr: String) -> Res
     Err(ZfsError::from_failure(CommandFailure {
         command,
         status: status.code(),
-        stderr: stderr.trim().to_owned(),
+        stderr: without_usage(&stderr).trim().to_owned(),
     }))
+}
+
+/// OpenZFS follows some messages with the subcommand's usage text (`zfs receive -A` of a missing
+/// dataset: "cannot open 'p/x': dataset does not exist", then "usage:" and 15 lines). The message
+/// is what matters; the usage alone is kept where nothing precedes it.
+fn without_usage(stderr: &str) -> &str {
+    match stderr.find("\nusage:") {
+        Some(at) if !stderr[..at].trim().is_empty() => &stderr[..at],
+        _ => stderr,
+    }
 }
 
 fn missing_pipe(command: &CommandLine) -> ZfsError {
@@ -762,6 +772,20 @@ mod tests {
             parse_snapshot_table(&command, out),
             Err(ZfsError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn usage_after_a_message_is_dropped() {
+        let stderr = "cannot open 'p/nope': dataset does not exist\nusage:\n\
+                      \treceive -A <filesystem|volume>\n\nFor the property list, run: zfs set|get\n";
+        assert_eq!(
+            without_usage(stderr),
+            "cannot open 'p/nope': dataset does not exist"
+        );
+        let only_usage = "usage:\n\tget [-rHp] <property> <dataset>\n";
+        assert_eq!(without_usage(only_usage), only_usage);
+        let missing = "missing property argument\nusage:\n\tget [-rHp] ...\n";
+        assert_eq!(without_usage(missing), "missing property argument");
     }
 
     #[test]
