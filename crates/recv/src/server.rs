@@ -125,6 +125,8 @@ impl Shared {
             let mut conn = Connection::new(session, reader, writer, epoch, config.idle_timeout);
             let Some(root) = config.peers.get(&peer) else {
                 warn!("certificate is valid but the peer is not configured here");
+                // Let the hellos cross first, so the peer reads our reason as a protocol error.
+                let _ = tokio::time::timeout(config.handshake_timeout, conn.next_event()).await;
                 conn.session.error(
                     ErrorCode::NotAuthorized,
                     format!("peer {peer} is not configured on this receiver"),

@@ -28,6 +28,9 @@ pub enum TransportError {
     /// Writing did not progress within the limit.
     #[error("writing to the peer stalled for {0:?}")]
     WriteStalled(Duration),
+    /// The peer ended the session with an error frame (found after our write failed).
+    #[error("the peer ended the session: {0}")]
+    PeerClosed(String),
     /// The peer broke the protocol or went silent; an error frame was sent if possible.
     #[error("{0}")]
     Protocol(#[from] ProtoError),
@@ -51,10 +54,12 @@ pub trait Session {
     fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError>;
     /// See `SenderSession::is_closed`.
     fn is_closed(&self) -> bool;
+    /// The peer's stated reason, if `event` is its error frame.
+    fn peer_error(event: &Self::Event) -> Option<String>;
 }
 
 macro_rules! impl_session {
-    ($session:ty, $event:ty) => {
+    ($session:ty, $event:ident) => {
         impl Session for $session {
             type Event = $event;
             fn handle_bytes(
@@ -75,6 +80,12 @@ macro_rules! impl_session {
             }
             fn is_closed(&self) -> bool {
                 <$session>::is_closed(self)
+            }
+            fn peer_error(event: &Self::Event) -> Option<String> {
+                match event {
+                    $event::PeerError { code, message } => Some(format!("({code}) {message}")),
+                    _ => None,
+                }
             }
         }
     };
@@ -142,10 +153,43 @@ where
     /// Writes bytes the session produced outside its queue (data frames).
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
         let limit = self.write_timeout;
-        tokio::time::timeout(limit, self.writer.write_all(bytes))
-            .await
-            .map_err(|_| TransportError::WriteStalled(limit))??;
-        Ok(())
+        match tokio::time::timeout(limit, self.writer.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(self.salvage(err.into()).await),
+            Err(_) => Err(TransportError::WriteStalled(limit)),
+        }
+    }
+
+    /// After a failed write: the peer may have closed with an error frame that is still unread.
+    /// Its reason beats "broken pipe".
+    async fn salvage(&mut self, err: TransportError) -> TransportError {
+        const LOOK: Duration = Duration::from_millis(500);
+        let look = async {
+            loop {
+                match self
+                    .session
+                    .handle_bytes(&mut self.inbuf, self.epoch.elapsed())
+                {
+                    Ok(Some(event)) => {
+                        if let Some(reason) = S::peer_error(&event) {
+                            return Some(reason);
+                        }
+                    }
+                    Ok(None) => {
+                        self.inbuf.reserve(READ_CHUNK);
+                        match self.reader.read_buf(&mut self.inbuf).await {
+                            Ok(n) if n > 0 => {}
+                            _ => return None,
+                        }
+                    }
+                    Err(_) => return None,
+                }
+            }
+        };
+        match tokio::time::timeout(LOOK, look).await {
+            Ok(Some(reason)) => TransportError::PeerClosed(reason),
+            _ => err,
+        }
     }
 
     /// Waits for the session's next event, answering heartbeats and enforcing the peer's
@@ -208,9 +252,17 @@ where
         }
     }
 
-    /// Sends what is queued (e.g. an error frame or `Bye`) and shuts the write side down.
+    /// Sends what is queued (e.g. an error frame or `Bye`), shuts the write side down, then reads
+    /// and discards until the peer closes too (at most `LINGER`). Closing with unread input would
+    /// make the kernel reset the connection, and the peer could lose our last frame to the reset.
     pub async fn shutdown(&mut self) {
+        const LINGER: Duration = Duration::from_secs(2);
         let _ = self.flush().await;
         let _ = tokio::time::timeout(self.write_timeout, self.writer.shutdown()).await;
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            while matches!(self.reader.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 }

@@ -76,10 +76,10 @@ pub async fn run_once(config: &SendConfig) -> anyhow::Result<RunOutcome> {
             }
         }
     }
-    if let Some(mut conn) = conn {
-        if conn.session.close().is_ok() {
-            conn.shutdown().await;
-        }
+    if let Some(mut conn) = conn
+        && conn.session.close().is_ok()
+    {
+        conn.shutdown().await;
     }
     Ok(outcome)
 }

@@ -56,13 +56,13 @@ impl Acceptor {
             .await
             .map_err(TlsError::Handshake)?;
         let identity = peer_identity(tls.get_ref().1)?;
-        if let Some(check) = &self.revocation {
-            if check.is_revoked(&identity) {
-                return Err(TlsError::Revoked {
-                    peer: identity.name,
-                    fingerprint: identity.fingerprint,
-                });
-            }
+        if let Some(check) = &self.revocation
+            && check.is_revoked(&identity)
+        {
+            return Err(TlsError::Revoked {
+                peer: identity.name,
+                fingerprint: identity.fingerprint,
+            });
         }
         debug!(
             peer = %identity.name,

@@ -44,6 +44,7 @@ impl TestPool {
         std::fs::create_dir_all(dir.join("mnt")).expect("create the testbed directory");
         let file = dir.join(format!("{name}.img"));
         let mountpoint = dir.join("mnt").join(&name);
+        let _serial = MountLock::take();
         let image = std::fs::File::create(&file).expect("create the pool file");
         image.set_len(256 << 20).expect("size the pool file");
         drop(image);
@@ -91,6 +92,7 @@ impl TestPool {
     /// Creates `pool/relative` (and its parents) with `zfs create -p`.
     pub fn create_dataset(&self, relative: &str) -> DatasetName {
         let dataset = self.dataset(relative);
+        let _serial = MountLock::take();
         zfs(&["create", "-p", dataset.as_str()]);
         dataset
     }
@@ -99,6 +101,7 @@ impl TestPool {
 impl Drop for TestPool {
     fn drop(&mut self) {
         // zfs-fuse answers "pool is busy" for a moment after a mount was used; retry briefly.
+        let _serial = MountLock::take();
         let mut last_error = String::new();
         for _ in 0..10 {
             match Command::new("zpool")
@@ -117,6 +120,34 @@ impl Drop for TestPool {
         }
         // Leave the file: scripts/zfs-testbed destroys what a failed drop left.
         eprintln!("warning: zpool destroy {} failed: {last_error}", self.name);
+    }
+}
+
+/// Serializes the test bed's own mounting commands across threads and test processes.
+///
+/// zfs-fuse 0.7 can deadlock when several `zfs create`/`zpool create` mount filesystems at the
+/// same moment: the commands hang in the kernel waiting for FUSE requests the daemon never
+/// answers (seen with parallel tests). One at a time costs milliseconds.
+struct MountLock(std::fs::File);
+
+impl MountLock {
+    fn take() -> MountLock {
+        let dir = testbed_dir();
+        std::fs::create_dir_all(&dir).expect("create the testbed directory");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("mount.lock"))
+            .expect("open the testbed lock");
+        file.lock().expect("lock the testbed lock");
+        MountLock(file)
+    }
+}
+
+impl Drop for MountLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
     }
 }
 

@@ -1,0 +1,8 @@
+//! End-to-end tests: `zrep-send` and `zrep-recv` as real processes, mutual TLS on 127.0.0.1,
+//! real ZFS pools (zfs-fuse here, OpenZFS in its tier). Each test makes its own pools.
+
+// A failed unwrap is a failed test, with the value in the message.
+#![allow(clippy::unwrap_used)]
+
+mod replication;
+mod security;

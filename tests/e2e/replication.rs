@@ -1,0 +1,222 @@
+//! Replication outcomes: bytes and GUIDs on the target, exit codes and the lines zrep prints.
+
+use zrep_e2e::{DatasetSpec, Receiver, SenderConfig, exists, snapshots};
+use zrep_zfs::testbed::{TestPool, pseudo_random_bytes, read_file, write_file, zfs, zfs_get};
+
+/// Mounts a replicated target (zrep keeps them unmounted), runs `check`, unmounts it.
+fn with_mounted(dataset: &zrep_zfs::DatasetName, check: impl FnOnce()) {
+    zfs(&["mount", dataset.as_str()]);
+    check();
+    zfs(&["unmount", dataset.as_str()]);
+}
+
+#[test]
+fn full_then_incrementals_with_spaces_guids_and_intermediates() {
+    let src = TestPool::create("e2esrc");
+    let dst = TestPool::create("e2edst");
+    let source = src.create_dataset("nfs/vm store");
+    let root = dst.dataset("backup/nas1");
+    zfs(&["create", dst.dataset("backup").as_str()]);
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
+    let target = dst.dataset("backup/nas1/nfs/vm store");
+
+    let disk = pseudo_random_bytes(7, 2 << 20);
+    write_file(&source, "disk 1.img", &disk);
+    let newest = || snapshots(&source).last().unwrap().clone();
+    let first = config.once();
+    first.expect_code(0);
+    let first_snapshot = newest();
+    assert!(
+        first.stdout.contains(&format!("{source}@zrep_")),
+        "{}",
+        first.stdout
+    );
+    assert!(
+        first.stdout.contains(" replicated to 127.0.0.1:"),
+        "{}",
+        first.stdout
+    );
+    assert!(first.stdout.contains(", full,"), "{}", first.stdout);
+
+    // A manual snapshot with spaces in between: `-I` carries it along.
+    write_file(&source, "notes.txt", b"second version");
+    zfs(&["snapshot", &format!("{source}@before upgrade 1")]);
+    write_file(&source, "notes.txt", b"third version");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // new snapshot name each second
+    config.once().expect_code(0);
+    let second_snapshot = newest();
+    let manual = snapshots(&source)
+        .into_iter()
+        .find(|(n, _)| n == "before upgrade 1")
+        .unwrap();
+    write_file(&source, "disk 1.img", &pseudo_random_bytes(8, 1 << 20));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let third = config.once();
+    third.expect_code(0);
+    assert!(
+        third.stdout.contains(", -I from @zrep_"),
+        "{}",
+        third.stdout
+    );
+
+    let third_snapshot = newest();
+    // Every snapshot on the target is the source's, by name and exact GUID, in order.
+    assert_eq!(
+        snapshots(&target),
+        [
+            first_snapshot,
+            manual.clone(),
+            second_snapshot,
+            third_snapshot.clone()
+        ]
+    );
+    // keep-last = 1: the source keeps the newest common snapshot and what zrep did not make.
+    assert_eq!(snapshots(&source), [manual, third_snapshot]);
+    // Read-only by property and by behaviour; the contents match the source.
+    assert_eq!(zfs_get(target.as_str(), "readonly"), "on");
+    assert_eq!(zfs_get(target.as_str(), "mounted"), "no");
+    with_mounted(&target, || {
+        assert_eq!(
+            read_file(&target, "disk 1.img"),
+            read_file(&source, "disk 1.img")
+        );
+        assert_eq!(read_file(&target, "notes.txt"), b"third version");
+        let mountpoint = zrep_zfs::testbed::mountpoint_of(&target);
+        let err = std::fs::write(mountpoint.join("x"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(30), "expected EROFS: {err}");
+    });
+    // Parents were made as empty, unmounted placeholders.
+    let parent = dst.dataset("backup/nas1/nfs");
+    assert_eq!(zfs_get(parent.as_str(), "canmount"), "off");
+    assert!(exists(&root));
+}
+
+#[test]
+fn prune_keeps_the_newest_common_snapshot_and_moves_the_hold() {
+    let src = TestPool::create("prsrc");
+    let dst = TestPool::create("prdst");
+    let source = src.create_dataset("data");
+    let root = dst.dataset("nas1");
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    let mut spec = DatasetSpec::new(&source);
+    spec.extra = "keep-last = 2\n".into();
+    let config = SenderConfig::new(receiver.port, "nas1", &[spec]);
+    let mut bases = Vec::new();
+    for round in 0..4u8 {
+        write_file(&source, "f", &[round; 1000]);
+        config.once().expect_code(0);
+        let newest = snapshots(&source).last().unwrap().clone();
+        bases.push(newest);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    // keep-last = 2: the newest common snapshot and the one before it.
+    let left = snapshots(&source);
+    assert_eq!(left, bases[2..].to_vec());
+    let base = format!("{source}@{}", bases[3].0);
+    let previous = format!("{source}@{}", bases[2].0);
+    assert_eq!(zfs_get(&base, "userrefs"), "1");
+    assert_eq!(zfs_get(&previous, "userrefs"), "0");
+    // The hold is zrep's, per receiver, and stops anyone destroying the base.
+    let destroy = std::process::Command::new("zfs")
+        .args(["destroy", &base])
+        .output()
+        .unwrap();
+    assert!(!destroy.status.success());
+    assert!(String::from_utf8_lossy(&destroy.stderr).contains("busy"));
+    zfs(&["release", "zrep:backup1", &base]);
+    zfs(&["hold", "zrep:backup1", &base]);
+    // The target keeps everything it received: retention there is the receiver's.
+    let target = dst.dataset("nas1/data");
+    assert_eq!(snapshots(&target).len(), 4);
+}
+
+#[test]
+fn lost_commit_answer_is_reconciled_without_resending() {
+    let src = TestPool::create("lcsrc");
+    let dst = TestPool::create("lcdst");
+    let source = src.create_dataset("data");
+    let root = dst.dataset("nas1");
+    let receiver = Receiver::start(&[("nas1", &root)], &[("ZREP_TEST_DROP_COMMIT_ANSWER", "1")]);
+    let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
+    write_file(&source, "f", &pseudo_random_bytes(3, 500_000));
+
+    let lost = config.once();
+    lost.expect_code(1);
+    assert!(lost.stdout.contains("NOT replicated"), "{}", lost.stdout);
+    let target = dst.dataset("nas1/data");
+    let landed = snapshots(&target);
+    assert_eq!(landed.len(), 1, "the receive itself succeeded");
+    assert_eq!(
+        landed,
+        snapshots(&source),
+        "same name and GUID as the source's"
+    );
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    write_file(&source, "g", b"more");
+    let next = config.once();
+    next.expect_code(0);
+    // Incremental from the snapshot whose answer was lost: nothing is sent twice.
+    assert!(
+        next.stdout.contains(&format!("-I from @{}", landed[0].0)),
+        "{}",
+        next.stdout
+    );
+    let on_target = snapshots(&target);
+    assert_eq!(on_target.len(), 2);
+    assert_eq!(on_target[0], landed[0]);
+    assert!(
+        receiver
+            .log_text()
+            .contains("test hook: dropping the commit answer")
+    );
+}
+
+#[test]
+fn diverged_or_modified_target_is_refused_and_nothing_destroyed() {
+    let src = TestPool::create("dvsrc");
+    let dst = TestPool::create("dvdst");
+    let source = src.create_dataset("data");
+    let root = dst.dataset("nas1");
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
+    write_file(&source, "f", b"one");
+    config.once().expect_code(0);
+    let target = dst.dataset("nas1/data");
+
+    // Someone snapshots the backup copy directly.
+    zfs(&["snapshot", &format!("{target}@rogue snap")]);
+    let before = snapshots(&target);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let diverged = config.once();
+    diverged.expect_code(1);
+    assert!(
+        diverged.stdout.contains("rogue snap"),
+        "{}",
+        diverged.stdout
+    );
+    assert!(
+        diverged.stdout.contains("never destroys"),
+        "{}",
+        diverged.stdout
+    );
+    assert_eq!(snapshots(&target), before);
+    zfs(&["destroy", &format!("{target}@rogue snap")]);
+
+    // Someone writes into the backup copy.
+    zfs(&["set", "readonly=off", target.as_str()]);
+    zfs(&["mount", target.as_str()]);
+    write_file(&target, "intruder", b"changed on the backup");
+    let before = snapshots(&target);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    write_file(&source, "f", b"two");
+    let modified = config.once();
+    modified.expect_code(1);
+    assert!(modified.stdout.contains("modified"), "{}", modified.stdout);
+    assert_eq!(snapshots(&target), before);
+    assert_eq!(read_file(&target, "intruder"), b"changed on the backup");
+    // The source kept every snapshot it needs: the newest common one is still there.
+    let common = &before.last().unwrap().0;
+    assert!(snapshots(&source).iter().any(|(n, _)| n == common));
+}

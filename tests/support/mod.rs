@@ -1,0 +1,260 @@
+//! Harness for the end-to-end tests: starts `zrep-recv` and runs `zrep-send` as real processes
+//! against real pools (`zrep_zfs::testbed`), with the example certificates.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`), where
+//! `cargo test --workspace` builds them, or in `ZREP_BIN_DIR`.
+
+// Test support: a failed expectation is a failed test, with the value in the message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use zrep_zfs::DatasetName;
+
+/// Where a binary of this workspace is.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("ZREP_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            // target/<profile>/deps/e2e-<hash> → target/<profile>/
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_owned()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --bins` (cargo test --workspace does) or set ZREP_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// The example certificates shipped in `certs-example/`.
+pub fn certs_dir() -> PathBuf {
+    std::env::var_os("ZREP_CERTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../certs-example"))
+}
+
+/// A running `zrep-recv serve`, killed on drop.
+#[derive(Debug)]
+pub struct Receiver {
+    child: Child,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    /// Its stderr log.
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    /// Starts a receiver for `peers` (name, root) with extra environment variables.
+    pub fn start(peers: &[(&str, &DatasetName)], env: &[(&str, &str)]) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = certs_dir();
+        let mut config = format!(
+            "listen = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nidle-timeout = \"20s\"\n",
+            certs.join("backup1.pem").display(),
+            certs.join("backup1.key").display(),
+            certs.join("ca.pem").display(),
+        );
+        for (name, root) in peers {
+            config.push_str(&format!(
+                "\n[[peer]]\nname = \"{name}\"\nroot = \"{root}\"\n"
+            ));
+        }
+        let config_path = dir.path().join("recv.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("recv.log");
+        let mut command = Command::new(binary("zrep-recv"));
+        command
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("start zrep-recv");
+        let port = wait_for_port(&log);
+        Receiver {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The receiver's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_port(log: &Path) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(file) = std::fs::File::open(log) {
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("zrep-recv ready listen=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap();
+                    return addr.rsplit(':').next().unwrap().parse().unwrap();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "zrep-recv did not become ready: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// One `[[dataset]]` of a sender configuration.
+#[derive(Debug, Clone)]
+pub struct DatasetSpec {
+    /// The source dataset.
+    pub source: DatasetName,
+    /// The relative target, if not the default.
+    pub target: Option<String>,
+    /// Extra TOML lines for this dataset.
+    pub extra: String,
+}
+
+impl DatasetSpec {
+    /// A dataset with default settings.
+    pub fn new(source: &DatasetName) -> Self {
+        Self {
+            source: source.clone(),
+            target: None,
+            extra: String::new(),
+        }
+    }
+}
+
+/// A sender configuration file in its own directory.
+#[derive(Debug)]
+pub struct SenderConfig {
+    /// The file.
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SenderConfig {
+    /// Writes a configuration for `port`, identifying as the example certificate `identity`.
+    pub fn new(port: u16, identity: &str, datasets: &[DatasetSpec]) -> SenderConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = certs_dir();
+        let mut config = format!(
+            "receiver = \"127.0.0.1:{port}\"\nserver-name = \"backup1\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            certs.join(format!("{identity}.pem")).display(),
+            certs.join(format!("{identity}.key")).display(),
+            certs.join("ca.pem").display(),
+        );
+        for ds in datasets {
+            config.push_str(&format!("\n[[dataset]]\nsource = \"{}\"\n", ds.source));
+            if let Some(target) = &ds.target {
+                config.push_str(&format!("target = \"{target}\"\n"));
+            }
+            config.push_str(&ds.extra);
+        }
+        let path = dir.path().join("send.toml");
+        std::fs::write(&path, config).unwrap();
+        SenderConfig { path, _dir: dir }
+    }
+
+    /// Runs `zrep-send once` to completion.
+    pub fn once(&self) -> RunResult {
+        let output = Command::new(binary("zrep-send"))
+            .args(["once", "--config"])
+            .arg(&self.path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run zrep-send");
+        RunResult::from(output)
+    }
+}
+
+/// What a process printed and how it ended.
+#[derive(Debug)]
+pub struct RunResult {
+    /// The exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for RunResult {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl RunResult {
+    /// Panics with both outputs unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected exit status\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Snapshots of a dataset as (short name, GUID), from ZFS itself (`zfs get -Hp`).
+pub fn snapshots(dataset: &DatasetName) -> Vec<(String, u64)> {
+    let out = zrep_zfs::testbed::zfs(&[
+        "list",
+        "-H",
+        "-o",
+        "name",
+        "-t",
+        "snapshot",
+        "-r",
+        "-d",
+        "1",
+        dataset.as_str(),
+    ]);
+    out.lines()
+        .filter(|l| l.starts_with(&format!("{dataset}@")))
+        .map(|name| {
+            let guid = zrep_zfs::testbed::zfs_get(name, "guid").parse().unwrap();
+            (name.split_once('@').unwrap().1.to_owned(), guid)
+        })
+        .collect()
+}
+
+/// Whether a dataset exists, by ZFS's own answer.
+pub fn exists(dataset: &DatasetName) -> bool {
+    Command::new("zfs")
+        .args(["list", "-H", "-o", "name", dataset.as_str()])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
