@@ -219,4 +219,13 @@ root = "backup/nas2"
             assert!(err.to_string().contains(want), "{err} lacks {want:?}");
         }
     }
+    /// The configuration documented in README.md is one this version accepts.
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let section = readme.split("### `recv.toml`").nth(1).unwrap();
+        let block = section.split("```toml\n").nth(1).unwrap();
+        let text = block.split("```").next().unwrap();
+        RecvConfig::parse(text, Path::new("/etc/zrep/recv.toml")).unwrap();
+    }
 }
