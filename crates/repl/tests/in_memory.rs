@@ -333,3 +333,40 @@ async fn escaping_target_names_close_the_session() {
         1
     );
 }
+
+#[tokio::test]
+async fn without_intermediates_only_the_newest_snapshot_travels() {
+    let mut bed = Bed::new().await;
+    let (mut conn, receiver) = bed.connect().await;
+    bed.src.write_file(&bed.source, "f", b"1");
+    let first = bed.cycle(&mut conn).await.unwrap();
+    bed.src
+        .create_snapshot(&bed.source.snapshot("manual").unwrap(), false)
+        .await
+        .unwrap();
+    bed.src.write_file(&bed.source, "f", b"2");
+    bed.clock += 60;
+    let mut job = bed.job();
+    job.intermediates = false;
+    let now = UNIX_EPOCH + Duration::from_secs(bed.clock);
+    let second = replicate(&bed.src, &mut conn, &job, &Bed::options(), now)
+        .await
+        .unwrap();
+    bye(conn, receiver).await;
+    assert_eq!(
+        second.shape,
+        StreamShape::Incremental {
+            base: first.snapshot.short_name().to_owned(),
+            intermediates: false
+        }
+    );
+    let on_target = Bed::guids(&bed.dst, &bed.target()).await;
+    assert_eq!(
+        on_target,
+        [
+            (first.snapshot.short_name().to_owned(), first.guid),
+            (second.snapshot.short_name().to_owned(), second.guid)
+        ]
+    );
+    assert_eq!(bed.dst.files(&bed.target())["f"], b"2");
+}
