@@ -601,16 +601,21 @@ impl Runner {
         ))
     }
 
+    /// Whether some pool's root dataset answers `createtxg` with a number. Every pool is tried
+    /// in turn: one may be going away while we ask (parallel tests, an admin's `zpool destroy`).
     async fn createtxg_answers(&self) -> bool {
         let Ok(pools) = self.output(args(["list", "-H", "-o", "name", "-d0"])).await else {
             return false;
         };
-        let Some(pool) = pools.lines().next() else {
-            return false;
-        };
-        self.output(args(["get", "-Hp", "-o", "value", "createtxg", pool]))
-            .await
-            .is_ok_and(|value| value.trim().parse::<u64>().is_ok())
+        for pool in pools.lines() {
+            let value = self
+                .output(args(["get", "-Hp", "-o", "value", "createtxg", pool]))
+                .await;
+            if value.is_ok_and(|value| value.trim().parse::<u64>().is_ok()) {
+                return true;
+            }
+        }
+        false
     }
 }
 
