@@ -319,6 +319,8 @@ async fn escaping_target_names_close_the_session() {
             }
             other => panic!("{bad:?}: expected refusal, got {other:?}"),
         }
+        // The receiver lingers until the peer closes (or 2 s pass).
+        drop(conn);
         assert!(matches!(
             receiver.await.unwrap(),
             Err(ServeError::InvalidTarget { .. })
