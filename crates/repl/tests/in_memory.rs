@@ -124,6 +124,7 @@ impl Bed {
 async fn bye(mut conn: SenderConn, receiver: JoinHandle<Result<(), ServeError>>) {
     conn.session.close().unwrap();
     conn.flush().await.unwrap();
+    drop(conn);
     receiver.await.unwrap().unwrap();
 }
 
