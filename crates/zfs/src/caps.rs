@@ -225,16 +225,29 @@ mod tests {
         );
     }
 
+    /// What `zfs`, `zfs get` and `zfs version` print (usage and property list on stderr), as
+    /// recorded in the OpenZFS VM of the OpenZFS tier.
+    macro_rules! recorded_probe {
+        ($version:literal) => {
+            Capabilities::from_probe(
+                include_str!(concat!("../testdata/openzfs-", $version, "-usage.txt")),
+                include_str!(concat!("../testdata/openzfs-", $version, "-get.txt")),
+                include_str!(concat!("../testdata/openzfs-", $version, "-version.txt")),
+            )
+        };
+    }
+
     #[test]
-    fn real_openzfs_2_3_probe_output() {
-        // What `zfs`, `zfs get` and `zfs version` print on OpenZFS 2.3.2 (bookworm-backports),
-        // usage and property list on stderr; recorded in the OpenZFS VM.
-        let caps = Capabilities::from_probe(
-            include_str!("../testdata/openzfs-2.3.2-usage.txt"),
-            include_str!("../testdata/openzfs-2.3.2-get.txt"),
-            include_str!("../testdata/openzfs-2.3.2-version.txt"),
+    fn real_openzfs_probe_output() {
+        // Debian bookworm-backports and bookworm: what production hosts run, 2.1 to 2.3.
+        assert_eq!(
+            recorded_probe!("2.3.2"),
+            Capabilities::openzfs("2.3.2-2~bpo12+2")
         );
-        assert_eq!(caps, Capabilities::openzfs("2.3.2-2~bpo12+2"));
+        assert_eq!(
+            recorded_probe!("2.1.11"),
+            Capabilities::openzfs("2.1.11-1+deb12u1")
+        );
     }
 
     #[test]
