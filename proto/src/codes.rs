@@ -94,6 +94,9 @@ wire_code! {
         ShuttingDown = 8 => "shutting-down",
         /// An internal error of the side sending the frame.
         Internal = 9 => "internal",
+        /// An enrolment was refused: unknown, expired, already used or wrong pairing token, or
+        /// an unusable CSR. Nothing was registered.
+        PairingRefused = 10 => "pairing-refused",
     }
 }
 

@@ -239,6 +239,15 @@ pub enum ProtoError {
         /// Time since the last frame from the peer.
         silent_for: Duration,
     },
+    /// A connection without a client certificate sent something other than the pairing
+    /// exchange.
+    #[error(
+        "this connection presented no client certificate: only pairing is allowed on it, not {frame}"
+    )]
+    PairingOnly {
+        /// What arrived (frame kind or message name).
+        frame: &'static str,
+    },
     /// A frame was handed to a session that is already closed (no error frame is sent).
     #[error("session already closed")]
     Closed,
@@ -259,6 +268,7 @@ impl ProtoError {
             Self::WrongRole { .. } => ErrorCode::IncompatibleRole,
             Self::StreamLength { .. } | Self::StreamChecksum { .. } => ErrorCode::StreamCorrupt,
             Self::PeerTimeout { .. } => ErrorCode::Timeout,
+            Self::PairingOnly { .. } => ErrorCode::NotAuthorized,
             Self::Closed => return None,
         })
     }

@@ -18,6 +18,7 @@ use crate::data::{DATA_PREFIX_LEN, DataChunk, MAX_CHUNK};
 use crate::error::{DecodeError, EncodeError};
 use crate::handshake::Hello;
 use crate::message::{BINCODE, ErrorFrame, Message};
+use crate::pairing::PairMessage;
 
 /// The four magic bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"ZREP";
@@ -33,9 +34,8 @@ pub const MAX_CONTROL_PAYLOAD: usize = 4 * 1024 * 1024;
 pub const MAX_DATA_PAYLOAD: usize = DATA_PREFIX_LEN + MAX_CHUNK;
 /// Maximum payload of an error frame.
 pub const MAX_ERROR_PAYLOAD: usize = 64 * 1024;
-/// Frame kind code reserved for pairing (enrolment, certificate renewal). Rejected by this
-/// version as an unknown kind.
-pub const RESERVED_PAIRING_KIND: u8 = 0x06;
+/// Maximum payload of a pairing frame (a CSR or a certificate and the CA certificate).
+pub const MAX_PAIRING_PAYLOAD: usize = 64 * 1024;
 
 /// The kind of a frame, from the header's kind byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,6 +51,8 @@ pub enum FrameKind {
     Heartbeat,
     /// `0x05`: fatal error; the sender closes the connection after it.
     Error,
+    /// `0x06`: one bincode-encoded [`PairMessage`] (enrolment, renewal).
+    Pairing,
 }
 
 impl FrameKind {
@@ -62,6 +64,7 @@ impl FrameKind {
             Self::Data => 0x03,
             Self::Heartbeat => 0x04,
             Self::Error => 0x05,
+            Self::Pairing => 0x06,
         }
     }
 
@@ -73,6 +76,7 @@ impl FrameKind {
             0x03 => Some(Self::Data),
             0x04 => Some(Self::Heartbeat),
             0x05 => Some(Self::Error),
+            0x06 => Some(Self::Pairing),
             _ => None,
         }
     }
@@ -85,6 +89,7 @@ impl FrameKind {
             Self::Data => MAX_DATA_PAYLOAD,
             Self::Heartbeat => 0,
             Self::Error => MAX_ERROR_PAYLOAD,
+            Self::Pairing => MAX_PAIRING_PAYLOAD,
         }
     }
 }
@@ -146,6 +151,8 @@ pub enum Frame {
     Heartbeat,
     /// Fatal error (kind `0x05`).
     Error(ErrorFrame),
+    /// Pairing message (kind `0x06`).
+    Pairing(PairMessage),
 }
 
 impl Frame {
@@ -157,6 +164,7 @@ impl Frame {
             Self::Data(_) => FrameKind::Data,
             Self::Heartbeat => FrameKind::Heartbeat,
             Self::Error(_) => FrameKind::Error,
+            Self::Pairing(_) => FrameKind::Pairing,
         }
     }
 
@@ -168,6 +176,7 @@ impl Frame {
             Self::Data(_) => "Data",
             Self::Heartbeat => "Heartbeat",
             Self::Error(_) => "Error",
+            Self::Pairing(m) => m.name(),
         }
     }
 
@@ -177,6 +186,7 @@ impl Frame {
             Self::Hello(h) => encode_body(dst, FrameKind::Hello, h),
             Self::Control(m) => encode_body(dst, FrameKind::Control, m),
             Self::Error(e) => encode_body(dst, FrameKind::Error, e),
+            Self::Pairing(m) => encode_body(dst, FrameKind::Pairing, m),
             Self::Data(chunk) => {
                 dst.extend_from_slice(chunk.clone().into_wire().as_ref());
                 Ok(())
@@ -220,6 +230,7 @@ pub fn decode(src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
         FrameKind::Hello => Frame::Hello(decode_body(FrameKind::Hello, payload, true)?),
         FrameKind::Control => Frame::Control(decode_body(FrameKind::Control, payload, false)?),
         FrameKind::Error => Frame::Error(decode_body(FrameKind::Error, payload, true)?),
+        FrameKind::Pairing => Frame::Pairing(decode_body(FrameKind::Pairing, payload, false)?),
         FrameKind::Heartbeat => Frame::Heartbeat,
         FrameKind::Data => Frame::Data(DataChunk::from_frame(frame)?),
     }))
@@ -265,7 +276,7 @@ fn encode_body<T: serde::Serialize>(
 }
 
 /// Decodes a bincode body. Hello and error bodies may carry trailing bytes (fields appended by
-/// later versions); control bodies must be consumed exactly.
+/// later versions); control and pairing bodies must be consumed exactly.
 fn decode_body<T: serde::de::DeserializeOwned>(
     kind: FrameKind,
     payload: &[u8],
@@ -421,6 +432,53 @@ mod tests {
     }
 
     #[test]
+    fn pairing_frames_round_trip() {
+        use crate::pairing::{EnrollRequest, Enrolment};
+        for m in [
+            PairMessage::Enroll(EnrollRequest {
+                token_id: 0x0102_0304_0506_0708,
+                proof: vec![7; 32],
+                csr: vec![0x30, 0x82, 1, 2],
+            }),
+            PairMessage::Enrolled(Enrolment {
+                peer: "nas1".into(),
+                root: "backup/nas1".into(),
+                certificate: vec![1, 2, 3],
+                ca_certificate: vec![4, 5],
+            }),
+            PairMessage::Renew { csr: vec![9; 100] },
+            PairMessage::Renewed {
+                certificate: vec![8; 10],
+            },
+            PairMessage::RenewRefused {
+                message: "no".into(),
+            },
+        ] {
+            round_trip(Frame::Pairing(m));
+        }
+    }
+
+    #[test]
+    fn golden_pairing_renew() {
+        let frame = Frame::Pairing(PairMessage::Renew {
+            csr: vec![0xab, 0xcd],
+        });
+        assert_eq!(
+            hex(&frame.to_bytes().unwrap()),
+            concat!(
+                "5a524550",
+                "01",
+                "06",
+                "0000",
+                "0000000e", // header: PAIRING, 14 bytes
+                "00000002", // variant 2: Renew
+                "0000000000000002",
+                "abcd", // csr: 2 bytes
+            )
+        );
+    }
+
+    #[test]
     fn golden_heartbeat() {
         let bytes = Frame::Heartbeat.to_bytes().unwrap();
         assert_eq!(hex(&bytes), "5a52455001040000_00000000".replace('_', ""));
@@ -571,8 +629,8 @@ mod tests {
             Err(DecodeError::UnsupportedWireVersion(2))
         ));
         assert!(matches!(
-            decode(&mut header(1, RESERVED_PAIRING_KIND, 0, 0)),
-            Err(DecodeError::UnknownKind(6))
+            decode(&mut header(1, 7, 0, 0)),
+            Err(DecodeError::UnknownKind(7))
         ));
         assert!(matches!(
             decode(&mut header(1, 0, 0, 0)),
@@ -598,6 +656,7 @@ mod tests {
             (FrameKind::Control, MAX_CONTROL_PAYLOAD),
             (FrameKind::Data, MAX_DATA_PAYLOAD),
             (FrameKind::Error, MAX_ERROR_PAYLOAD),
+            (FrameKind::Pairing, MAX_PAIRING_PAYLOAD),
         ] {
             let mut b = BytesMut::with_capacity(HEADER_LEN);
             write_header(&mut b, kind, 0);

@@ -142,6 +142,12 @@ pub struct Features {
     pub raw_send: bool,
     /// The ZFS implementation and version on this side (key `zfs`), informational.
     pub zfs: Option<ZfsDialect>,
+    /// Enrolment with a pairing token (key `enroll`): PAIRING frames `Enroll`/`Enrolled` on a
+    /// connection without client certificate.
+    pub enroll: bool,
+    /// Certificate renewal (key `renew`): PAIRING frames `Renew`/`Renewed`/`RenewRefused` on an
+    /// authenticated connection.
+    pub renew: bool,
     /// Entries this version does not know, kept as received.
     pub other: Vec<FeatureEntry>,
 }
@@ -173,6 +179,18 @@ impl Features {
     /// Sets raw-stream support.
     pub fn with_raw_send(mut self, on: bool) -> Self {
         self.raw_send = on;
+        self
+    }
+
+    /// Sets enrolment support (key `enroll`).
+    pub fn with_enroll(mut self, on: bool) -> Self {
+        self.enroll = on;
+        self
+    }
+
+    /// Sets certificate-renewal support (key `renew`).
+    pub fn with_renew(mut self, on: bool) -> Self {
+        self.renew = on;
         self
     }
 
@@ -213,6 +231,8 @@ const KEY_RESUME: &str = "resume";
 const KEY_BOOKMARKS: &str = "bookmarks";
 const KEY_RAW: &str = "raw";
 const KEY_ZFS: &str = "zfs";
+const KEY_ENROLL: &str = "enroll";
+const KEY_RENEW: &str = "renew";
 
 impl From<Features> for Vec<FeatureEntry> {
     fn from(f: Features) -> Self {
@@ -241,6 +261,12 @@ impl From<Features> for Vec<FeatureEntry> {
         }
         if f.raw_send {
             out.push(flag(KEY_RAW));
+        }
+        if f.enroll {
+            out.push(flag(KEY_ENROLL));
+        }
+        if f.renew {
+            out.push(flag(KEY_RENEW));
         }
         if let Some(z) = f.zfs {
             out.push(FeatureEntry {
@@ -273,6 +299,8 @@ impl From<Vec<FeatureEntry>> for Features {
                 KEY_RESUME => f.resumable = true,
                 KEY_BOOKMARKS => f.bookmarks = true,
                 KEY_RAW => f.raw_send = true,
+                KEY_ENROLL => f.enroll = true,
+                KEY_RENEW => f.renew = true,
                 KEY_ZFS if entry.values.len() >= 2 => {
                     let mut v = entry.values.into_iter();
                     f.zfs = Some(ZfsDialect {
@@ -301,6 +329,10 @@ pub struct Negotiated {
     pub bookmarks: bool,
     /// Both support raw streams.
     pub raw_send: bool,
+    /// Both support enrolment (pairing with a token).
+    pub enroll: bool,
+    /// Both support certificate renewal.
+    pub renew: bool,
     /// The peer's hello as received (software, ZFS dialect, unknown features).
     pub peer: Hello,
 }
@@ -354,6 +386,8 @@ pub fn negotiate(ours: &Hello, theirs: &Hello) -> Result<Negotiated, ProtoError>
         resumable: a.resumable && b.resumable,
         bookmarks: a.bookmarks && b.bookmarks,
         raw_send: a.raw_send && b.raw_send,
+        enroll: a.enroll && b.enroll,
+        renew: a.renew && b.renew,
         peer: theirs.clone(),
     })
 }
@@ -439,8 +473,12 @@ mod tests {
                 values: vec!["lz4".into(), "zstd".into(), "zstd".into()],
             },
             FeatureEntry {
+                key: "teleport".into(),
+                values: vec!["v1".into()],
+            },
+            FeatureEntry {
                 key: "enroll".into(),
-                values: vec!["csr-v1".into()],
+                values: Vec::new(),
             },
             FeatureEntry {
                 key: "zfs".into(),
@@ -450,6 +488,7 @@ mod tests {
         let f = Features::from(entries);
         assert_eq!(f.compression, vec![Compression::Zstd]);
         assert_eq!(f.other.len(), 2);
+        assert!(f.enroll && !f.renew);
         assert_eq!(f.zfs, None);
         let back: Vec<FeatureEntry> = f.clone().into();
         assert_eq!(Features::from(back), f);

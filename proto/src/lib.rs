@@ -12,6 +12,7 @@
 //! - [`frame`]: the 12-byte header, frame kinds, limits, [`decode`] and [`Frame::encode`].
 //! - [`message`]: control messages (bincode 2, one fixed config [`BINCODE`]).
 //! - [`handshake`]: hello, version ranges, features, [`negotiate`].
+//! - [`pairing`]: pairing messages (enrolment with a one-time token, certificate renewal).
 //! - [`data`]: per-chunk compression ([`compress_chunk`], [`decompress_chunk`]) and the stream
 //!   checksum ([`StreamHasher`]).
 //! - [`plan`]: pure planning helpers ([`choose_base`]) and light name checks.
@@ -46,6 +47,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod message;
+pub mod pairing;
 pub mod plan;
 mod session;
 
@@ -63,6 +65,7 @@ pub use message::{
     AbortResumeOutcome, BINCODE, ErrorCode, ErrorFrame, FailureCode, Message, RefusalCode,
     SnapshotInfo, StreamKind, TargetState, TransferOffer,
 };
+pub use pairing::{EnrollRequest, Enrolment, MAX_CSR_LEN, PairMessage};
 pub use plan::{BaseChoice, choose_base, newest_common_by_guid};
 pub use session::{
     MIN_HEARTBEAT_INTERVAL, ReceiverEvent, ReceiverSession, SenderEvent, SenderSession,

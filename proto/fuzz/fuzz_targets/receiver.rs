@@ -1,6 +1,7 @@
 //! Receiver state machine: after a valid sender hello, a sequence of operations built from the
 //! fuzz input: well-formed frames with fuzzed fields (to reach every state), raw garbage,
-//! time jumps, and the runtime's answers. Must never panic.
+//! time jumps, and the runtime's answers; pairing frames too, and sessions without a client
+//! certificate (pairing only). Must never panic.
 
 #![no_main]
 
@@ -9,9 +10,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use zrep_proto::{
-    AbortResumeOutcome, Compression, DataChunk, ErrorCode, ErrorFrame, FailureCode, Features,
-    Frame, Hello, Message, ReceiverEvent, ReceiverSession, RefusalCode, Role, SessionConfig,
-    StreamHasher, StreamKind, TargetState, TransferOffer, VersionRange, compress_chunk,
+    AbortResumeOutcome, Compression, DataChunk, EnrollRequest, Enrolment, ErrorCode, ErrorFrame,
+    FailureCode, Features, Frame, Hello, Message, PairMessage, ReceiverEvent, ReceiverSession,
+    RefusalCode, Role, SessionConfig, StreamHasher, StreamKind, TargetState, TransferOffer,
+    VersionRange, compress_chunk,
 };
 
 struct Input<'a>(&'a [u8]);
@@ -47,14 +49,20 @@ fn config() -> SessionConfig {
     c.features = Features::new()
         .with_compression([Compression::Zstd])
         .with_resumable(true)
-        .with_raw_send(true);
+        .with_raw_send(true)
+        .with_enroll(true)
+        .with_renew(true);
     c
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let mut now = Duration::from_secs(1);
-    let mut r = ReceiverSession::new(config(), now);
+    let mut r = if input.byte() % 2 == 0 {
+        ReceiverSession::new(config(), now)
+    } else {
+        ReceiverSession::new_pairing_only(config(), now)
+    };
     // Frames in flight, and bytes delivered to the session but not yet consumed.
     let mut wire = BytesMut::new();
     let mut inbox = BytesMut::new();
@@ -70,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
     let mut hasher = StreamHasher::new();
 
     while !input.0.is_empty() {
-        match input.byte() % 12 {
+        match input.byte() % 13 {
             0 => {
                 let n = usize::from(input.byte());
                 wire.extend_from_slice(input.bytes(n));
@@ -158,6 +166,28 @@ fuzz_target!(|data: &[u8]| {
                 };
                 push(&mut wire, frame);
             }
+            12 => {
+                let frame = match input.byte() % 4 {
+                    0 => PairMessage::Enroll(EnrollRequest {
+                        token_id: input.u64(),
+                        proof: input.bytes(32).to_vec(),
+                        csr: input.name().into_bytes(),
+                    }),
+                    1 => PairMessage::Renew {
+                        csr: input.name().into_bytes(),
+                    },
+                    2 => PairMessage::Renewed {
+                        certificate: input.name().into_bytes(),
+                    },
+                    _ => PairMessage::Enrolled(Enrolment {
+                        peer: input.name(),
+                        root: input.name(),
+                        certificate: Vec::new(),
+                        ca_certificate: Vec::new(),
+                    }),
+                };
+                push(&mut wire, Frame::Pairing(frame));
+            }
             10 => {
                 now += Duration::from_secs(u64::from(input.byte()));
                 let _ = r.handle_timeout(now);
@@ -227,6 +257,15 @@ fn answer(r: &mut ReceiverSession, ev: &ReceiverEvent, choice: u8) {
             None => Ok(()),
         },
         (ReceiverEvent::StreamAborted { .. }, _) => r.failed(FailureCode::Aborted, "aborted"),
+        (ReceiverEvent::EnrollRequested(_), 0) => r.refuse_enrollment("wrong token"),
+        (ReceiverEvent::EnrollRequested(_), _) => r.enrolled(Enrolment {
+            peer: "nas1".into(),
+            root: "backup/nas1".into(),
+            certificate: vec![1],
+            ca_certificate: vec![2],
+        }),
+        (ReceiverEvent::RenewRequested { .. }, 0) => r.renew_refused("no"),
+        (ReceiverEvent::RenewRequested { .. }, _) => r.renewed(vec![3]),
         (ReceiverEvent::AbortResumeRequested { .. }, c) => r.abort_resume_result(match c {
             0 => AbortResumeOutcome::Discarded,
             1 => AbortResumeOutcome::NothingToDiscard,

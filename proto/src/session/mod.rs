@@ -122,6 +122,10 @@ impl Core {
         Ok(self.queue(&Frame::Control(message))?)
     }
 
+    fn queue_frame(&mut self, frame: &Frame) -> Result<(), UsageError> {
+        Ok(self.queue(frame)?)
+    }
+
     fn poll_transmit(&mut self, now: Duration) -> Option<Bytes> {
         if !self.closed && self.out.is_empty() && self.heartbeat_due(now) {
             // A heartbeat frame always encodes.

@@ -13,6 +13,7 @@ use crate::message::{
     AbortResumeOutcome, ErrorCode, FailureCode, Message, RefusalCode, StreamKind, TargetState,
     TransferOffer,
 };
+use crate::pairing::{EnrollRequest, Enrolment, PairMessage};
 
 /// What the receiver runtime learns from the sender.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +54,17 @@ pub enum ReceiverEvent {
         /// Target dataset.
         target: String,
     },
+    /// The sender asks to enrol with a pairing token (only on a session made with
+    /// [`ReceiverSession::new_pairing_only`]): check the token's proof against the TLS session,
+    /// sign the CSR, then call [`ReceiverSession::enrolled`] or
+    /// [`ReceiverSession::refuse_enrollment`].
+    EnrollRequested(EnrollRequest),
+    /// The authenticated sender asks for a new certificate for the key in `csr` (DER): answer
+    /// with [`ReceiverSession::renewed`] or [`ReceiverSession::renew_refused`].
+    RenewRequested {
+        /// The certificate signing request, DER. Not validated: check it.
+        csr: Vec<u8>,
+    },
     /// The sender is done; the session is closed.
     Bye,
     /// The sender sent an error frame and is closing; the session is closed.
@@ -88,6 +100,8 @@ enum State {
     AnsweringAbortResume {
         target: String,
     },
+    AnsweringEnroll,
+    AnsweringRenew,
     Closed,
 }
 
@@ -102,6 +116,8 @@ impl State {
             Self::Committing { .. } => "committing",
             Self::Draining => "draining a failed stream",
             Self::AnsweringAbortResume { .. } => "answering an abort-resume request",
+            Self::AnsweringEnroll => "answering an enrolment",
+            Self::AnsweringRenew => "answering a renewal",
             Self::Closed => "closed",
         }
     }
@@ -140,6 +156,8 @@ pub struct ReceiverSession {
     state: State,
     /// Created on the first zstd chunk, then reused for the whole session.
     dctx: Option<ChunkDecompressor>,
+    /// The connection has no client certificate: only the enrolment exchange is allowed.
+    pairing_only: bool,
 }
 
 impl ReceiverSession {
@@ -149,7 +167,23 @@ impl ReceiverSession {
             core: Core::new(config, Role::Receiver, now),
             state: State::AwaitHello,
             dctx: None,
+            pairing_only: false,
         }
+    }
+
+    /// A session for a connection whose client presented no certificate: after the hellos,
+    /// only the enrolment exchange is allowed; any control or data frame, and a renewal, is
+    /// answered with ERROR `not-authorized` and closes the session. Announce the `enroll`
+    /// feature in `config` for enrolment to be possible at all.
+    pub fn new_pairing_only(config: SessionConfig, now: Duration) -> Self {
+        let mut session = Self::new(config, now);
+        session.pairing_only = true;
+        session
+    }
+
+    /// Whether this session only allows the enrolment exchange (no client certificate).
+    pub fn is_pairing_only(&self) -> bool {
+        self.pairing_only
     }
 
     /// Handles one decoded frame from the sender.
@@ -353,6 +387,52 @@ impl ReceiverSession {
         Ok(())
     }
 
+    /// Answers [`ReceiverEvent::EnrollRequested`]: the sender is registered, here is its
+    /// certificate. The session is ready again (the sender normally closes it with `Bye`).
+    pub fn enrolled(&mut self, enrolment: Enrolment) -> Result<(), UsageError> {
+        if !matches!(self.state, State::AnsweringEnroll) {
+            return Err(self.wrong_state("answer an enrolment"));
+        }
+        self.core
+            .queue_frame(&Frame::Pairing(PairMessage::Enrolled(enrolment)))?;
+        self.state = State::Ready;
+        Ok(())
+    }
+
+    /// Refuses [`ReceiverEvent::EnrollRequested`]: sends ERROR `pairing-refused` with `message`
+    /// (say why: unknown, expired, used or wrong token) and closes.
+    pub fn refuse_enrollment(&mut self, message: impl Into<String>) -> Result<(), UsageError> {
+        if !matches!(self.state, State::AnsweringEnroll) {
+            return Err(self.wrong_state("refuse an enrolment"));
+        }
+        self.error(ErrorCode::PairingRefused, message);
+        Ok(())
+    }
+
+    /// Answers [`ReceiverEvent::RenewRequested`] with the new certificate (DER).
+    pub fn renewed(&mut self, certificate: Vec<u8>) -> Result<(), UsageError> {
+        if !matches!(self.state, State::AnsweringRenew) {
+            return Err(self.wrong_state("answer a renewal"));
+        }
+        self.core
+            .queue_frame(&Frame::Pairing(PairMessage::Renewed { certificate }))?;
+        self.state = State::Ready;
+        Ok(())
+    }
+
+    /// Refuses [`ReceiverEvent::RenewRequested`]; the session goes on.
+    pub fn renew_refused(&mut self, message: impl Into<String>) -> Result<(), UsageError> {
+        if !matches!(self.state, State::AnsweringRenew) {
+            return Err(self.wrong_state("refuse a renewal"));
+        }
+        self.core
+            .queue_frame(&Frame::Pairing(PairMessage::RenewRefused {
+                message: message.into(),
+            }))?;
+        self.state = State::Ready;
+        Ok(())
+    }
+
     /// Sends an error frame and closes, from any state (e.g. shutting down, not authorized).
     pub fn error(&mut self, code: ErrorCode, message: impl Into<String>) {
         self.core.send_error(code, message.into());
@@ -396,6 +476,13 @@ impl ReceiverSession {
                 self.state = State::Ready;
                 Ok(Some(ReceiverEvent::Negotiated(negotiated)))
             }
+            Frame::Data(_) if self.pairing_only => Err(ProtoError::PairingOnly { frame: "Data" }),
+            Frame::Control(message) if self.pairing_only && message != Message::Bye => {
+                Err(ProtoError::PairingOnly {
+                    frame: message.name(),
+                })
+            }
+            Frame::Pairing(message) => self.on_pair_message(message),
             Frame::Data(chunk) => match &mut self.state {
                 State::Receiving { offer, hasher } => {
                     let got = chunk.compression();
@@ -497,6 +584,43 @@ impl ReceiverSession {
         };
         self.state = next;
         Ok(event)
+    }
+
+    fn on_pair_message(
+        &mut self,
+        message: PairMessage,
+    ) -> Result<Option<ReceiverEvent>, ProtoError> {
+        let negotiated = self.core.negotiated.as_ref();
+        match message {
+            PairMessage::Enroll(request) if matches!(self.state, State::Ready) => {
+                if !self.pairing_only {
+                    // An authenticated peer has nothing to enrol: it renews.
+                    return Err(ProtoError::Unexpected {
+                        frame: "Enroll",
+                        state: "ready on an authenticated connection",
+                    });
+                }
+                if !negotiated.is_some_and(|n| n.enroll) {
+                    return Err(ProtoError::NotNegotiated { feature: "enroll" });
+                }
+                self.state = State::AnsweringEnroll;
+                Ok(Some(ReceiverEvent::EnrollRequested(request)))
+            }
+            PairMessage::Renew { .. } if self.pairing_only => {
+                Err(ProtoError::PairingOnly { frame: "Renew" })
+            }
+            PairMessage::Renew { csr } if matches!(self.state, State::Ready) => {
+                if !negotiated.is_some_and(|n| n.renew) {
+                    return Err(ProtoError::NotNegotiated { feature: "renew" });
+                }
+                self.state = State::AnsweringRenew;
+                Ok(Some(ReceiverEvent::RenewRequested { csr }))
+            }
+            other => Err(ProtoError::Unexpected {
+                frame: other.name(),
+                state: self.state.name(),
+            }),
+        }
     }
 
     /// An offer may only use what the handshake negotiated.

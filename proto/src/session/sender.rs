@@ -13,6 +13,7 @@ use crate::message::{
     AbortResumeOutcome, ErrorCode, FailureCode, Message, RefusalCode, StreamKind, TargetState,
     TransferOffer,
 };
+use crate::pairing::{EnrollRequest, Enrolment, PairMessage};
 
 /// What the sender runtime learns from the receiver.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +55,18 @@ pub enum SenderEvent {
         /// What the receiver did.
         outcome: AbortResumeOutcome,
     },
+    /// Answer to [`SenderSession::enroll`]: the certificate and the CA; ready again.
+    Enrolled(Enrolment),
+    /// Answer to [`SenderSession::renew`]: the new certificate (DER); ready again.
+    Renewed {
+        /// The certificate.
+        certificate: Vec<u8>,
+    },
+    /// Answer to [`SenderSession::renew`]: refused, the old certificate stays; ready again.
+    RenewRefused {
+        /// Receiver's explanation.
+        message: String,
+    },
     /// The receiver sent an error frame and is closing; the session is closed.
     PeerError {
         /// Stable code.
@@ -93,6 +106,8 @@ enum State {
     AwaitAbortResume {
         target: String,
     },
+    AwaitEnrolment,
+    AwaitRenewal,
     Closed,
 }
 
@@ -106,6 +121,8 @@ impl State {
             Self::Streaming { .. } => "streaming",
             Self::AwaitCommit { .. } => "waiting for commit",
             Self::AwaitAbortResume { .. } => "waiting for abort-resume result",
+            Self::AwaitEnrolment => "waiting for the enrolment answer",
+            Self::AwaitRenewal => "waiting for the renewal answer",
             Self::Closed => "closed",
         }
     }
@@ -396,6 +413,33 @@ impl SenderSession {
         Ok(())
     }
 
+    /// Enrols with a pairing token (on a connection without client certificate); answered by
+    /// [`SenderEvent::Enrolled`] or an error frame `pairing-refused`. Needs the `enroll`
+    /// feature.
+    pub fn enroll(&mut self, request: EnrollRequest) -> Result<(), UsageError> {
+        self.require_ready("enrol")?;
+        if !self.core.negotiated_or("enrol")?.enroll {
+            return Err(UsageError::NotNegotiated { feature: "enroll" });
+        }
+        self.core
+            .queue_frame(&Frame::Pairing(PairMessage::Enroll(request)))?;
+        self.state = State::AwaitEnrolment;
+        Ok(())
+    }
+
+    /// Asks for a new certificate for the key of `csr` (DER); answered by
+    /// [`SenderEvent::Renewed`] or [`SenderEvent::RenewRefused`]. Needs the `renew` feature.
+    pub fn renew(&mut self, csr: Vec<u8>) -> Result<(), UsageError> {
+        self.require_ready("renew")?;
+        if !self.core.negotiated_or("renew")?.renew {
+            return Err(UsageError::NotNegotiated { feature: "renew" });
+        }
+        self.core
+            .queue_frame(&Frame::Pairing(PairMessage::Renew { csr }))?;
+        self.state = State::AwaitRenewal;
+        Ok(())
+    }
+
     /// Ends the session politely: queues `Bye` and closes.
     pub fn close(&mut self) -> Result<(), UsageError> {
         self.require_ready("close")?;
@@ -456,8 +500,31 @@ impl SenderSession {
                 Ok(Some(SenderEvent::Negotiated(negotiated)))
             }
             Frame::Control(message) => self.on_message(message),
+            Frame::Pairing(message) => self.on_pair_message(message),
             other @ Frame::Data(_) => Err(self.unexpected(&other)),
         }
+    }
+
+    fn on_pair_message(&mut self, message: PairMessage) -> Result<Option<SenderEvent>, ProtoError> {
+        let event = match (&self.state, message) {
+            (State::AwaitEnrolment, PairMessage::Enrolled(enrolment)) => {
+                SenderEvent::Enrolled(enrolment)
+            }
+            (State::AwaitRenewal, PairMessage::Renewed { certificate }) => {
+                SenderEvent::Renewed { certificate }
+            }
+            (State::AwaitRenewal, PairMessage::RenewRefused { message }) => {
+                SenderEvent::RenewRefused { message }
+            }
+            (state, message) => {
+                return Err(ProtoError::Unexpected {
+                    frame: message.name(),
+                    state: state.name(),
+                });
+            }
+        };
+        self.state = State::Ready;
+        Ok(Some(event))
     }
 
     fn on_message(&mut self, message: Message) -> Result<Option<SenderEvent>, ProtoError> {

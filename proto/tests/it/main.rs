@@ -5,5 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod conversations;
+mod pairing;
 mod random;
 mod util;
