@@ -125,7 +125,10 @@ fn prune_keeps_the_newest_common_snapshot_and_moves_the_hold() {
     assert!(!destroy.status.success());
     // zfs-fuse and OpenZFS 2.1 say "dataset is busy", OpenZFS 2.2+ "it's being held".
     let stderr = String::from_utf8_lossy(&destroy.stderr);
-    assert!(stderr.contains("busy") || stderr.contains("being held"), "{stderr}");
+    assert!(
+        stderr.contains("busy") || stderr.contains("being held"),
+        "{stderr}"
+    );
     zfs(&["release", "zrep:backup1", &base]);
     zfs(&["hold", "zrep:backup1", &base]);
     // The target keeps everything it received: retention there is the receiver's.

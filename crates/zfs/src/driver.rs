@@ -153,6 +153,19 @@ impl SendRequest {
     }
 }
 
+/// What a resume token says about the interrupted stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeTokenInfo {
+    /// The snapshot the stream ends at.
+    pub to_name: SnapshotName,
+    /// Its GUID.
+    pub to_guid: Guid,
+    /// The incremental base's GUID (`None` for a full stream).
+    pub from_guid: Option<Guid>,
+    /// Stream bytes the receiver already has.
+    pub bytes_done: Option<u64>,
+}
+
 /// A `zfs receive` request. There is deliberately no `-F`: a receive never rolls back or destroys
 /// anything on the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,6 +373,19 @@ pub trait Zfs: Send + Sync {
         &self,
         request: &SendRequest,
     ) -> impl Future<Output = Result<SendStream, ZfsError>> + Send;
+
+    /// The stream size `zfs send -nP` estimates, or `None` where the dialect cannot tell.
+    fn send_estimate(
+        &self,
+        request: &SendRequest,
+    ) -> impl Future<Output = Result<Option<u64>, ZfsError>> + Send;
+
+    /// What a `receive_resume_token` refers to (`zfs send -nv -t`, OpenZFS). A token whose
+    /// snapshot is gone reports [`ZfsError::NotFound`].
+    fn resume_token_info(
+        &self,
+        token: &str,
+    ) -> impl Future<Output = Result<ResumeTokenInfo, ZfsError>> + Send;
 
     /// Starts `zfs receive`.
     fn receive(

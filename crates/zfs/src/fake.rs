@@ -19,7 +19,8 @@ use tokio::io::AsyncWrite;
 use crate::caps::Capabilities;
 use crate::driver::{
     BookmarkInfo, DatasetInfo, DatasetKind, Guid, IncrementalBase, ObjectName, PropertyValue,
-    ReceiveRequest, ReceiveSink, SendKind, SendRequest, SendStream, SnapshotInfo, Zfs,
+    ReceiveRequest, ReceiveSink, ResumeTokenInfo, SendKind, SendRequest, SendStream, SnapshotInfo,
+    Zfs,
 };
 use crate::error::{CommandFailure, CommandLine, ZfsError};
 use crate::name::{BookmarkName, DatasetName, HoldTag, PropertyName, SnapshotName};
@@ -615,6 +616,14 @@ impl Zfs for FakeZfs {
             Box::pin(Cursor::new(stream)),
             Box::pin(async move { fault }),
         ))
+    }
+
+    async fn send_estimate(&self, _request: &SendRequest) -> Result<Option<u64>, ZfsError> {
+        Ok(None)
+    }
+
+    async fn resume_token_info(&self, _token: &str) -> Result<ResumeTokenInfo, ZfsError> {
+        Err(self.unsupported("resumable send in the fake"))
     }
 
     async fn receive(&self, request: &ReceiveRequest) -> Result<ReceiveSink, ZfsError> {

@@ -24,8 +24,8 @@ pub mod testbed;
 pub use caps::{Capabilities, Dialect};
 pub use driver::{
     BookmarkInfo, Completion, DatasetInfo, DatasetKind, Guid, IncrementalBase, ObjectName,
-    PropertyValue, ReceiveRequest, ReceiveSink, SendKind, SendRequest, SendStream, SnapshotInfo,
-    Zfs,
+    PropertyValue, ReceiveRequest, ReceiveSink, ResumeTokenInfo, SendKind, SendRequest, SendStream,
+    SnapshotInfo, Zfs,
 };
 pub use error::{CommandFailure, CommandLine, ZfsError};
 pub use name::{

@@ -15,7 +15,8 @@ use tracing::debug;
 use crate::caps::Capabilities;
 use crate::driver::{
     BookmarkInfo, DatasetInfo, DatasetKind, Guid, IncrementalBase, ObjectName, PropertyValue,
-    ReceiveRequest, ReceiveSink, SendKind, SendRequest, SendStream, SnapshotInfo, Zfs,
+    ReceiveRequest, ReceiveSink, ResumeTokenInfo, SendKind, SendRequest, SendStream, SnapshotInfo,
+    Zfs,
 };
 use crate::error::{CommandFailure, CommandLine, ZfsError};
 use crate::name::{BookmarkName, DatasetName, HoldTag, PropertyName, SnapshotName};
@@ -105,6 +106,57 @@ impl SystemZfs {
         } else {
             "type,guid,creation"
         }
+    }
+
+    /// `zfs send` arguments for `request`, with `extra` flags right after `send`.
+    fn send_args(&self, request: &SendRequest, extra: &[&str]) -> Result<Vec<OsString>, ZfsError> {
+        let mut a = args(["send"]);
+        a.extend(extra.iter().map(OsString::from));
+        if request.properties {
+            a.push("-p".into());
+        }
+        if request.raw {
+            if !self.caps.raw_send {
+                return Err(self.unsupported("raw send (`zfs send -w`)"));
+            }
+            a.push("-w".into());
+        }
+        if request.compressed {
+            if !self.caps.compressed_send {
+                return Err(self.unsupported("compressed send (`zfs send -c -L -e`)"));
+            }
+            a.extend(["-c".into(), "-L".into(), "-e".into()]);
+        }
+        match &request.kind {
+            SendKind::Full { snapshot } => a.push(snapshot.as_str().into()),
+            SendKind::Incremental {
+                from,
+                to,
+                intermediates,
+            } => {
+                if matches!(from, IncrementalBase::Bookmark(_)) {
+                    if !self.caps.bookmarks {
+                        return Err(self.unsupported("bookmarks"));
+                    }
+                    if *intermediates {
+                        // ZFS cannot send intermediates from a bookmark: it has no data.
+                        return Err(self.unsupported("`-I` from a bookmark"));
+                    }
+                }
+                a.push(if *intermediates { "-I" } else { "-i" }.into());
+                a.push(from.as_str().into());
+                a.push(to.as_str().into());
+            }
+            SendKind::Resume { token } => {
+                if !self.caps.resumable_receive {
+                    return Err(self.unsupported("resumable send (`zfs send -t`)"));
+                }
+                check_resume_token(token)?;
+                a.push("-t".into());
+                a.push(token.into());
+            }
+        }
+        Ok(a)
     }
 }
 
@@ -311,50 +363,7 @@ impl Zfs for SystemZfs {
     }
 
     async fn send(&self, request: &SendRequest) -> Result<SendStream, ZfsError> {
-        let mut a = args(["send"]);
-        if request.properties {
-            a.push("-p".into());
-        }
-        if request.raw {
-            if !self.caps.raw_send {
-                return Err(self.unsupported("raw send (`zfs send -w`)"));
-            }
-            a.push("-w".into());
-        }
-        if request.compressed {
-            if !self.caps.compressed_send {
-                return Err(self.unsupported("compressed send (`zfs send -c -L -e`)"));
-            }
-            a.extend(["-c".into(), "-L".into(), "-e".into()]);
-        }
-        match &request.kind {
-            SendKind::Full { snapshot } => a.push(snapshot.as_str().into()),
-            SendKind::Incremental {
-                from,
-                to,
-                intermediates,
-            } => {
-                if matches!(from, IncrementalBase::Bookmark(_)) {
-                    if !self.caps.bookmarks {
-                        return Err(self.unsupported("bookmarks"));
-                    }
-                    if *intermediates {
-                        // ZFS cannot send intermediates from a bookmark: it has no data.
-                        return Err(self.unsupported("`-I` from a bookmark"));
-                    }
-                }
-                a.push(if *intermediates { "-I" } else { "-i" }.into());
-                a.push(from.as_str().into());
-                a.push(to.as_str().into());
-            }
-            SendKind::Resume { token } => {
-                if !self.caps.resumable_receive {
-                    return Err(self.unsupported("resumable send (`zfs send -t`)"));
-                }
-                a.push("-t".into());
-                a.push(token.into());
-            }
-        }
+        let a = self.send_args(request, &[])?;
         let mut process = self.runner().spawn(a, Stdio::null(), Stdio::piped())?;
         let stdout = process
             .child
@@ -366,6 +375,30 @@ impl Zfs for SystemZfs {
             Box::pin(stdout),
             Box::pin(async move { process.wait(finish).await }),
         ))
+    }
+
+    async fn send_estimate(&self, request: &SendRequest) -> Result<Option<u64>, ZfsError> {
+        if !self.caps.send_estimate {
+            return Ok(None);
+        }
+        let a = self.send_args(request, &["-nP"])?;
+        let out = self.zfs(a).await?;
+        // `size\t<bytes>` is the total over every snapshot the stream carries.
+        Ok(out
+            .lines()
+            .filter_map(|line| line.strip_prefix("size\t"))
+            .find_map(|n| n.trim().parse().ok()))
+    }
+
+    async fn resume_token_info(&self, token: &str) -> Result<ResumeTokenInfo, ZfsError> {
+        if !self.caps.resumable_receive {
+            return Err(self.unsupported("resumable send (`zfs send -t`)"));
+        }
+        check_resume_token(token)?;
+        let a = args(["send", "-nv", "-t", token]);
+        let command = command_line(&self.config, &a);
+        let out = self.zfs(a).await?;
+        parse_resume_token_info(&command, &out)
     }
 
     async fn receive(&self, request: &ReceiveRequest) -> Result<ReceiveSink, ZfsError> {
@@ -682,6 +715,48 @@ fn property_assignment(property: &PropertyName, value: &str) -> Result<String, Z
     Ok(format!("{}={value}", property.as_str()))
 }
 
+/// Resume tokens come from the receiving side: accept only what ZFS makes (`1-<hex>-<hex>-<hex>`)
+/// and a sane length, so a hostile peer cannot hand `zfs` anything else.
+fn check_resume_token(token: &str) -> Result<(), ZfsError> {
+    let valid = !token.is_empty()
+        && token.len() <= 64 * 1024
+        && token.starts_with(|c: char| c.is_ascii_digit())
+        && token.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ZfsError::Name(crate::name::NameError::BadShortName {
+            name: token.chars().take(64).collect(),
+            what: "resume token",
+        }))
+    }
+}
+
+/// Parses the `resume token contents:` nvlist that `zfs send -nv -t` prints.
+fn parse_resume_token_info(command: &CommandLine, out: &str) -> Result<ResumeTokenInfo, ZfsError> {
+    let field = |key: &str| {
+        out.lines().find_map(|line| {
+            let (k, v) = line.trim().split_once(" = ")?;
+            (k == key).then(|| v.trim().to_owned())
+        })
+    };
+    let hex = |key: &str| -> Result<Option<u64>, ZfsError> {
+        field(key)
+            .map(|v| {
+                u64::from_str_radix(v.trim_start_matches("0x"), 16)
+                    .map_err(|_| parse_error(command, &v, &format!("{key} is not a hex number")))
+            })
+            .transpose()
+    };
+    let to_name = field("toname").ok_or_else(|| parse_error(command, out, "no toname"))?;
+    Ok(ResumeTokenInfo {
+        to_name: SnapshotName::parse(&to_name)?,
+        to_guid: Guid(hex("toguid")?.ok_or_else(|| parse_error(command, out, "no toguid"))?),
+        from_guid: hex("fromguid")?.map(Guid),
+        bytes_done: hex("bytes")?,
+    })
+}
+
 /// Reads a pipe to its end, keeping the last [`MAX_STDERR`] bytes.
 async fn read_tail(mut pipe: impl AsyncRead + Unpin) -> String {
     let mut kept = Vec::new();
@@ -791,6 +866,21 @@ mod tests {
         assert_eq!(without_usage(only_usage), only_usage);
         let missing = "missing property argument\nusage:\n\tget [-rHp] ...\n";
         assert_eq!(without_usage(missing), "missing property argument");
+    }
+
+    #[test]
+    fn parses_resume_token_contents() {
+        let out = "resume token contents:\nnvlist version: 0\n\tobject = 0x2\n\toffset = 0x4a0000\n\
+                   \tbytes = 0x4c3850\n\ttoguid = 0x372663f66e602d1d\n\ttoname = a/s p@one\n";
+        let info = parse_resume_token_info(&CommandLine(vec!["zfs".into()]), out).unwrap();
+        assert_eq!(info.to_name.as_str(), "a/s p@one");
+        assert_eq!(info.to_guid, Guid(0x3726_63f6_6e60_2d1d));
+        assert_eq!(info.from_guid, None);
+        assert_eq!(info.bytes_done, Some(0x004c_3850));
+        assert!(check_resume_token("1-9b0416192-b0-789c63").is_ok());
+        for bad in ["", "-t", "1-abc;rm", "1 2", "x-1"] {
+            assert!(check_resume_token(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
