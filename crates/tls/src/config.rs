@@ -45,6 +45,32 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The rustls configuration of a zrep-recv that also lets unpaired senders enrol.
+///
+/// Like [`server_config`], but a client certificate is *optional*: a client that presents one
+/// must pass the same checks (chain to `ca_certs`, `clientAuth`, validity); a client without one
+/// completes the handshake and is then only allowed the pairing exchange
+/// ([`crate::Acceptor::accept_any`] reports it with no identity). `server_cert_chain` should end
+/// with the CA certificate, so that an enrolling sender can find the CA it pins.
+pub fn server_config_allowing_pairing(
+    ca_certs: &[CertificateDer<'static>],
+    server_cert_chain: Vec<CertificateDer<'static>>,
+    server_key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let roots = Arc::new(root_store(ca_certs)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(TLS13_ONLY)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(server_cert_chain, server_key)?;
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
 /// The rustls configuration of zrep-send.
 ///
 /// The server must present a certificate that chains to one of `ca_certs`, is valid for

@@ -92,6 +92,16 @@ impl PeerIdentity {
         })
     }
 
+    /// Start of a certificate's validity (`notBefore`), read without verifying it.
+    pub fn not_before_of(cert: &CertificateDer<'_>) -> Result<SystemTime, TlsError> {
+        let (_, x509) =
+            x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::Certificate {
+                reason: e.to_string(),
+            })?;
+        let secs = x509.validity().not_before.timestamp();
+        Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs()))
+    }
+
     /// Time left until the certificate expires, `None` if it already has.
     pub fn expires_in(&self) -> Option<Duration> {
         self.not_after.duration_since(SystemTime::now()).ok()

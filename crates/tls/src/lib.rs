@@ -10,6 +10,9 @@
 //! - Files: [`load_certs`], [`load_private_key`], [`write_key_file`] (0600, no silent
 //!   overwrite), [`write_cert_file`].
 //! - rustls: [`server_config`] (client certificate required) and [`client_config`].
+//! - Pairing: [`PairingToken`] (one-time token, proof bound to the TLS session), the receiver's
+//!   [`StoredKey`], [`pinned_client_config`] (trust a receiver by its CA fingerprint) and
+//!   [`server_config_allowing_pairing`] (client certificate optional, for enrolment).
 //! - Handshakes: [`Acceptor`] returns the stream with the [`PeerIdentity`], after the optional
 //!   [`RevocationCheck`]; [`Connector`] for the sender.
 //!
@@ -25,11 +28,13 @@ mod files;
 mod fingerprint;
 pub mod identity;
 mod name;
+pub mod pairing;
 mod pki;
 mod stream;
 
 pub use config::{
-    client_config, client_config_from_files, server_config, server_config_from_files,
+    client_config, client_config_from_files, server_config, server_config_allowing_pairing,
+    server_config_from_files,
 };
 pub use error::TlsError;
 pub use files::{
@@ -39,6 +44,7 @@ pub use files::{
 pub use fingerprint::{Fingerprint, InvalidFingerprint};
 pub use identity::{PeerIdentity, RevocationCheck, RevokedCerts, peer_identity};
 pub use name::{PEER_NAME_MAX_LEN, PeerName, PeerNameError};
+pub use pairing::{InvalidToken, PairingToken, StoredKey, pinned_client_config};
 pub use pki::{
     CLOCK_SKEW_ALLOWANCE, CertificateAuthority, DEFAULT_CA_TTL, DEFAULT_PEER_TTL,
     DEFAULT_SERVER_TTL, IssuedCert, PeerCsr, SignedCert,

@@ -72,6 +72,7 @@ pub struct SignedCert {
 /// key.
 pub struct PeerCsr {
     csr_pem: String,
+    csr_der: Vec<u8>,
     key_pem: String,
 }
 
@@ -254,6 +255,25 @@ impl CertificateAuthority {
         Ok(signed)
     }
 
+    /// Like [`sign_peer_csr`](Self::sign_peer_csr), for a DER CSR (as it travels in a pairing
+    /// frame). Callers cap its size first (`zrep_proto::MAX_CSR_LEN`).
+    pub fn sign_peer_csr_der(
+        &self,
+        csr_der: &[u8],
+        peer: &PeerName,
+        ttl: Duration,
+    ) -> Result<SignedCert, TlsError> {
+        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der);
+        let csr = CertificateSigningRequestParams::from_der(&der).map_err(TlsError::Csr)?;
+        let cert = peer_params(peer, ttl)?.signed_by(&csr.public_key, &self.issuer)?;
+        let signed = SignedCert {
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+        };
+        debug!(%peer, fingerprint = %signed.fingerprint(), "signed peer CSR");
+        Ok(signed)
+    }
+
     fn issue_with_new_key(&self, params: &CertificateParams) -> Result<IssuedCert, TlsError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -326,6 +346,14 @@ impl fmt::Debug for IssuedCert {
 }
 
 impl SignedCert {
+    /// A certificate received as DER (e.g. in a pairing answer), for saving as PEM.
+    pub fn from_der(cert_der: CertificateDer<'static>) -> Self {
+        SignedCert {
+            cert_pem: pem_encode("CERTIFICATE", &cert_der),
+            cert_der,
+        }
+    }
+
     /// The certificate, PEM.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
@@ -354,13 +382,31 @@ impl PeerCsr {
     /// [`CertificateAuthority::sign_peer_csr`]); the CN here is informational.
     pub fn generate(peer: &PeerName) -> Result<Self, TlsError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        Self::for_key(peer, key)
+    }
+
+    /// A CSR for an existing private key (PEM), e.g. to renew a certificate keeping the key.
+    pub fn for_existing_key(peer: &PeerName, key_pem: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| TlsError::PrivateKey {
+            reason: e.to_string(),
+        })?;
+        Self::for_key(peer, key)
+    }
+
+    fn for_key(peer: &PeerName, key: KeyPair) -> Result<Self, TlsError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = common_name_dn(peer.as_str());
         let csr = params.serialize_request(&key)?;
         Ok(PeerCsr {
             csr_pem: csr.pem()?,
+            csr_der: csr.der().to_vec(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// The CSR, DER: what travels in a pairing frame.
+    pub fn csr_der(&self) -> &[u8] {
+        &self.csr_der
     }
 
     /// The CSR, PEM: send this to the CA.

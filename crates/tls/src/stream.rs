@@ -73,6 +73,50 @@ impl Acceptor {
     }
 }
 
+impl Acceptor {
+    /// Like [`accept`](Self::accept), for a configuration from
+    /// [`crate::server_config_allowing_pairing`]: a client without a certificate is accepted
+    /// with identity `None` (allow it the pairing exchange only). A client *with* a certificate
+    /// gets the same checks as in [`accept`](Self::accept), revocation included.
+    pub async fn accept_any<IO>(
+        &self,
+        stream: IO,
+    ) -> Result<(server::TlsStream<IO>, Option<PeerIdentity>), TlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let tls = self
+            .inner
+            .accept(stream)
+            .await
+            .map_err(TlsError::Handshake)?;
+        if tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .is_none_or(<[_]>::is_empty)
+        {
+            debug!("client presented no certificate: pairing only");
+            return Ok((tls, None));
+        }
+        let identity = peer_identity(tls.get_ref().1)?;
+        if let Some(check) = &self.revocation
+            && check.is_revoked(&identity)
+        {
+            return Err(TlsError::Revoked {
+                peer: identity.name,
+                fingerprint: identity.fingerprint,
+            });
+        }
+        debug!(
+            peer = %identity.name,
+            fingerprint = %identity.fingerprint,
+            "peer authenticated"
+        );
+        Ok((tls, Some(identity)))
+    }
+}
+
 impl fmt::Debug for Acceptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Acceptor")

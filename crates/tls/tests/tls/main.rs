@@ -7,4 +7,5 @@
 
 mod example_certs;
 mod handshake;
+mod pairing;
 mod util;

@@ -1,0 +1,107 @@
+//! Enrolment handshakes: the server takes clients without a certificate (pairing only), the
+//! sender trusts the server by its CA fingerprint, and both ends derive the same exporter value.
+
+use std::sync::Arc;
+
+use zrep_tls::pairing::{client_exporter, server_exporter};
+use zrep_tls::rustls::ServerConfig;
+use zrep_tls::{Acceptor, PairingToken, pinned_client_config, server_config_allowing_pairing};
+
+use zrep_tls::tokio_rustls::{client, server};
+use zrep_tls::{Connector, PeerIdentity, TlsError};
+
+use crate::util::{Pki, TEST_TIMEOUT, ping_pong};
+
+type Io = tokio::io::DuplexStream;
+type Accepted = Result<(server::TlsStream<Io>, Option<PeerIdentity>), TlsError>;
+
+/// Both handshakes over an in-memory pipe, the server with `accept_any`.
+async fn handshake(
+    acceptor: &Acceptor,
+    client: Arc<zrep_tls::rustls::ClientConfig>,
+    server_name: &str,
+) -> (Accepted, Result<client::TlsStream<Io>, TlsError>) {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let connector = Connector::new(client);
+    let run = async {
+        tokio::join!(
+            acceptor.accept_any(server_io),
+            connector.connect(server_name, client_io)
+        )
+    };
+    tokio::time::timeout(TEST_TIMEOUT, run).await.unwrap()
+}
+
+/// A pairing-capable server whose chain ends with its CA certificate.
+fn pairing_server(pki: &Pki) -> Arc<ServerConfig> {
+    server_config_allowing_pairing(
+        &[pki.ca.cert_der().clone()],
+        vec![pki.server.cert_der().clone(), pki.ca.cert_der().clone()],
+        pki.server.key_der(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn pinned_client_enrols_and_both_ends_agree_on_the_exporter() {
+    let pki = Pki::new("zrep CA backup1");
+    let acceptor = Acceptor::new(pairing_server(&pki));
+    let token = PairingToken::generate(pki.ca.fingerprint()).unwrap();
+    let client = pinned_client_config(token.ca_fingerprint()).unwrap();
+    // The dialled name does not matter: the pin replaces the name check.
+    let (server, client) = handshake(&acceptor, client, "10.9.8.7").await;
+    let (mut server, identity) = server.unwrap();
+    let mut client = client.unwrap();
+    assert!(identity.is_none());
+    ping_pong(&mut server, &mut client).await;
+    let a = server_exporter(server.get_ref().1, token.id()).unwrap();
+    let b = client_exporter(client.get_ref().1, token.id()).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(
+        a,
+        server_exporter(server.get_ref().1, token.id() ^ 1).unwrap()
+    );
+    let proof = token.proof(&b, b"csr");
+    assert!(token.stored_key().verify(token.id(), &a, b"csr", &proof));
+}
+
+#[tokio::test]
+async fn accept_any_reports_a_certificate_less_client_without_identity() {
+    let pki = Pki::new("zrep CA backup1");
+    let acceptor = Acceptor::new(pairing_server(&pki));
+    // A certified peer is still identified on the same configuration.
+    let nas1 = pki.peer("nas1");
+    let (server, client) = handshake(&acceptor, pki.client_config(&nas1), "backup1").await;
+    let (_server, identity) = server.unwrap();
+    assert_eq!(identity.unwrap().name.as_str(), "nas1");
+    client.unwrap();
+
+    // A peer from another CA is refused even though certificates are optional.
+    let other = Pki::new("zrep CA elsewhere");
+    let impostor = other.peer("nas1");
+    let (server, _client) = handshake(&acceptor, pki.client_config(&impostor), "backup1").await;
+    assert!(server.is_err());
+}
+
+#[tokio::test]
+async fn pinned_client_refuses_a_receiver_with_another_ca() {
+    let pki = Pki::new("zrep CA backup1");
+    let mitm = Pki::new("zrep CA mitm");
+    let acceptor = Acceptor::new(pairing_server(&mitm));
+    let client = pinned_client_config(pki.ca.fingerprint()).unwrap();
+    let (_server, client) = handshake(&acceptor, client, "backup1").await;
+    let err = client.unwrap_err();
+    assert!(err.to_string().contains("pairing token names"), "{err}");
+
+    // A server that sends the pinned CA but a leaf from another CA is refused too.
+    let forged = server_config_allowing_pairing(
+        &[mitm.ca.cert_der().clone()],
+        vec![mitm.server.cert_der().clone(), pki.ca.cert_der().clone()],
+        mitm.server.key_der(),
+    )
+    .unwrap();
+    let acceptor = Acceptor::new(forged);
+    let client = pinned_client_config(pki.ca.fingerprint()).unwrap();
+    let (_server, client) = handshake(&acceptor, client, "backup1").await;
+    assert!(client.is_err());
+}
