@@ -47,6 +47,10 @@ struct RawConfig {
     cert: PathBuf,
     key: PathBuf,
     ca: PathBuf,
+    ca_key: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    #[serde(default = "default_peer_cert_ttl", with = "humantime_serde")]
+    peer_cert_ttl: Duration,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
@@ -66,6 +70,9 @@ struct RawPeer {
     root: String,
 }
 
+fn default_peer_cert_ttl() -> Duration {
+    zrep_tls::DEFAULT_PEER_TTL
+}
 fn default_max_connections() -> usize {
     16
 }
@@ -90,6 +97,13 @@ pub struct RecvConfig {
     pub key: PathBuf,
     /// The CA whose client certificates are accepted (PEM).
     pub ca: PathBuf,
+    /// The CA's private key: needed to pair, issue and renew; without it only existing
+    /// certificates work.
+    pub ca_key: Option<PathBuf>,
+    /// Where the peers registry lives (`peers.toml`); default: the config file's directory.
+    pub state_dir: PathBuf,
+    /// Lifetime of peer certificates issued by pairing, `issue` and renewal.
+    pub peer_cert_ttl: Duration,
     /// At most this many connections at once; more wait in the kernel's backlog.
     pub max_connections: usize,
     /// Limit for the TLS handshake and the protocol hello.
@@ -132,6 +146,9 @@ impl RecvConfig {
             return Err(invalid("max-connections must be at least 1".into()));
         }
         let base = path.parent().unwrap_or(Path::new("."));
+        if raw.peer_cert_ttl < Duration::from_secs(60) {
+            return Err(invalid("peer-cert-ttl must be at least 1 minute".into()));
+        }
         let mut peers = BTreeMap::new();
         for peer in raw.peers {
             let name = PeerName::new(peer.name.clone())
@@ -159,6 +176,11 @@ impl RecvConfig {
             cert: base.join(raw.cert),
             key: base.join(raw.key),
             ca: base.join(raw.ca),
+            ca_key: raw.ca_key.map(|k| base.join(k)),
+            state_dir: raw
+                .state_dir
+                .map_or_else(|| base.to_owned(), |d| base.join(d)),
+            peer_cert_ttl: raw.peer_cert_ttl,
             max_connections: raw.max_connections,
             handshake_timeout: raw.handshake_timeout,
             idle_timeout: raw.idle_timeout,

@@ -1,12 +1,17 @@
 //! `zrep-recv`: the receive service on the backup host.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use zrep_recv::admin::{self, InitOptions, IssueOptions};
 use zrep_recv::config::RecvConfig;
+use zrep_tls::PeerName;
+use zrep_zfs::DatasetName;
 
 /// zrep's receive service: accepts paired senders over mutual TLS and runs `zfs receive` into
 /// each peer's own subtree, read-only.
@@ -17,22 +22,101 @@ struct Cli {
     command: Command,
 }
 
+/// The configuration file, for every command that works on an existing receiver.
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The configuration file (TOML).
+    #[arg(
+        long,
+        short,
+        env = "ZREP_RECV_CONFIG",
+        default_value = "/etc/zrep/recv.toml"
+    )]
+    config: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve senders until SIGINT or SIGTERM.
     Serve {
-        /// The configuration file (TOML).
-        #[arg(long, short, env = "ZREP_RECV_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Check a configuration file and print the peers it maps.
     Check {
-        /// The configuration file (TOML).
-        #[arg(long, short, env = "ZREP_RECV_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Set up a new receiver in DIR: its CA (the key never leaves DIR), its server certificate
+    /// and a starting recv.toml. Refuses to overwrite existing keys or configuration.
+    Init {
+        /// Directory to create the files in (created if missing), e.g. /etc/zrep.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// This receiver's host name: CN and first name of its certificate.
+        #[arg(long)]
+        name: String,
+        /// More DNS names or IP addresses senders reach this receiver by (repeatable).
+        #[arg(long = "san", value_name = "HOST-OR-IP")]
+        sans: Vec<String>,
+        /// `listen` of the starting recv.toml.
+        #[arg(long, default_value = "0.0.0.0:7711")]
+        listen: SocketAddr,
+    },
+    /// Register a pending peer and print the one-time token to paste on the sender
+    /// (`zrep-send pair`). The token is single-use and expires.
+    Pair {
+        /// The peer's name (its certificate's CN), e.g. nas1.
+        #[arg(long)]
+        name: PeerName,
+        /// Everything the peer sends lands below this dataset, e.g. backup/nas1.
+        #[arg(long)]
+        root: String,
+        /// How long the token stays valid.
+        #[arg(long, default_value = "15m", value_parser = humantime_serde::re::humantime::parse_duration)]
+        ttl: Duration,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Offline alternative to pairing: issue a certificate for a new peer (with a key made here,
+    /// or for the peer's CSR) and write it, ca.pem and a starting send.toml into DIR.
+    Issue {
+        /// The peer's name (its certificate's CN), e.g. nas1.
+        #[arg(long)]
+        name: PeerName,
+        /// Everything the peer sends lands below this dataset, e.g. backup/nas1.
+        #[arg(long)]
+        root: String,
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Sign this PEM certificate signing request (from `zrep-send csr`) instead of making a
+        /// key here.
+        #[arg(long, value_name = "FILE")]
+        csr: Option<PathBuf>,
+        /// `receiver` (HOST:PORT) of the starting send.toml; default: this receiver's
+        /// certificate name and listen port.
+        #[arg(long)]
+        receiver: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List peers (registered and static), their roots and certificate expiry, and pairings.
+    Peers {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revoke a peer: refused from now on, and its running sessions are ended (no restart).
+    Revoke {
+        /// The peer's name.
+        name: PeerName,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
+/// Exit status for a command that failed.
+const EXIT_FAILED: u8 = 1;
 /// Exit status for a configuration that cannot be used.
 const EXIT_CONFIG: u8 = 2;
 
@@ -45,8 +129,38 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Command::Init {
+        dir,
+        name,
+        sans,
+        listen,
+    } = &cli.command
+    {
+        let mut options = InitOptions::new(dir.clone(), name.clone());
+        options.sans = sans.clone();
+        options.listen = *listen;
+        return match admin::init(&options) {
+            Ok((config, fingerprint)) => {
+                println!("initialised receiver {name} in {}", dir.display());
+                println!("CA fingerprint (SHA-256): {fingerprint}");
+                println!("configuration: {}", config.display());
+                println!(
+                    "next: zrep-recv serve --config {0}, then zrep-recv pair --config {0} --name NAME --root POOL/DATASET",
+                    config.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => fail(&err),
+        };
+    }
     let path = match &cli.command {
-        Command::Serve { config } | Command::Check { config } => config,
+        Command::Serve { config }
+        | Command::Check { config }
+        | Command::Pair { config, .. }
+        | Command::Issue { config, .. }
+        | Command::Peers { config }
+        | Command::Revoke { config, .. } => &config.config,
+        Command::Init { .. } => unreachable!("handled above"),
     };
     let config = match RecvConfig::load(path) {
         Ok(config) => config,
@@ -55,29 +169,74 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match cli.command {
+    let result = match cli.command {
         Command::Check { .. } => {
             println!("listen {}", config.listen);
             for (peer, root) in &config.peers {
                 println!("peer {peer} -> {root}");
             }
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Command::Serve { .. } => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    eprintln!("zrep-recv: cannot start the runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
+        Command::Serve { .. } => serve(config),
+        Command::Pair {
+            name, root, ttl, ..
+        } => parse_root(&root).and_then(|root| {
+            let pairing = admin::pair(&config, &name, &root, ttl)?;
+            let expires = humantime_serde::re::humantime::format_rfc3339_seconds(pairing.expires);
+            let server = admin::server_name(&config).unwrap_or_else(|_| "RECEIVER".into());
+            println!("pairing token for {name} (root {root}), single use, valid until {expires}:");
+            println!("{}", pairing.token);
+            println!(
+                "on {name}: zrep-send pair --receiver {server}:{} --token {} --dir /etc/zrep",
+                config.listen.port(),
+                pairing.token
+            );
+            Ok(())
+        }),
+        Command::Issue {
+            name,
+            root,
+            out,
+            csr,
+            receiver,
+            ..
+        } => parse_root(&root).and_then(|root| {
+            let options = IssueOptions {
+                name: name.clone(),
+                root,
+                out,
+                csr,
+                receiver,
             };
-            match runtime.block_on(zrep_recv::server::run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("zrep-recv: {err:#}");
-                    ExitCode::FAILURE
-                }
+            for file in admin::issue(&config, &options)? {
+                println!("wrote {}", file.display());
             }
-        }
+            println!("issued a certificate for {name}; copy these files to it");
+            Ok(())
+        }),
+        Command::Peers { .. } => admin::peers(&config).map(|table| print!("{table}")),
+        Command::Revoke { name, .. } => admin::revoke(&config, &name).map(|()| {
+            println!("revoked {name}: new connections are refused, running sessions end");
+        }),
+        Command::Init { .. } => unreachable!("handled above"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
     }
+}
+
+fn serve(config: RecvConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
+    runtime.block_on(zrep_recv::server::run(config))
+}
+
+fn parse_root(root: &str) -> anyhow::Result<DatasetName> {
+    DatasetName::parse(root).map_err(|e| anyhow::anyhow!("--root {root:?}: {e}"))
+}
+
+fn fail(err: &anyhow::Error) -> ExitCode {
+    eprintln!("zrep-recv: {err:#}");
+    ExitCode::from(EXIT_FAILED)
 }

@@ -1,25 +1,46 @@
-//! The listener: TLS with required client certificates, one task per connection under a
-//! connection cap, each peer confined to its configured root.
+//! The listener: TLS 1.3 with optional client certificates, one task per connection under a
+//! connection cap.
+//!
+//! - A client **with** a certificate of this receiver's CA is authorized by the peers registry
+//!   (a certificate recorded as issued to its name, not revoked) or, for static `[[peer]]`
+//!   entries of recv.toml, by its name; it is confined to its root and may renew its
+//!   certificate. When the registry changes so that it is no longer authorized (revocation),
+//!   its running sessions are ended.
+//! - A client **without** a certificate may only enrol with a pairing token; anything else is
+//!   answered with `not-authorized`.
+//!
+//! The registry file is re-read when it changes: checked on every new connection and every
+//! second, so `zrep-recv pair`/`revoke` take effect without a restart.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tracing::{Instrument, info, info_span, warn};
-use zrep_proto::{ErrorCode, ReceiverSession, SessionConfig};
-use zrep_repl::receiver::{ReceiverPolicy, TargetLocks, serve};
-use zrep_repl::transport::Connection;
-use zrep_tls::Acceptor;
-use zrep_zfs::{SystemZfs, SystemZfsConfig, Zfs};
+use tracing::{Instrument, debug, info, info_span, warn};
+use zrep_proto::{
+    EnrollRequest, Enrolment, ErrorCode, Features, MAX_CSR_LEN, ProtoError, ReceiverEvent,
+    ReceiverSession, SessionConfig,
+};
+use zrep_repl::receiver::{ReceiverPolicy, Renewal, TargetLocks, serve_with_renewal};
+use zrep_repl::transport::{Connection, TransportError};
+use zrep_tls::pairing::server_exporter;
+use zrep_tls::{
+    Acceptor, CertificateAuthority, PeerIdentity, PeerName, StoredKey, load_certs,
+    load_private_key, server_config_allowing_pairing,
+};
+use zrep_zfs::{DatasetName, SystemZfs, SystemZfsConfig, Zfs};
 
 use crate::config::RecvConfig;
+use crate::registry::{IssuedCert, Registry, RegistryFile, Stamp, Verdict};
 
 /// How long running sessions may finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How often the registry file is checked for changes (besides on every new connection).
+const REGISTRY_POLL: Duration = Duration::from_secs(1);
 
 /// Test hook (see `ReceiverPolicy::drop_next_commit_answer`): set to `1` to drop the first
 /// commit answer after a verified receive.
@@ -34,21 +55,51 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
     .await
     .context("probing the local ZFS")?;
     info!(dialect = %zfs.capabilities().dialect, "ZFS probed");
-    let tls = zrep_tls::server_config_from_files(&config.ca, &config.cert, &config.key)
+    let ca_certs = load_certs(&config.ca).context("loading the CA certificate")?;
+    let mut chain = load_certs(&config.cert).context("loading the server certificate")?;
+    // Enrolling senders find the CA they pin in the chain.
+    if !chain.iter().any(|c| ca_certs.contains(c)) {
+        chain.push(ca_certs[0].clone());
+    }
+    let key = load_private_key(&config.key).context("loading the server key")?;
+    let tls = server_config_allowing_pairing(&ca_certs, chain, key)
         .context("loading the TLS certificate, key and CA")?;
-    let acceptor = Acceptor::new(tls);
+    let ca = match &config.ca_key {
+        Some(ca_key) => Some(
+            CertificateAuthority::load(&config.ca, ca_key).context("loading the CA and its key")?,
+        ),
+        None => None,
+    };
+    let registry = Arc::new(LiveRegistry::open(RegistryFile::new(&config.state_dir))?);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
-    info!(listen = %listener.local_addr()?, peers = config.peers.len(), "zrep-recv ready");
+    info!(
+        listen = %listener.local_addr()?,
+        static_peers = config.peers.len(),
+        registered_peers = registry.current().peers.len(),
+        pairing = ca.is_some(),
+        "zrep-recv ready"
+    );
 
+    let poller = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REGISTRY_POLL).await;
+                registry.refresh();
+            }
+        })
+    };
     let shared = Arc::new(Shared {
         zfs,
-        acceptor,
+        acceptor: Acceptor::new(tls),
         locks: TargetLocks::default(),
         drop_commit: Arc::new(AtomicBool::new(
             std::env::var(DROP_COMMIT_ANSWER_ENV).is_ok_and(|v| v == "1"),
         )),
+        ca,
+        registry,
         config,
     });
     let slots = Arc::new(Semaphore::new(shared.config.max_connections));
@@ -83,6 +134,7 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
         );
         while tasks.try_join_next().is_some() {}
     }
+    poller.abort();
     info!(running = tasks.len(), "shutting down");
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
@@ -91,64 +143,329 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The peers registry as last read, re-read when the file changes; sessions watch it.
+struct LiveRegistry {
+    file: RegistryFile,
+    stamp: Mutex<Option<Stamp>>,
+    tx: watch::Sender<Arc<Registry>>,
+}
+
+impl LiveRegistry {
+    fn open(file: RegistryFile) -> anyhow::Result<Self> {
+        let stamp = file.stamp();
+        let registry = file.load().context("loading the peers registry")?;
+        Ok(Self {
+            file,
+            stamp: Mutex::new(stamp),
+            tx: watch::Sender::new(Arc::new(registry)),
+        })
+    }
+
+    /// Re-reads the file if it changed. A broken file keeps the last good state.
+    fn refresh(&self) {
+        let mut stamp = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.file.stamp();
+        if now == *stamp {
+            return;
+        }
+        match self.file.load() {
+            Ok(registry) => {
+                *stamp = now;
+                debug!(peers = registry.peers.len(), "peers registry reloaded");
+                self.tx.send_replace(Arc::new(registry));
+            }
+            Err(err) => {
+                warn!(cause = %err, "cannot reload the peers registry; keeping the last one")
+            }
+        }
+    }
+
+    fn current(&self) -> Arc<Registry> {
+        self.refresh();
+        self.tx.borrow().clone()
+    }
+}
+
 struct Shared {
     zfs: SystemZfs,
     acceptor: Acceptor,
     locks: TargetLocks,
     drop_commit: Arc<AtomicBool>,
+    ca: Option<CertificateAuthority>,
+    registry: Arc<LiveRegistry>,
     config: RecvConfig,
 }
+
+type Tls = zrep_tls::tokio_rustls::server::TlsStream<TcpStream>;
+type RecvConn = Connection<ReceiverSession, tokio::io::ReadHalf<Tls>, tokio::io::WriteHalf<Tls>>;
 
 impl Shared {
     async fn handle(&self, stream: TcpStream) {
         let config = &self.config;
         let _ = stream.set_nodelay(true);
         let accepted =
-            tokio::time::timeout(config.handshake_timeout, self.acceptor.accept(stream)).await;
-        let (tls, identity) = match accepted {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err(err)) => {
-                warn!(cause = %err, "TLS handshake refused");
-                return;
+            tokio::time::timeout(config.handshake_timeout, self.acceptor.accept_any(stream)).await;
+        match accepted {
+            Ok(Ok((tls, Some(identity)))) => self.peer_session(tls, identity).await,
+            Ok(Ok((tls, None))) => {
+                let span = info_span!("pairing");
+                self.pairing_session(tls).instrument(span).await;
             }
-            Err(_) => {
-                warn!(after = ?config.handshake_timeout, "TLS handshake timed out");
-                return;
-            }
-        };
+            Ok(Err(err)) => warn!(cause = %err, "TLS handshake refused"),
+            Err(_) => warn!(after = ?config.handshake_timeout, "TLS handshake timed out"),
+        }
+    }
+
+    fn connection(&self, tls: Tls, session: ReceiverSession) -> RecvConn {
+        let (reader, writer) = tokio::io::split(tls);
+        Connection::new(
+            session,
+            reader,
+            writer,
+            Instant::now(),
+            self.config.idle_timeout,
+        )
+    }
+
+    /// A client with a verified certificate: authorize, then serve until it is done or loses
+    /// its authorization.
+    async fn peer_session(&self, tls: Tls, identity: PeerIdentity) {
+        let config = &self.config;
         let peer = identity.name.clone();
         let span = info_span!("peer", peer = %peer);
         async {
-            let (reader, writer) = tokio::io::split(tls);
-            let epoch = Instant::now();
-            let session = ReceiverSession::new(self.session_config(), Duration::ZERO);
-            let mut conn = Connection::new(session, reader, writer, epoch, config.idle_timeout);
-            let Some(root) = config.peers.get(&peer) else {
-                warn!("certificate is valid but the peer is not configured here");
-                // Let the hellos cross first, so the peer reads our reason as a protocol error.
-                let _ = tokio::time::timeout(config.handshake_timeout, conn.next_event()).await;
-                conn.session.error(
-                    ErrorCode::NotAuthorized,
-                    format!("peer {peer} is not configured on this receiver"),
-                );
-                conn.shutdown().await;
-                return;
+            let mut session_config = self.session_config();
+            session_config.features = session_config.features.with_renew(self.ca.is_some());
+            let session = ReceiverSession::new(session_config, Duration::ZERO);
+            let mut conn = self.connection(tls, session);
+            let static_root = config.peers.get(&peer);
+            let root = match self.registry.current().authorize(&identity, static_root) {
+                Verdict::Allowed(root) => root,
+                Verdict::Refused(reason) => {
+                    warn!(fingerprint = %identity.fingerprint, %reason, "peer refused");
+                    // Let the hellos cross first, so the peer reads our reason as a protocol
+                    // error.
+                    let _ = tokio::time::timeout(config.handshake_timeout, conn.next_event()).await;
+                    conn.session.error(ErrorCode::NotAuthorized, reason);
+                    conn.shutdown().await;
+                    return;
+                }
             };
             info!(root = %root, "peer connected");
             let policy = ReceiverPolicy {
                 peer: peer.to_string(),
-                root: root.clone(),
+                root,
                 write_timeout: config.receive_timeout,
                 locks: self.locks.clone(),
                 drop_next_commit_answer: self.drop_commit.clone(),
             };
-            match serve(&self.zfs, &mut conn, &policy).await {
-                Ok(()) => info!("session ended"),
-                Err(err) => warn!(cause = %err, "session ended with an error"),
+            let renewal = PeerRenewal {
+                shared: self,
+                identity: &identity,
+            };
+            let mut watch = self.registry.tx.subscribe();
+            let withdrawn = async {
+                loop {
+                    if watch.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    let registry = watch.borrow_and_update().clone();
+                    if let Verdict::Refused(reason) = registry.authorize(&identity, static_root) {
+                        return reason;
+                    }
+                }
+            };
+            let outcome = tokio::select! {
+                served = serve_with_renewal(&self.zfs, &mut conn, &policy, Some(&renewal)) => {
+                    Ok(served)
+                }
+                reason = withdrawn => Err(reason),
+            };
+            match outcome {
+                Ok(Ok(())) => info!("session ended"),
+                Ok(Err(err)) => warn!(cause = %err, "session ended with an error"),
+                Err(reason) => {
+                    // Dropping the session's future above killed any running zfs receive.
+                    warn!(%reason, "authorization withdrawn: session ended");
+                    conn.session.error(ErrorCode::NotAuthorized, reason);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
+                }
             }
         }
         .instrument(span)
         .await;
+    }
+
+    /// A client without certificate: the enrolment exchange and nothing else.
+    async fn pairing_session(&self, tls: Tls) {
+        let exporter = match server_exporter(tls.get_ref().1) {
+            Ok(exporter) => exporter,
+            Err(err) => {
+                warn!(cause = %err, "no TLS exporter");
+                return;
+            }
+        };
+        let mut session_config = self.session_config();
+        session_config.features = Features::new().with_enroll(true);
+        let session = ReceiverSession::new_pairing_only(session_config, Duration::ZERO);
+        let mut conn = self.connection(tls, session);
+        let work = async {
+            loop {
+                match conn.next_event().await {
+                    Ok(ReceiverEvent::Negotiated(_)) => {}
+                    Ok(ReceiverEvent::EnrollRequested(request)) => {
+                        match self.enroll(&request, &exporter) {
+                            Ok(enrolment) => {
+                                info!(peer = %enrolment.peer, root = %enrolment.root, "peer paired");
+                                if conn.session.enrolled(enrolment).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(reason) => {
+                                warn!(token = format_args!("{:016x}", request.token_id), %reason, "pairing refused");
+                                let _ = conn.session.refuse_enrollment(reason);
+                                conn.shutdown().await;
+                                return;
+                            }
+                        }
+                    }
+                    Ok(ReceiverEvent::Bye) => {
+                        conn.shutdown().await;
+                        return;
+                    }
+                    Ok(other) => {
+                        debug!(event = ?other, "pairing session ended");
+                        return;
+                    }
+                    Err(TransportError::Protocol(ProtoError::PairingOnly { frame })) => {
+                        warn!(
+                            frame,
+                            "refused: a connection without client certificate may only pair"
+                        );
+                        conn.shutdown().await;
+                        return;
+                    }
+                    Err(err) => {
+                        debug!(cause = %err, "pairing session ended");
+                        return;
+                    }
+                }
+            }
+        };
+        let limit = self.config.handshake_timeout * 3;
+        if tokio::time::timeout(limit, work).await.is_err() {
+            warn!(after = ?limit, "pairing session timed out");
+        }
+    }
+
+    /// Checks an enrolment against the registry and, if it is good, signs the CSR and records
+    /// the peer, all under the registry lock: a token is used at most once.
+    fn enroll(&self, request: &EnrollRequest, exporter: &[u8; 32]) -> Result<Enrolment, String> {
+        let Some(ca) = &self.ca else {
+            return Err(
+                "pairing is not enabled on this receiver (recv.toml has no ca-key)".to_owned(),
+            );
+        };
+        if request.csr.len() > MAX_CSR_LEN {
+            return Err(format!("CSR larger than {MAX_CSR_LEN} bytes"));
+        }
+        let token = format!("{:016x}", request.token_id);
+        let now = SystemTime::now();
+        let outcome = self.registry.file.update(|reg| {
+            let Some(index) = reg.pairings.iter().position(|p| p.token == token) else {
+                return Err(
+                    "unknown pairing token: this receiver did not issue it (or it was cleaned up); run `zrep-recv pair` for a new one"
+                        .to_owned(),
+                );
+            };
+            let pairing = reg.pairings[index].clone();
+            if let Some(used) = pairing.used {
+                return Err(format!(
+                    "pairing token already used at {}; tokens are single-use: run `zrep-recv pair` for a new one",
+                    rfc3339(used)
+                ));
+            }
+            if pairing.expires <= now {
+                return Err(format!(
+                    "pairing token expired at {}; run `zrep-recv pair` for a new one",
+                    rfc3339(pairing.expires)
+                ));
+            }
+            let stored: StoredKey = pairing
+                .stored_key
+                .parse()
+                .map_err(|e| format!("registry: {e}"))?;
+            if !stored.verify(request.token_id, exporter, &request.csr, &request.proof) {
+                return Err(
+                    "wrong pairing token: the proof does not match (mistyped token, or something in between)"
+                        .to_owned(),
+                );
+            }
+            if reg.peer(&pairing.name).is_some_and(|p| !p.revoked) {
+                return Err(format!("peer {} was paired meanwhile", pairing.name));
+            }
+            let root = DatasetName::parse(&pairing.root).map_err(|e| e.to_string())?;
+            let signed = ca
+                .sign_peer_csr_der(&request.csr, &pairing.name, self.config.peer_cert_ttl)
+                .map_err(|e| format!("unusable certificate request: {e}"))?;
+            let identity = PeerIdentity::from_cert(signed.cert_der()).map_err(|e| e.to_string())?;
+            reg.pairings[index].used = Some(now);
+            reg.record_issued(
+                &pairing.name,
+                &root,
+                IssuedCert {
+                    fingerprint: identity.fingerprint,
+                    not_after: identity.not_after,
+                },
+            );
+            Ok(Enrolment {
+                peer: pairing.name.to_string(),
+                root: pairing.root.clone(),
+                certificate: signed.cert_der().to_vec(),
+                ca_certificate: ca.cert_der().to_vec(),
+            })
+        });
+        let enrolment = outcome.map_err(|e| format!("internal error: {e}"))??;
+        self.registry.refresh();
+        Ok(enrolment)
+    }
+
+    fn renew(&self, identity: &PeerIdentity, csr: &[u8]) -> Result<Vec<u8>, String> {
+        let Some(ca) = &self.ca else {
+            return Err("this receiver has no ca-key: it cannot renew certificates".to_owned());
+        };
+        if csr.len() > MAX_CSR_LEN {
+            return Err(format!("CSR larger than {MAX_CSR_LEN} bytes"));
+        }
+        let name: &PeerName = &identity.name;
+        let outcome = self.registry.file.update(|reg| {
+            let Some(peer) = reg.peer(name) else {
+                return Err(format!(
+                    "peer {name} is a static peer of recv.toml; renew its certificate by hand"
+                ));
+            };
+            if peer.revoked || !peer.certs.iter().any(|c| c.fingerprint == identity.fingerprint) {
+                return Err(format!("peer {name} may not renew this certificate"));
+            }
+            let root = DatasetName::parse(&peer.root).map_err(|e| e.to_string())?;
+            let signed = ca
+                .sign_peer_csr_der(csr, name, self.config.peer_cert_ttl)
+                .map_err(|e| format!("unusable certificate request: {e}"))?;
+            let renewed = PeerIdentity::from_cert(signed.cert_der()).map_err(|e| e.to_string())?;
+            reg.record_issued(
+                name,
+                &root,
+                IssuedCert {
+                    fingerprint: renewed.fingerprint,
+                    not_after: renewed.not_after,
+                },
+            );
+            info!(fingerprint = %renewed.fingerprint, not_after = %rfc3339(renewed.not_after), "issued renewed certificate");
+            Ok(signed.cert_der().to_vec())
+        });
+        let certificate = outcome.map_err(|e| format!("internal error: {e}"))??;
+        self.registry.refresh();
+        Ok(certificate)
     }
 
     fn session_config(&self) -> SessionConfig {
@@ -157,6 +474,22 @@ impl Shared {
         session.software = concat!("zrep-recv ", env!("CARGO_PKG_VERSION")).to_owned();
         session
     }
+}
+
+/// Renewal for the authenticated peer of one session.
+struct PeerRenewal<'a> {
+    shared: &'a Shared,
+    identity: &'a PeerIdentity,
+}
+
+impl Renewal for PeerRenewal<'_> {
+    fn renew(&self, csr: &[u8]) -> Result<Vec<u8>, String> {
+        self.shared.renew(self.identity, csr)
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime_serde::re::humantime::format_rfc3339_seconds(t).to_string()
 }
 
 async fn shutdown_signal() {

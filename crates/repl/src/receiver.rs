@@ -103,11 +103,34 @@ pub enum ServeError {
     Usage(#[from] zrep_proto::UsageError),
 }
 
-/// Serves one authenticated peer until it says bye or the connection ends.
+/// Signs a renewed certificate for the authenticated peer of a session.
+pub trait Renewal: Send + Sync {
+    /// A new certificate (DER) for the key of `csr` (DER), or why not (sent to the peer).
+    fn renew(&self, csr: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// Serves one authenticated peer until it says bye or the connection ends. Certificate
+/// renewal requests are refused; see [`serve_with_renewal`].
 pub async fn serve<Z, R, W>(
     zfs: &Z,
     conn: &mut Connection<ReceiverSession, R, W>,
     policy: &ReceiverPolicy,
+) -> Result<(), ServeError>
+where
+    Z: Zfs,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    serve_with_renewal(zfs, conn, policy, None).await
+}
+
+/// [`serve`], answering the peer's certificate renewal requests with `renewal` (refused when
+/// `None`).
+pub async fn serve_with_renewal<Z, R, W>(
+    zfs: &Z,
+    conn: &mut Connection<ReceiverSession, R, W>,
+    policy: &ReceiverPolicy,
+    renewal: Option<&dyn Renewal>,
 ) -> Result<(), ServeError>
 where
     Z: Zfs,
@@ -143,6 +166,22 @@ where
                 let dataset = resolve(conn, policy, &target).await?;
                 let outcome = abort_resume(zfs, policy, &dataset).await;
                 conn.session.abort_resume_result(outcome)?;
+            }
+            ReceiverEvent::RenewRequested { csr } => {
+                let answer = match renewal {
+                    Some(renewal) => renewal.renew(&csr),
+                    None => Err("this receiver does not renew certificates".to_owned()),
+                };
+                match answer {
+                    Ok(certificate) => {
+                        info!(peer = %policy.peer, "certificate renewed");
+                        conn.session.renewed(certificate)?;
+                    }
+                    Err(reason) => {
+                        warn!(peer = %policy.peer, %reason, "certificate renewal refused");
+                        conn.session.renew_refused(reason)?;
+                    }
+                }
             }
             ReceiverEvent::Bye => {
                 conn.shutdown().await;
@@ -349,6 +388,37 @@ async fn check_offer<Z: Zfs>(
     }
     let internal = |err: ZfsError| (RefusalCode::NotPermitted, err.to_string());
     let exists = zfs.exists(dataset).await.map_err(internal)?;
+    let pending = if exists && caps.resumable_receive {
+        zfs.get_property(dataset, &property("receive_resume_token"))
+            .await
+            .map_err(internal)?
+            .map(|v| v.value)
+            .filter(|v| v != "-")
+    } else {
+        None
+    };
+    match (&offer.kind, &pending) {
+        (StreamKind::Resume { token }, Some(current)) if token == current => return Ok(()),
+        (StreamKind::Resume { .. }, _) => {
+            return Err((
+                RefusalCode::ResumeMismatch,
+                format!(
+                    "{} has no interrupted receive with that token; plan again",
+                    offer.target
+                ),
+            ));
+        }
+        (_, Some(_)) => {
+            return Err((
+                RefusalCode::ResumePending,
+                format!(
+                    "{} holds an interrupted receive: resume it or ask to discard it first",
+                    offer.target
+                ),
+            ));
+        }
+        (_, None) => {}
+    }
     match &offer.kind {
         StreamKind::Full if exists => Err((
             RefusalCode::TargetExists,
@@ -466,7 +536,16 @@ where
     W: AsyncWrite + Unpin,
 {
     loop {
-        match conn.next_event().await? {
+        let event = match conn.next_event().await {
+            Ok(event) => event,
+            Err(err) => {
+                // End the stream instead of killing zfs receive: with `-s` the part received so
+                // far is kept with a resume token, and the sender continues from there.
+                let _ = sink.finish().await;
+                return Err(err.into());
+            }
+        };
+        match event {
             ReceiverEvent::Data(bytes) => {
                 let write =
                     tokio::time::timeout(policy.write_timeout, sink.writer.write_all(&bytes)).await;
@@ -503,7 +582,8 @@ where
                 });
             }
             ReceiverEvent::StreamAborted { message } => {
-                drop(sink);
+                // As above: a resumable receive keeps what it got.
+                let _ = sink.finish().await;
                 return Ok(Pumped::Aborted(message));
             }
             ReceiverEvent::PeerError { code, message } => {

@@ -19,7 +19,7 @@
 //! # Proof (SCRAM-like, bound to the TLS session)
 //!
 //! Both ends derive 32 bytes from the TLS session with the exporter (RFC 8446 section 7.5,
-//! label [`EXPORTER_LABEL`], context = the token id, big-endian). The transcript is
+//! label [`EXPORTER_LABEL`], no context). The transcript is
 //! `"zrep pairing proof v1" | id | exporter | SHA-256(CSR DER)`. The sender sends
 //! `proof = client_key XOR HMAC-SHA256(stored_key, transcript)`. The receiver recomputes the
 //! HMAC, recovers `client_key` and checks that it hashes to its stored key. A proof is good for
@@ -245,17 +245,17 @@ impl FromStr for PairingToken {
     }
 }
 
-/// The 32-byte pairing exporter value of a server connection, for token `id`.
-pub fn server_exporter(conn: &ServerConnection, id: u64) -> Result<[u8; 32], TlsError> {
+/// The 32-byte pairing exporter value of a server connection.
+pub fn server_exporter(conn: &ServerConnection) -> Result<[u8; 32], TlsError> {
     let mut out = [0u8; 32];
-    conn.export_keying_material(&mut out, EXPORTER_LABEL, Some(&id.to_be_bytes()))?;
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, None)?;
     Ok(out)
 }
 
-/// The 32-byte pairing exporter value of a client connection, for token `id`.
-pub fn client_exporter(conn: &ClientConnection, id: u64) -> Result<[u8; 32], TlsError> {
+/// The 32-byte pairing exporter value of a client connection.
+pub fn client_exporter(conn: &ClientConnection) -> Result<[u8; 32], TlsError> {
     let mut out = [0u8; 32];
-    conn.export_keying_material(&mut out, EXPORTER_LABEL, Some(&id.to_be_bytes()))?;
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, None)?;
     Ok(out)
 }
 
