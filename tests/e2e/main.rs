@@ -4,5 +4,6 @@
 // A failed unwrap is a failed test, with the value in the message.
 #![allow(clippy::unwrap_used)]
 
+mod openzfs;
 mod replication;
 mod security;

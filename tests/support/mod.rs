@@ -258,3 +258,97 @@ pub fn exists(dataset: &DatasetName) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+/// A TCP relay between a sender and a receiver that can cut the first connection after a number
+/// of client-to-server bytes, to interrupt a transfer at a chosen point. Later connections pass.
+#[derive(Debug)]
+pub struct CuttingProxy {
+    /// The port senders connect to (127.0.0.1).
+    pub port: u16,
+}
+
+impl CuttingProxy {
+    /// Relays to `127.0.0.1:target`; cuts the first connection after `cut_after` bytes.
+    pub fn start(target: u16, cut_after: u64) -> CuttingProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut first = true;
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    return;
+                };
+                let limit = if first { cut_after } else { u64::MAX };
+                first = false;
+                relay(client, server, limit);
+            }
+        });
+        CuttingProxy { port }
+    }
+}
+
+fn relay(client: std::net::TcpStream, server: std::net::TcpStream, limit: u64) {
+    use std::io::{Read, Write};
+    let (mut c_read, mut c_write) = (client.try_clone().unwrap(), client);
+    let (mut s_read, mut s_write) = (server.try_clone().unwrap(), server);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = s_read.read(&mut buf) {
+            if n == 0 || c_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = c_write.shutdown(std::net::Shutdown::Both);
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        let mut passed = 0u64;
+        while let Ok(n) = c_read.read(&mut buf) {
+            let n = n.min(usize::try_from(limit - passed).unwrap_or(usize::MAX));
+            if n == 0 || s_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            passed += n as u64;
+            if passed >= limit {
+                break;
+            }
+        }
+        // Both directions end: the sender sees a dead connection, the receiver a cut stream.
+        let _ = s_write.shutdown(std::net::Shutdown::Both);
+        let _ = c_read.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+/// The probed capabilities of the local ZFS (to pick a test's expectations).
+pub fn capabilities() -> zrep_zfs::Capabilities {
+    use zrep_zfs::Zfs;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        zrep_zfs::SystemZfs::probe(zrep_zfs::SystemZfsConfig::default())
+            .await
+            .unwrap()
+            .capabilities()
+            .clone()
+    })
+}
+
+impl SenderConfig {
+    /// The same datasets, sent to another port (e.g. through a proxy).
+    pub fn with_port(&self, port: u16) -> SenderConfig {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        for line in &mut lines {
+            if line.starts_with("receiver = ") {
+                *line = format!("receiver = \"127.0.0.1:{port}\"");
+            }
+        }
+        let path = dir.path().join("send.toml");
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        SenderConfig { path, _dir: dir }
+    }
+}

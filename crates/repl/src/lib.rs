@@ -10,3 +10,17 @@ pub mod sender;
 pub mod transport;
 
 pub use error::ReplicationError;
+
+/// The protocol features this side announces, from what the local ZFS can do.
+pub fn session_features(caps: &zrep_zfs::Capabilities) -> zrep_proto::Features {
+    let (implementation, version) = match &caps.dialect {
+        zrep_zfs::Dialect::OpenZfs { version } => ("openzfs", version.clone()),
+        _ => ("zfs-fuse", String::from("0.7")),
+    };
+    zrep_proto::Features::new()
+        .with_compression([zrep_proto::Compression::Zstd])
+        .with_resumable(caps.resumable_receive)
+        .with_bookmarks(caps.bookmarks)
+        .with_raw_send(caps.raw_send)
+        .with_zfs(implementation, version)
+}

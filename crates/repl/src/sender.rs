@@ -7,12 +7,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::{debug, info, warn};
 use zrep_proto::{
-    ChunkCompressor, Compression, MAX_CHUNK, SenderEvent, SenderSession,
+    AbortResumeOutcome, ChunkCompressor, Compression, MAX_CHUNK, SenderEvent, SenderSession,
     SnapshotInfo as WireSnapshot, StreamKind, TargetState, TransferOffer, choose_base,
 };
 use zrep_zfs::{
-    DatasetName, Guid, HoldTag, IncrementalBase, RelativeName, SendKind, SendRequest, SnapshotInfo,
-    SnapshotName, Zfs, ZfsError,
+    BookmarkInfo, DatasetName, Guid, HoldTag, IncrementalBase, RelativeName, SendKind, SendRequest,
+    SnapshotInfo, SnapshotName, Zfs, ZfsError,
 };
 
 use crate::error::ReplicationError;
@@ -45,6 +45,9 @@ pub struct DatasetJob {
     pub intermediates: bool,
     /// zrep snapshots to keep on the source, the newest common one included.
     pub keep_last: usize,
+    /// Raw streams (`zfs send -w`): encrypted data stays encrypted, the receiver never needs the
+    /// key.
+    pub raw: bool,
 }
 
 /// What a stream carried.
@@ -52,12 +55,14 @@ pub struct DatasetJob {
 pub enum StreamShape {
     /// A full stream: the target did not exist.
     Full,
-    /// An incremental stream from the named common snapshot.
+    /// An incremental stream from the named common snapshot (or bookmark).
     Incremental {
         /// Short name of the base.
         base: String,
         /// Whether intermediate snapshots travelled too.
         intermediates: bool,
+        /// Whether the base was a bookmark (its snapshot is gone from the source).
+        from_bookmark: bool,
     },
     /// Nothing to send: the target already had the newest snapshot.
     UpToDate,
@@ -80,6 +85,9 @@ pub struct Replicated {
     pub elapsed: Duration,
     /// zrep snapshots destroyed on the source afterwards.
     pub pruned: Vec<SnapshotName>,
+    /// An interrupted stream finished first: the snapshot's short name and the bytes sent to
+    /// finish it.
+    pub resumed: Option<(String, u64)>,
 }
 
 /// Runs one cycle for `job` over an established session. `now` names the new snapshot.
@@ -123,8 +131,23 @@ where
             ReplicationError::Unexpected(format!("{snapshot} vanished after creation"))
         })?;
 
-    let state = request_state(conn, job.target.as_str()).await?;
-    let plan = plan(job, &local, &newest, &state)?;
+    let mut state = request_state(conn, job.target.as_str()).await?;
+    let mut resumed = None;
+    if let Some(token) = state.resume_token.clone() {
+        resumed = finish_interrupted(zfs, conn, job, options, &local, &token).await?;
+        state = request_state(conn, job.target.as_str()).await?;
+    }
+    let bookmarks = zfs
+        .list_bookmarks(source)
+        .await
+        .map_err(ReplicationError::zfs(format!(
+            "listing bookmarks of {source}"
+        )))?;
+    let mut plan = plan(job, &local, &bookmarks, &newest, &state)?;
+    if let Plan::Send { request, offer, .. } = &mut plan {
+        // An estimate only feeds progress and space checks; without one the transfer goes on.
+        offer.size_estimate = zfs.send_estimate(request).await.ok().flatten();
+    }
     debug!(dataset = %source, ?plan, "planned");
 
     let (shape, stream_bytes, wire_bytes) = match plan {
@@ -147,7 +170,82 @@ where
         wire_bytes,
         elapsed: started.elapsed(),
         pruned,
+        resumed,
     })
+}
+
+/// The target holds a cut resumable receive: finish it (`zfs send -t`), or, when its snapshot is
+/// gone from the source, ask the receiver to discard it so that planning starts afresh.
+async fn finish_interrupted<Z, R, W>(
+    zfs: &Z,
+    conn: &mut Connection<SenderSession, R, W>,
+    job: &DatasetJob,
+    options: &SenderOptions,
+    local: &[SnapshotInfo],
+    token: &str,
+) -> Result<Option<(String, u64)>, ReplicationError>
+where
+    Z: Zfs,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let target = job.target.as_str();
+    let negotiated = conn.session.negotiated().is_some_and(|n| n.resumable);
+    if !negotiated || !zfs.capabilities().resumable_receive {
+        return Err(ReplicationError::Diverged(format!(
+            "target {target} holds an interrupted resumable receive, and this sender's ZFS ({}) \
+             cannot resume it; discard it on the receiver (zfs receive -A) to start afresh",
+            zfs.capabilities().dialect
+        )));
+    }
+    let info = match zfs.resume_token_info(token).await {
+        Ok(info)
+            if info.to_name.dataset() == job.source
+                && local.iter().any(|s| s.guid == info.to_guid) =>
+        {
+            Some(info)
+        }
+        Ok(_) | Err(ZfsError::NotFound { .. }) => None,
+        Err(err) => {
+            return Err(ReplicationError::zfs("reading the receiver's resume token")(err));
+        }
+    };
+    let Some(info) = info else {
+        info!(
+            target,
+            "the interrupted stream's snapshot is gone; discarding the partial receive"
+        );
+        conn.session.abort_resume(target)?;
+        return match conn.next_event().await? {
+            SenderEvent::AbortResumeAnswered {
+                outcome: AbortResumeOutcome::Discarded | AbortResumeOutcome::NothingToDiscard,
+                ..
+            } => Ok(None),
+            SenderEvent::AbortResumeAnswered {
+                outcome: AbortResumeOutcome::Refused { code, message },
+                ..
+            } => Err(ReplicationError::Refused { code, message }),
+            other => Err(unexpected(other)),
+        };
+    };
+    let snapshot = info.to_name.short_name().to_owned();
+    info!(target, %snapshot, done = ?info.bytes_done, "resuming an interrupted stream");
+    let request = SendRequest::new(SendKind::Resume {
+        token: token.to_owned(),
+    });
+    let offer = TransferOffer {
+        target: target.to_owned(),
+        snapshot: snapshot.clone(),
+        guid: info.to_guid.0,
+        kind: StreamKind::Resume {
+            token: token.to_owned(),
+        },
+        compression: Compression::Zstd,
+        raw: job.raw,
+        size_estimate: zfs.send_estimate(&request).await.ok().flatten(),
+    };
+    let (bytes, _) = transfer(zfs, conn, &request, offer, options).await?;
+    Ok(Some((snapshot, bytes)))
 }
 
 /// What to do for one dataset.
@@ -175,9 +273,32 @@ fn to_wire(snapshots: &[SnapshotInfo]) -> Vec<WireSnapshot> {
         .collect()
 }
 
+/// Bookmarks take part in planning under this prefix, which no snapshot name can carry.
+const BOOKMARK_MARK: char = '#';
+
+/// Source candidates for the common base: snapshots, plus bookmarks whose snapshot is gone,
+/// in creation order.
+fn candidates(local: &[SnapshotInfo], bookmarks: &[BookmarkInfo]) -> Vec<WireSnapshot> {
+    let mut all = to_wire(local);
+    let orphans = bookmarks
+        .iter()
+        .filter(|b| !local.iter().any(|s| s.guid == b.guid));
+    for (i, mark) in orphans.enumerate() {
+        all.push(WireSnapshot {
+            name: format!("{BOOKMARK_MARK}{}", mark.name.short_name()),
+            guid: mark.guid.0,
+            createtxg: mark.createtxg.unwrap_or(i as u64),
+            creation: mark.creation,
+        });
+    }
+    all.sort_by_key(|s| s.createtxg);
+    all
+}
+
 fn plan(
     job: &DatasetJob,
     local: &[SnapshotInfo],
+    bookmarks: &[BookmarkInfo],
     newest: &SnapshotInfo,
     state: &TargetState,
 ) -> Result<Plan, ReplicationError> {
@@ -188,19 +309,23 @@ fn plan(
         guid: newest.guid.0,
         kind,
         compression: Compression::Zstd,
-        raw: false,
+        raw: job.raw,
         size_estimate: None,
+    };
+    let request = |kind: SendKind| SendRequest {
+        raw: job.raw,
+        ..SendRequest::new(kind)
     };
     if !state.exists {
         return Ok(Plan::Send {
-            request: SendRequest::new(SendKind::Full {
+            request: request(SendKind::Full {
                 snapshot: newest.name.clone(),
             }),
             shape: StreamShape::Full,
             offer: Box::new(offer(StreamKind::Full)),
         });
     }
-    let choice = choose_base(&to_wire(local), &state.snapshots);
+    let choice = choose_base(&candidates(local, bookmarks), &state.snapshots);
     let Some((base, _)) = &choice.common else {
         let what = if state.snapshots.is_empty() {
             "exists on the receiver without any snapshot".to_owned()
@@ -231,21 +356,34 @@ fn plan(
     if base.guid == newest.guid.0 {
         return Ok(Plan::UpToDate);
     }
-    let base_name = job.source.snapshot(&base.name)?;
+    let (from, short, intermediates) = match base.name.strip_prefix(BOOKMARK_MARK) {
+        // A bookmark holds no data, so nothing in between can travel: `-i` only.
+        Some(mark) => (
+            IncrementalBase::Bookmark(job.source.bookmark(mark)?),
+            mark,
+            false,
+        ),
+        None => (
+            IncrementalBase::Snapshot(job.source.snapshot(&base.name)?),
+            base.name.as_str(),
+            job.intermediates,
+        ),
+    };
     Ok(Plan::Send {
-        request: SendRequest::new(SendKind::Incremental {
-            from: IncrementalBase::Snapshot(base_name),
+        request: request(SendKind::Incremental {
+            from: from.clone(),
             to: newest.name.clone(),
-            intermediates: job.intermediates,
+            intermediates,
         }),
         shape: StreamShape::Incremental {
-            base: base.name.clone(),
-            intermediates: job.intermediates,
+            base: short.to_owned(),
+            intermediates,
+            from_bookmark: matches!(from, IncrementalBase::Bookmark(_)),
         },
         offer: Box::new(offer(StreamKind::Incremental {
             base_guid: base.guid,
-            base_name: base.name.clone(),
-            intermediates: job.intermediates,
+            base_name: from.as_str().to_owned(),
+            intermediates,
         })),
     })
 }
@@ -394,6 +532,9 @@ async fn settle<Z: Zfs>(
             Err(err) => warn!(snapshot = %snap.name, cause = %err, "could not release hold"),
         }
     }
+    if zfs.capabilities().bookmarks {
+        bookmark_base(zfs, job, base).await;
+    }
     let keep_older = job.keep_last.saturating_sub(1);
     let doomed = &older[..older.len().saturating_sub(keep_older)];
     let mut pruned = Vec::new();
@@ -408,6 +549,38 @@ async fn settle<Z: Zfs>(
         }
     }
     Ok(pruned)
+}
+
+/// Bookmarks the new base (so a later incremental can start from it even if the snapshot is
+/// destroyed) and drops zrep's older bookmarks. Failures only cost that fallback: warn.
+async fn bookmark_base<Z: Zfs>(zfs: &Z, job: &DatasetJob, base: &SnapshotInfo) {
+    let short = base.name.short_name();
+    let mark = match job.source.bookmark(short) {
+        Ok(mark) => mark,
+        Err(err) => {
+            warn!(snapshot = %base.name, cause = %err, "cannot name a bookmark");
+            return;
+        }
+    };
+    match zfs.create_bookmark(&base.name, &mark).await {
+        Ok(()) | Err(ZfsError::AlreadyExists { .. }) => {}
+        Err(err) => {
+            warn!(bookmark = %mark, cause = %err, "could not bookmark the base");
+            return;
+        }
+    }
+    let Ok(bookmarks) = zfs.list_bookmarks(&job.source).await else {
+        return;
+    };
+    for old in bookmarks {
+        let ours = parse_snapshot_time(&job.prefix, old.name.short_name()).is_some();
+        if ours
+            && old.guid != base.guid
+            && let Err(err) = zfs.destroy_bookmark(&old.name).await
+        {
+            warn!(bookmark = %old.name, cause = %err, "could not drop an old bookmark");
+        }
+    }
 }
 
 fn is_duplicate_hold(err: &ZfsError) -> bool {

@@ -59,6 +59,7 @@ impl Bed {
             prefix: "zrep".into(),
             intermediates: true,
             keep_last: 1,
+            raw: false,
         }
     }
 
@@ -149,7 +150,8 @@ async fn full_then_incrementals_match_by_guid_and_content() {
         second.shape,
         StreamShape::Incremental {
             base: first.snapshot.short_name().to_owned(),
-            intermediates: true
+            intermediates: true,
+            from_bookmark: false
         }
     );
     bed.src.write_file(&bed.source, "other", b"x");
@@ -225,7 +227,8 @@ async fn lost_commit_answer_is_reconciled_by_guid() {
         next.shape,
         StreamShape::Incremental {
             base: lost_name.clone(),
-            intermediates: true
+            intermediates: true,
+            from_bookmark: false
         }
     );
     let on_target = Bed::guids(&bed.dst, &bed.target()).await;
@@ -360,7 +363,8 @@ async fn without_intermediates_only_the_newest_snapshot_travels() {
         second.shape,
         StreamShape::Incremental {
             base: first.snapshot.short_name().to_owned(),
-            intermediates: false
+            intermediates: false,
+            from_bookmark: false
         }
     );
     let on_target = Bed::guids(&bed.dst, &bed.target()).await;

@@ -68,6 +68,8 @@ struct RawDataset {
     intermediates: bool,
     prefix: Option<String>,
     keep_last: Option<usize>,
+    #[serde(default)]
+    raw: bool,
 }
 
 fn default_prefix() -> String {
@@ -126,6 +128,9 @@ pub struct DatasetConfig {
     /// How many of zrep's snapshots to keep on the source, the newest common one always among
     /// them.
     pub keep_last: usize,
+    /// Raw streams (`zfs send -w`, OpenZFS): an encrypted dataset travels encrypted and the
+    /// receiver never needs its key.
+    pub raw: bool,
 }
 
 impl SendConfig {
@@ -207,6 +212,7 @@ impl SendConfig {
                 intermediates: ds.intermediates,
                 prefix: ds.prefix.unwrap_or_else(|| raw.prefix.clone()),
                 keep_last,
+                raw: ds.raw,
             });
         }
         Ok(Self {

@@ -12,7 +12,7 @@ use zrep_repl::sender::{DatasetJob, Replicated, SenderOptions, StreamShape, repl
 use zrep_repl::transport::Connection;
 use zrep_tls::Connector;
 use zrep_tls::tokio_rustls::client::TlsStream;
-use zrep_zfs::{HoldTag, SystemZfs, SystemZfsConfig};
+use zrep_zfs::{HoldTag, SystemZfs, SystemZfsConfig, Zfs};
 
 use crate::config::{DatasetConfig, SendConfig};
 
@@ -46,7 +46,7 @@ pub async fn run_once(config: &SendConfig) -> anyhow::Result<RunOutcome> {
     let mut outcome = RunOutcome::AllReplicated;
     for dataset in &config.datasets {
         if conn.is_none() {
-            match connect(config, &connector).await {
+            match connect(config, &connector, zfs.capabilities()).await {
                 Ok(fresh) => conn = Some(fresh),
                 Err(err) => {
                     println!(
@@ -91,6 +91,7 @@ fn job(dataset: &DatasetConfig) -> DatasetJob {
         prefix: dataset.prefix.clone(),
         intermediates: dataset.intermediates,
         keep_last: dataset.keep_last,
+        raw: dataset.raw,
     }
 }
 
@@ -114,30 +115,41 @@ fn session_is_broken(err: &ReplicationError) -> bool {
 
 fn success_line(done: &Replicated, receiver: &str) -> String {
     let secs = done.elapsed.as_secs_f64();
-    match &done.shape {
+    let resumed = match &done.resumed {
+        Some((snapshot, bytes)) => {
+            format!("; first finished the interrupted stream of @{snapshot} ({bytes} bytes)")
+        }
+        None => String::new(),
+    };
+    let kind = match &done.shape {
         StreamShape::UpToDate => {
-            format!("{} already on {receiver} (nothing to send)", done.snapshot)
+            return format!(
+                "{} already on {receiver} (nothing to send{resumed})",
+                done.snapshot
+            );
         }
-        shape => {
-            let kind = match shape {
-                StreamShape::Full => "full".to_owned(),
-                StreamShape::Incremental {
-                    base,
-                    intermediates,
-                } => {
-                    format!("{} from @{base}", if *intermediates { "-I" } else { "-i" })
-                }
-                StreamShape::UpToDate => unreachable!("handled above"),
-            };
-            format!(
-                "{} replicated to {receiver} ({} bytes in {secs:.1} s, {kind}, {} bytes on the wire)",
-                done.snapshot, done.stream_bytes, done.wire_bytes
-            )
+        StreamShape::Full => "full".to_owned(),
+        StreamShape::Incremental {
+            base,
+            intermediates,
+            from_bookmark,
+        } => {
+            let flag = if *intermediates { "-I" } else { "-i" };
+            let mark = if *from_bookmark { '#' } else { '@' };
+            format!("{flag} from {mark}{base}")
         }
-    }
+    };
+    format!(
+        "{} replicated to {receiver} ({} bytes in {secs:.1} s, {kind}, {} bytes on the wire{resumed})",
+        done.snapshot, done.stream_bytes, done.wire_bytes
+    )
 }
 
-async fn connect(config: &SendConfig, connector: &Connector) -> anyhow::Result<SenderConn> {
+async fn connect(
+    config: &SendConfig,
+    connector: &Connector,
+    caps: &zrep_zfs::Capabilities,
+) -> anyhow::Result<SenderConn> {
     let limit = config.connect_timeout;
     let work = async {
         let tcp = TcpStream::connect(&config.receiver)
@@ -151,6 +163,7 @@ async fn connect(config: &SendConfig, connector: &Connector) -> anyhow::Result<S
         let (reader, writer) = tokio::io::split(tls);
         let mut session_config = SessionConfig::default();
         session_config.software = concat!("zrep-send ", env!("CARGO_PKG_VERSION")).to_owned();
+        session_config.features = zrep_repl::session_features(caps);
         let session = SenderSession::new(session_config, Duration::ZERO);
         let mut conn = Connection::new(
             session,
