@@ -206,16 +206,16 @@ pub fn issue(config: &RecvConfig, options: &IssueOptions) -> anyhow::Result<Vec<
         .receiver
         .clone()
         .unwrap_or_else(|| format!("{server_name}:{}", config.listen.port()));
+    // With a CSR the key stays where `zrep-send csr` made it.
+    let key_file = match options.csr {
+        Some(_) => "sender.key".to_owned(),
+        None => format!("{stem}.key"),
+    };
     let send_toml = out.join("send.toml");
     if !send_toml.exists() {
         create_new(
             &send_toml,
-            &starting_send_toml(
-                &receiver,
-                &server_name,
-                &format!("{stem}.pem"),
-                &format!("{stem}.key"),
-            ),
+            &starting_send_toml(&receiver, &server_name, &format!("{stem}.pem"), &key_file),
         )?;
         written.push(send_toml);
     }

@@ -55,6 +55,10 @@ struct RawConfig {
     compression_level: i32,
     #[serde(default = "default_keep_last")]
     keep_last: usize,
+    #[serde(default, with = "humantime_serde")]
+    renew_before: Option<Duration>,
+    #[serde(default)]
+    rotate_key: bool,
     #[serde(default, rename = "dataset")]
     datasets: Vec<RawDataset>,
 }
@@ -110,6 +114,10 @@ pub struct SendConfig {
     pub commit_timeout: Duration,
     /// zstd level for data chunks (1 to 19).
     pub compression_level: i32,
+    /// Renew the certificate when less than this is left (default: a third of its lifetime).
+    pub renew_before: Option<Duration>,
+    /// Renew with a new key rather than the current one.
+    pub rotate_key: bool,
     /// The datasets to replicate, in order.
     pub datasets: Vec<DatasetConfig>,
 }
@@ -223,6 +231,8 @@ impl SendConfig {
             ca: base.join(raw.ca),
             connect_timeout: raw.connect_timeout,
             commit_timeout: raw.commit_timeout,
+            renew_before: raw.renew_before,
+            rotate_key: raw.rotate_key,
             compression_level: raw.compression_level,
             datasets,
         })

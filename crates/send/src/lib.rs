@@ -3,3 +3,5 @@
 
 pub mod config;
 pub mod once;
+pub mod pair;
+pub mod renew;

@@ -4,10 +4,14 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use zrep_send::config::SendConfig;
 use zrep_send::once::{RunOutcome, run_once};
+use zrep_send::pair::{PairOptions, pair};
+use zrep_tls::{Overwrite, PairingToken, PeerCsr, PeerName, write_key_file};
 
 /// zrep's push agent: snapshots datasets, finds the newest snapshot common with the receiver by
 /// GUID and streams the difference to zrep-recv over mutual TLS.
@@ -26,6 +30,35 @@ enum Command {
         #[arg(long, short, env = "ZREP_SEND_CONFIG")]
         config: PathBuf,
     },
+    /// Pair with a receiver using the one-time token from `zrep-recv pair`: makes this sender's
+    /// key here, gets its certificate over TLS (the receiver is recognised by the token) and
+    /// writes sender.key (0600), sender.pem, ca.pem and a starting send.toml into DIR.
+    Pair {
+        /// The receiver, HOST:PORT.
+        #[arg(long)]
+        receiver: String,
+        /// The token printed by `zrep-recv pair` (or set ZREP_PAIRING_TOKEN, which keeps it out
+        /// of the process list).
+        #[arg(long, env = "ZREP_PAIRING_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Directory for the key, certificates and send.toml (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Limit for the whole exchange.
+        #[arg(long, default_value = "30s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// For hosts that cannot reach the receiver during set-up: make this sender's key
+    /// (DIR/sender.key, 0600) and a certificate signing request (DIR/sender.csr) to sign with
+    /// `zrep-recv issue --csr`.
+    Csr {
+        /// The peer name to ask for (the receiver decides).
+        #[arg(long)]
+        name: PeerName,
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Exit statuses a cron job or monitor can act on.
@@ -42,7 +75,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let Command::Once { config } = cli.command;
+    let config = match cli.command {
+        Command::Once { config } => config,
+        Command::Pair {
+            receiver,
+            token,
+            dir,
+            timeout,
+        } => return run_pair(receiver, &token, dir, timeout),
+        Command::Csr { name, dir } => return run_csr(&name, &dir),
+    };
     let config = match SendConfig::load(&config) {
         Ok(config) => config,
         Err(err) => {
@@ -60,6 +102,80 @@ fn main() -> ExitCode {
     match runtime.block_on(run_once(&config)) {
         Ok(RunOutcome::AllReplicated) => ExitCode::SUCCESS,
         Ok(RunOutcome::SomeFailed) => ExitCode::from(EXIT_SOME_FAILED),
+        Err(err) => {
+            eprintln!("zrep-send: {err:#}");
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
+fn run_pair(receiver: String, token: &str, dir: PathBuf, timeout: Duration) -> ExitCode {
+    let token: PairingToken = match token.parse() {
+        Ok(token) => token,
+        Err(err) => {
+            eprintln!("zrep-send: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("zrep-send: cannot start the runtime: {err}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    let options = PairOptions {
+        receiver,
+        token,
+        dir,
+        timeout,
+    };
+    match runtime.block_on(pair(&options)) {
+        Ok(paired) => {
+            println!(
+                "paired with {} as {} (root {} there); certificate valid until {}",
+                options.receiver,
+                paired.peer,
+                paired.root,
+                humantime_serde::re::humantime::format_rfc3339_seconds(paired.not_after)
+            );
+            for file in &paired.files {
+                println!("wrote {}", file.display());
+            }
+            println!(
+                "next: add [[dataset]] entries to {}, then zrep-send once --config {0}",
+                options.dir.join(zrep_send::pair::CONFIG_FILE).display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("zrep-send: pairing failed: {err:#}");
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
+fn run_csr(name: &PeerName, dir: &std::path::Path) -> ExitCode {
+    let made = (|| -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let request = PeerCsr::generate(name)?;
+        write_key_file(
+            &dir.join(zrep_send::pair::KEY_FILE),
+            request.key_pem(),
+            Overwrite::Refuse,
+        )?;
+        std::fs::write(dir.join("sender.csr"), request.csr_pem())?;
+        Ok(())
+    })();
+    match made {
+        Ok(()) => {
+            println!(
+                "wrote {} and {}; sign the CSR on the receiver: zrep-recv issue --name {name} --root POOL/DATASET --csr sender.csr --out DIR",
+                dir.join(zrep_send::pair::KEY_FILE).display(),
+                dir.join("sender.csr").display()
+            );
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("zrep-send: {err:#}");
             ExitCode::from(EXIT_SETUP)

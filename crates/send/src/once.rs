@@ -15,6 +15,7 @@ use zrep_tls::tokio_rustls::client::TlsStream;
 use zrep_zfs::{HoldTag, SystemZfs, SystemZfsConfig, Zfs};
 
 use crate::config::{DatasetConfig, SendConfig};
+use crate::renew::Renewed;
 
 type Tls = TlsStream<TcpStream>;
 type SenderConn = Connection<SenderSession, ReadHalf<Tls>, WriteHalf<Tls>>;
@@ -43,11 +44,18 @@ pub async fn run_once(config: &SendConfig) -> anyhow::Result<RunOutcome> {
         hold_tag: hold_tag(&config.server_name),
     };
     let mut conn: Option<SenderConn> = None;
+    let mut renewal_checked = false;
     let mut outcome = RunOutcome::AllReplicated;
     for dataset in &config.datasets {
         if conn.is_none() {
             match connect(config, &connector, zfs.capabilities()).await {
-                Ok(fresh) => conn = Some(fresh),
+                Ok(mut fresh) => {
+                    if !renewal_checked {
+                        renewal_checked = true;
+                        renew(config, &mut fresh).await;
+                    }
+                    conn = Some(fresh);
+                }
                 Err(err) => {
                     println!(
                         "{} NOT replicated to {}: {err:#}",
@@ -82,6 +90,33 @@ pub async fn run_once(config: &SendConfig) -> anyhow::Result<RunOutcome> {
         conn.shutdown().await;
     }
     Ok(outcome)
+}
+
+/// Renews this sender's certificate over the fresh session when it is due; one line on stdout
+/// when something happened. A failure is reported, not fatal: the current certificate works
+/// until it expires.
+async fn renew(config: &SendConfig, conn: &mut SenderConn) {
+    let outcome = crate::renew::renew_if_due(
+        conn,
+        &config.cert,
+        &config.key,
+        config.renew_before,
+        config.rotate_key,
+    )
+    .await;
+    match outcome {
+        Ok(Renewed::NotDue) => {}
+        Ok(Renewed::Renewed { not_after, rotated }) => println!(
+            "certificate renewed{} by {}, valid until {}",
+            if rotated { " with a new key" } else { "" },
+            config.receiver,
+            humantime_serde::re::humantime::format_rfc3339_seconds(not_after)
+        ),
+        Ok(Renewed::Refused(reason)) => {
+            println!("certificate NOT renewed by {}: {reason}", config.receiver);
+        }
+        Err(err) => println!("certificate NOT renewed by {}: {err:#}", config.receiver),
+    }
 }
 
 fn job(dataset: &DatasetConfig) -> DatasetJob {
@@ -163,7 +198,7 @@ async fn connect(
         let (reader, writer) = tokio::io::split(tls);
         let mut session_config = SessionConfig::default();
         session_config.software = concat!("zrep-send ", env!("CARGO_PKG_VERSION")).to_owned();
-        session_config.features = zrep_repl::session_features(caps);
+        session_config.features = zrep_repl::session_features(caps).with_renew(true);
         let session = SenderSession::new(session_config, Duration::ZERO);
         let mut conn = Connection::new(
             session,

@@ -47,7 +47,7 @@ pub use name::{PEER_NAME_MAX_LEN, PeerName, PeerNameError};
 pub use pairing::{InvalidToken, PairingToken, StoredKey, pinned_client_config};
 pub use pki::{
     CLOCK_SKEW_ALLOWANCE, CertificateAuthority, DEFAULT_CA_TTL, DEFAULT_PEER_TTL,
-    DEFAULT_SERVER_TTL, IssuedCert, PeerCsr, SignedCert,
+    DEFAULT_SERVER_TTL, IssuedCert, PeerCsr, SignedCert, cert_matches_key,
 };
 pub use stream::{Acceptor, Connector};
 

@@ -427,6 +427,19 @@ impl fmt::Debug for PeerCsr {
     }
 }
 
+/// Whether the certificate (DER) certifies the public key of `key_pem` (a PEM private key):
+/// a sender checks this before it stores a certificate it was sent.
+pub fn cert_matches_key(cert: &CertificateDer<'_>, key_pem: &str) -> Result<bool, TlsError> {
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::Certificate {
+            reason: e.to_string(),
+        })?;
+    let key = KeyPair::from_pem(key_pem).map_err(|e| TlsError::PrivateKey {
+        reason: e.to_string(),
+    })?;
+    Ok(x509.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+}
+
 fn peer_params(peer: &PeerName, ttl: Duration) -> Result<CertificateParams, TlsError> {
     let mut params = leaf_params(peer.as_str(), ttl)?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
