@@ -75,6 +75,56 @@ fn cut_transfer_resumes_where_it_stopped() {
 }
 
 #[test]
+fn stale_resume_state_is_discarded_and_the_transfer_restarts() {
+    let caps = capabilities();
+    let src = TestPool::create("stsrc");
+    let dst = TestPool::create("stdst");
+    let source = src.create_dataset("vm");
+    let data = pseudo_random_bytes(12, 6 * MIB);
+    write_file(&source, "disk.img", &data);
+    let receiver = Receiver::start(&[("nas1", &dst.dataset("nas1"))], &[]);
+    let direct = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
+    let proxy = CuttingProxy::start(receiver.port, (data.len() / 2) as u64);
+    direct.with_port(proxy.port).once().expect_code(1);
+    let target = dst.dataset("nas1/vm");
+    if caps.resumable_receive {
+        let token = zfs_get(target.as_str(), "receive_resume_token");
+        assert!(
+            token.len() > 10,
+            "a cut resumable receive leaves a token: {token:?}"
+        );
+    } else {
+        note("resumable receive");
+        assert!(!exists(&target), "zfs-fuse discards a cut full receive");
+    }
+    // The snapshot the cut stream was carrying disappears from the source.
+    for (name, _) in snapshots(&source) {
+        zfs(&["destroy", &format!("{source}@{name}")]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let next = direct.once();
+    next.expect_code(0);
+    eprintln!("next run: {}", next.stdout.trim());
+    assert!(
+        next.stdout.contains(", full,"),
+        "restarted in full: {}",
+        next.stdout
+    );
+    assert_eq!(snapshots(&target), snapshots(&source));
+    if caps.resumable_receive {
+        assert_eq!(zfs_get(target.as_str(), "receive_resume_token"), "-");
+        assert!(
+            receiver.log_text().contains("AbortResume") || receiver.log_text().contains("abort"),
+            "{}",
+            receiver.log_text()
+        );
+    }
+    zfs(&["mount", target.as_str()]);
+    assert_eq!(read_file(&target, "disk.img"), data);
+    zfs(&["unmount", target.as_str()]);
+}
+
+#[test]
 fn bookmark_replaces_a_destroyed_base_snapshot() {
     let caps = capabilities();
     let src = TestPool::create("bmsrc");

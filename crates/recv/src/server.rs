@@ -472,6 +472,8 @@ impl Shared {
         let mut session = SessionConfig::default();
         session.idle_timeout = self.config.idle_timeout;
         session.software = concat!("zrep-recv ", env!("CARGO_PKG_VERSION")).to_owned();
+        // Resume, bookmarks and raw streams are offered only where the local ZFS has them.
+        session.features = zrep_repl::session_features(self.zfs.capabilities());
         session
     }
 }

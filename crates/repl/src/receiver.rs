@@ -165,6 +165,7 @@ where
             ReceiverEvent::AbortResumeRequested { target } => {
                 let dataset = resolve(conn, policy, &target).await?;
                 let outcome = abort_resume(zfs, policy, &dataset).await;
+                info!(peer = %policy.peer, target = %dataset, ?outcome, "abort-resume requested");
                 conn.session.abort_resume_result(outcome)?;
             }
             ReceiverEvent::RenewRequested { csr } => {
