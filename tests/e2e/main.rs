@@ -5,5 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod openzfs;
+mod pairing;
 mod replication;
 mod security;

@@ -62,9 +62,11 @@ fn certified_but_unconfigured_peer_is_refused() {
 }
 
 #[tokio::test]
-async fn connection_without_client_certificate_is_refused() {
+async fn connection_without_client_certificate_may_only_pair() {
     let dst = TestPool::create("ncdst");
     let receiver = Receiver::start(&[("nas1", &dst.dataset("nas1"))], &[]);
+    let before = datasets(&dst);
+    // TLS without a client certificate is accepted (enrolment needs it), ...
     let mut roots = rustls::RootCertStore::empty();
     for cert in zrep_tls::load_certs(&certs_dir().join("ca.pem")).unwrap() {
         roots.add(cert).unwrap();
@@ -72,28 +74,42 @@ async fn connection_without_client_certificate_is_refused() {
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = zrep_tls::tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", receiver.port))
         .await
         .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("backup1").unwrap();
-    // TLS 1.3: the client finishes its side, and the refusal arrives on the first read.
-    let outcome = async {
-        let mut tls = connector.connect(name, tcp).await?;
-        let mut buf = [0u8; 64];
-        tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await
-    }
-    .await;
-    assert!(
-        !matches!(outcome, Ok(n) if n > 0),
-        "the receiver talked to a client without a certificate: {outcome:?}"
+    let tls = zrep_tls::Connector::new(Arc::new(config))
+        .connect("backup1", tcp)
+        .await
+        .expect("certificate-less TLS is accepted, for pairing");
+    let (reader, writer) = tokio::io::split(tls);
+    let session = SenderSession::new(SessionConfig::default(), Duration::ZERO);
+    let mut conn = Connection::new(
+        session,
+        reader,
+        writer,
+        Instant::now(),
+        Duration::from_secs(10),
     );
+    assert!(matches!(
+        conn.next_event().await.unwrap(),
+        SenderEvent::Negotiated(_)
+    ));
+    // ... but anything other than pairing is refused at the protocol level.
+    conn.session.request_state("nas1").unwrap();
+    match conn.next_event().await {
+        Ok(SenderEvent::PeerError { code, message }) => {
+            assert_eq!(code, ErrorCode::NotAuthorized);
+            assert!(message.contains("no client certificate"), "{message}");
+        }
+        other => panic!("a certificate-less client was answered: {other:?}"),
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
-        receiver.log_text().contains("TLS handshake refused"),
+        receiver.log_text().contains("may only pair"),
         "{}",
         receiver.log_text()
     );
+    assert_eq!(datasets(&dst), before, "nothing happened");
 }
 
 type Tls = zrep_tls::tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
