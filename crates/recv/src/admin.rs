@@ -36,6 +36,8 @@ pub struct InitOptions {
     pub listen: SocketAddr,
     /// Lifetime of the server certificate.
     pub server_ttl: Duration,
+    /// Subject CN of the CA; default `zrep CA <name>`.
+    pub ca_name: Option<String>,
 }
 
 impl InitOptions {
@@ -47,6 +49,7 @@ impl InitOptions {
             sans: Vec::new(),
             listen: SocketAddr::from(([0, 0, 0, 0], 7711)),
             server_ttl: DEFAULT_SERVER_TTL,
+            ca_name: None,
         }
     }
 }
@@ -70,7 +73,11 @@ pub fn init(options: &InitOptions) -> anyhow::Result<(PathBuf, Fingerprint)> {
             names.push(san.clone());
         }
     }
-    let ca = CertificateAuthority::generate(&format!("zrep CA {}", options.name), DEFAULT_CA_TTL)?;
+    let ca_name = options
+        .ca_name
+        .clone()
+        .unwrap_or_else(|| format!("zrep CA {}", options.name));
+    let ca = CertificateAuthority::generate(&ca_name, DEFAULT_CA_TTL)?;
     // The server certificate is made before anything is written, so a bad name writes nothing.
     let server = ca.issue_server_cert(&names, options.server_ttl)?;
     ca.save(&dir.join("ca.pem"), &dir.join("ca.key"), Overwrite::Refuse)?;

@@ -62,6 +62,12 @@ enum Command {
         /// `listen` of the starting recv.toml.
         #[arg(long, default_value = "0.0.0.0:7711")]
         listen: SocketAddr,
+        /// Lifetime of the server certificate.
+        #[arg(long, default_value = "730d", value_parser = humantime_serde::re::humantime::parse_duration)]
+        server_ttl: Duration,
+        /// Subject CN of the new CA (default: "zrep CA <name>").
+        #[arg(long)]
+        ca_name: Option<String>,
     },
     /// Register a pending peer and print the one-time token to paste on the sender
     /// (`zrep-send pair`). The token is single-use and expires.
@@ -134,11 +140,15 @@ fn main() -> ExitCode {
         name,
         sans,
         listen,
+        server_ttl,
+        ca_name,
     } = &cli.command
     {
         let mut options = InitOptions::new(dir.clone(), name.clone());
         options.sans = sans.clone();
         options.listen = *listen;
+        options.server_ttl = *server_ttl;
+        options.ca_name = ca_name.clone();
         return match admin::init(&options) {
             Ok((config, fingerprint)) => {
                 println!("initialised receiver {name} in {}", dir.display());

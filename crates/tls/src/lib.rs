@@ -23,7 +23,6 @@
 
 mod config;
 pub mod error;
-pub mod example;
 mod files;
 mod fingerprint;
 pub mod identity;

@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use zrep_tls::{Fingerprint, example, load_certs};
+use zrep_tls::{Fingerprint, load_certs};
 
-/// Certificate helper for zrep (example set, inspection).
+/// Certificate helper for zrep: inspection. (Certificates are made by `zrep-recv init`, `pair`
+/// and `issue`; `scripts/gen-certs-example` makes the example set with them.)
 #[derive(Debug, Parser)]
 #[command(name = "zrep-certs", version)]
 struct Cli {
@@ -18,14 +18,6 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Generate the EXAMPLE certificate set (CA, server `backup1`, peers `nas1`/`nas2`, and a
-    /// `nas1` certificate from an unrelated CA). For tests and a quick start only: never use it
-    /// in production. Existing files in DIR are replaced.
-    Example {
-        /// Directory to write into (created if missing).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
     /// Print subject, issuer, validity and SHA-256 fingerprint of each certificate in a PEM file.
     Inspect {
         /// PEM file with one or more certificates.
@@ -41,7 +33,6 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Example { out } => run_example(&out),
         Command::Inspect { file } => inspect(&file),
     };
     match result {
@@ -51,16 +42,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn run_example(out: &Path) -> anyhow::Result<()> {
-    example::write_example_set(out)
-        .with_context(|| format!("writing the example set into {}", out.display()))?;
-    println!(
-        "wrote EXAMPLE certificates (not for production) into {}",
-        out.display()
-    );
-    Ok(())
 }
 
 fn inspect(file: &Path) -> anyhow::Result<()> {
