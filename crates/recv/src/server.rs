@@ -239,7 +239,11 @@ impl Shared {
             let session = ReceiverSession::new(session_config, Duration::ZERO);
             let mut conn = self.connection(tls, session);
             let static_root = config.peers.get(&peer);
-            let root = match self.registry.current().authorize(&identity, static_root) {
+            // Subscribe before deciding, so a change right after the decision is not missed.
+            self.registry.refresh();
+            let mut watch = self.registry.tx.subscribe();
+            let registry = watch.borrow_and_update().clone();
+            let root = match registry.authorize(&identity, static_root) {
                 Verdict::Allowed(root) => root,
                 Verdict::Refused(reason) => {
                     warn!(fingerprint = %identity.fingerprint, %reason, "peer refused");
@@ -263,7 +267,6 @@ impl Shared {
                 shared: self,
                 identity: &identity,
             };
-            let mut watch = self.registry.tx.subscribe();
             let withdrawn = async {
                 loop {
                     if watch.changed().await.is_err() {
