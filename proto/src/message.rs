@@ -227,6 +227,67 @@ impl ErrorFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PairMessage;
+
+    /// The protocol has no message by which a sender destroys, rolls back or overwrites anything
+    /// on the receiver. Both matches are exhaustive on purpose: a new message does not compile
+    /// here until someone states what it may cause on the receiver.
+    #[test]
+    fn no_message_lets_a_sender_destroy_anything() {
+        fn effect_on_receiver(message: &Message) -> &'static str {
+            match message {
+                Message::StateRequest { .. } => "reads a target's snapshots",
+                Message::Offer(_) => "zfs receive without -F: adds a snapshot, never replaces",
+                Message::StreamEnd { .. } | Message::StreamAbort { .. } => "ends a stream",
+                Message::AbortResume { .. } => {
+                    "discards an interrupted receive's partial state, never a snapshot"
+                }
+                Message::Bye => "ends the session",
+                Message::State(_)
+                | Message::Accept
+                | Message::Refuse { .. }
+                | Message::Committed { .. }
+                | Message::Failed { .. }
+                | Message::AbortResumeResult { .. } => "receiver to sender only",
+            }
+        }
+        fn pairing_effect(message: &PairMessage) -> &'static str {
+            match message {
+                PairMessage::Enroll(_) | PairMessage::Renew { .. } => "issues a certificate",
+                PairMessage::Enrolled(_)
+                | PairMessage::Renewed { .. }
+                | PairMessage::RenewRefused { .. } => "receiver to sender only",
+            }
+        }
+        let every = [
+            Message::StateRequest { target: "t".into() },
+            Message::Offer(TransferOffer {
+                target: "t".into(),
+                snapshot: "s".into(),
+                guid: 1,
+                kind: StreamKind::Full,
+                compression: crate::Compression::Zstd,
+                raw: false,
+                size_estimate: None,
+            }),
+            Message::StreamEnd { bytes: 0, xxh3: 0 },
+            Message::StreamAbort {
+                message: String::new(),
+            },
+            Message::AbortResume { target: "t".into() },
+            Message::Bye,
+        ];
+        for message in &every {
+            let effect = effect_on_receiver(message);
+            for word in ["destroy", "rollback", "-F"] {
+                assert!(!effect.contains(&format!("{word} ")), "{}", message.name());
+            }
+        }
+        assert_eq!(
+            pairing_effect(&PairMessage::Renew { csr: Vec::new() }),
+            "issues a certificate"
+        );
+    }
 
     #[test]
     fn error_message_is_cut_at_a_char_boundary() {

@@ -7,4 +7,5 @@
 mod openzfs;
 mod pairing;
 mod replication;
+mod retention;
 mod security;

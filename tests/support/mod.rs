@@ -57,6 +57,12 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver for `peers` (name, root) with extra environment variables.
     pub fn start(peers: &[(&str, &DatasetName)], env: &[(&str, &str)]) -> Receiver {
+        let peers: Vec<_> = peers.iter().map(|(n, r)| (*n, *r, "")).collect();
+        Self::start_with(&peers, env)
+    }
+
+    /// Starts a receiver for `peers` (name, root, extra TOML lines of its `[[peer]]`).
+    pub fn start_with(peers: &[(&str, &DatasetName, &str)], env: &[(&str, &str)]) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let certs = certs_dir();
         let mut config = format!(
@@ -65,9 +71,9 @@ impl Receiver {
             certs.join("backup1.key").display(),
             certs.join("ca.pem").display(),
         );
-        for (name, root) in peers {
+        for (name, root, extra) in peers {
             config.push_str(&format!(
-                "\n[[peer]]\nname = \"{name}\"\nroot = \"{root}\"\n"
+                "\n[[peer]]\nname = \"{name}\"\nroot = \"{root}\"\n{extra}\n"
             ));
         }
         let config_path = dir.path().join("recv.toml");

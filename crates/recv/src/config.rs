@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
+use zrep_repl::receiver::Retention;
+use zrep_repl::retention::{KeepPolicy, parse_grid};
 use zrep_tls::PeerName;
 use zrep_zfs::DatasetName;
 
@@ -68,6 +70,26 @@ struct RawConfig {
 struct RawPeer {
     name: String,
     root: String,
+    keep: Option<RawKeep>,
+}
+
+/// `keep = { last = 30, grid = "1d:30, 1w:12", prefix = "zrep" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawKeep {
+    #[serde(default = "default_keep_last")]
+    last: usize,
+    #[serde(default)]
+    grid: String,
+    #[serde(default = "default_prefix")]
+    prefix: String,
+}
+
+fn default_keep_last() -> usize {
+    1
+}
+fn default_prefix() -> String {
+    zrep_repl::naming::DEFAULT_PREFIX.to_owned()
 }
 
 fn default_peer_cert_ttl() -> Duration {
@@ -114,6 +136,9 @@ pub struct RecvConfig {
     pub receive_timeout: Duration,
     /// Each peer's root dataset, by certificate name.
     pub peers: BTreeMap<PeerName, DatasetName>,
+    /// The receiver's own retention for a peer's targets (`keep` of its `[[peer]]`), applied
+    /// after each commit; peers without one keep everything.
+    pub retention: BTreeMap<PeerName, Retention>,
 }
 
 impl RecvConfig {
@@ -150,6 +175,7 @@ impl RecvConfig {
             return Err(invalid("peer-cert-ttl must be at least 1 minute".into()));
         }
         let mut peers = BTreeMap::new();
+        let mut retention = BTreeMap::new();
         for peer in raw.peers {
             let name = PeerName::new(peer.name.clone())
                 .map_err(|e| invalid(format!("peer name {:?}: {e}", peer.name)))?;
@@ -170,6 +196,20 @@ impl RecvConfig {
             if peers.insert(name.clone(), root).is_some() {
                 return Err(invalid(format!("peer {name} is listed twice")));
             }
+            if let Some(keep) = peer.keep {
+                let grid = parse_grid(&keep.grid)
+                    .map_err(|e| invalid(format!("keep of peer {name}: {e}")))?;
+                retention.insert(
+                    name,
+                    Retention {
+                        prefix: keep.prefix,
+                        keep: KeepPolicy {
+                            last: keep.last,
+                            grid,
+                        },
+                    },
+                );
+            }
         }
         Ok(Self {
             listen,
@@ -186,6 +226,7 @@ impl RecvConfig {
             idle_timeout: raw.idle_timeout,
             receive_timeout: raw.receive_timeout,
             peers,
+            retention,
         })
     }
 }
@@ -218,6 +259,29 @@ root = "backup/nas2"
         assert_eq!(config.max_connections, 16);
         let nas1 = PeerName::new("nas1").unwrap();
         assert_eq!(config.peers[&nas1].as_str(), "backup/nas1");
+        assert!(config.retention.is_empty());
+    }
+
+    #[test]
+    fn per_peer_keep() {
+        let text = EXAMPLE.replace(
+            "root = \"backup/nas2\"",
+            "root = \"backup/nas2\"\nkeep = { last = 5, grid = \"1d:30\" }",
+        );
+        let config = RecvConfig::parse(&text, Path::new("recv.toml")).unwrap();
+        let nas2 = PeerName::new("nas2").unwrap();
+        assert_eq!(config.retention.len(), 1);
+        assert_eq!(config.retention[&nas2].prefix, "zrep");
+        assert_eq!(
+            config.retention[&nas2].keep.to_string(),
+            "last 5, grid 1d:30"
+        );
+        let bad = EXAMPLE.replace(
+            "root = \"backup/nas2\"",
+            "root = \"backup/nas2\"\nkeep = { grid = \"daily\" }",
+        );
+        let err = RecvConfig::parse(&bad, Path::new("recv.toml")).unwrap_err();
+        assert!(err.to_string().contains("keep of peer nas2"), "{err}");
     }
 
     #[test]

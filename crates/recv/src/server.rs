@@ -262,6 +262,7 @@ impl Shared {
                 write_timeout: config.receive_timeout,
                 locks: self.locks.clone(),
                 drop_next_commit_answer: self.drop_commit.clone(),
+                retention: config.retention.get(&peer).cloned(),
             };
             let renewal = PeerRenewal {
                 shared: self,

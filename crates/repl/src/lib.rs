@@ -6,6 +6,7 @@
 pub mod error;
 pub mod naming;
 pub mod receiver;
+pub mod retention;
 pub mod sender;
 pub mod transport;
 

@@ -4,12 +4,15 @@
 //! Every target name is derived here: `<peer root>/<relative name>`, where the relative name
 //! comes from the peer and is parsed into a [`RelativeName`] (no `..`, `@`, `#`, `%`, empty
 //! components or control characters). There is no path by which a peer names anything outside
-//! its root, and no operation here destroys, rolls back or overwrites (`-F`) anything.
+//! its root, and nothing a peer sends makes this side destroy, roll back or overwrite (`-F`)
+//! anything. The one destructive step is the receiver's own retention
+//! ([`ReceiverPolicy::retention`]): after a commit, zrep-named snapshots of that target that
+//! the receiver's policy lets go are destroyed, never the newest one.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
@@ -22,6 +25,8 @@ use zrep_zfs::{
     Zfs, ZfsError,
 };
 
+use crate::naming::parse_snapshot_time;
+use crate::retention::KeepPolicy;
 use crate::transport::{Connection, TransportError};
 
 /// Targets with a receive in progress, shared by all connections: one receive per target.
@@ -67,6 +72,18 @@ pub struct ReceiverPolicy {
     /// Test hook: drop the connection once, after a verified receive and before the commit
     /// answer, to exercise the sender's lost-answer recovery.
     pub drop_next_commit_answer: Arc<AtomicBool>,
+    /// This receiver's retention for the peer's targets, applied after each commit; `None`
+    /// keeps everything.
+    pub retention: Option<Retention>,
+}
+
+/// The receiver's own retention for one peer: which snapshots of a target it keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Only snapshots named `<prefix>_<UTC time>` are candidates; others are never touched.
+    pub prefix: String,
+    /// What to keep of those; the target's newest snapshot is kept whatever it says.
+    pub keep: KeepPolicy,
 }
 
 /// Why a session ended badly.
@@ -362,6 +379,12 @@ where
             }
             info!(peer = %policy.peer, snapshot = %snapshot, guid = offer.guid, "committed");
             conn.session.committed(offer.snapshot, offer.guid)?;
+            if let Some(retention) = &policy.retention {
+                // Answer first, then prune while still holding the target's lock.
+                let flushed = conn.flush().await;
+                prune_target(zfs, policy, retention, &dataset, SystemTime::now()).await;
+                flushed?;
+            }
         }
         Err((code, message)) => {
             warn!(peer = %policy.peer, target = %dataset, %code, %message, "transfer failed");
@@ -675,6 +698,56 @@ async fn finalize<Z: Zfs>(
         ));
     }
     Ok(())
+}
+
+/// Applies the receiver's retention to one target: destroys the zrep-named snapshots its policy
+/// lets go, never the target's newest snapshot. Failures are logged; the commit stands.
+pub async fn prune_target<Z: Zfs>(
+    zfs: &Z,
+    policy: &ReceiverPolicy,
+    retention: &Retention,
+    dataset: &DatasetName,
+    now: SystemTime,
+) -> Vec<SnapshotName> {
+    let snapshots = match zfs.list_snapshots(dataset, false).await {
+        Ok(snapshots) => snapshots,
+        Err(err) => {
+            warn!(peer = %policy.peer, target = %dataset, cause = %err, "retention: cannot list snapshots");
+            return Vec::new();
+        }
+    };
+    let Some(newest) = snapshots.last() else {
+        return Vec::new();
+    };
+    let ours: Vec<(&SnapshotName, SystemTime)> = snapshots
+        .iter()
+        .filter_map(|s| {
+            Some((
+                &s.name,
+                parse_snapshot_time(&retention.prefix, s.name.short_name())?,
+            ))
+        })
+        .collect();
+    // The newest received snapshot is the base of the next increment: protected.
+    let protect_from = match ours.last() {
+        Some((name, _)) if **name == newest.name => ours.len() - 1,
+        _ => ours.len(),
+    };
+    let times: Vec<SystemTime> = ours.iter().map(|(_, t)| *t).collect();
+    let mut pruned = Vec::new();
+    for i in retention.keep.doomed(&times, protect_from, now) {
+        let name = ours[i].0;
+        match zfs.destroy_snapshot(name).await {
+            Ok(()) => {
+                info!(peer = %policy.peer, snapshot = %name, "retention: pruned");
+                pruned.push(name.clone());
+            }
+            Err(err) => {
+                warn!(peer = %policy.peer, snapshot = %name, cause = %err, "retention: not pruned");
+            }
+        }
+    }
+    pruned
 }
 
 async fn abort_resume<Z: Zfs>(

@@ -17,6 +17,7 @@ use zrep_zfs::{
 
 use crate::error::ReplicationError;
 use crate::naming::{parse_snapshot_time, snapshot_short_name};
+use crate::retention::KeepPolicy;
 use crate::transport::{Connection, Either};
 
 /// How the sender streams and how long it waits.
@@ -43,8 +44,9 @@ pub struct DatasetJob {
     pub prefix: String,
     /// `-I` rather than `-i`.
     pub intermediates: bool,
-    /// zrep snapshots to keep on the source, the newest common one included.
-    pub keep_last: usize,
+    /// Which of zrep's snapshots the source keeps; the newest common one is kept whatever it
+    /// says.
+    pub keep: KeepPolicy,
     /// Raw streams (`zfs send -w`): encrypted data stays encrypted, the receiver never needs the
     /// key.
     pub raw: bool,
@@ -161,7 +163,7 @@ where
             (shape, stream, wire)
         }
     };
-    let pruned = settle(zfs, job, options, &newest).await?;
+    let pruned = settle(zfs, job, options, &newest, now).await?;
     Ok(Replicated {
         snapshot: newest.name,
         guid: newest.guid,
@@ -499,12 +501,15 @@ where
     }
 }
 
-/// After a commit (or when already up to date): hold the new base, release older holds, prune.
+/// After a commit (or when already up to date): hold the new base, release older holds, prune
+/// by the job's keep policy (as of `now`). Only zrep's own snapshots are candidates, and never
+/// the base or anything newer.
 async fn settle<Z: Zfs>(
     zfs: &Z,
     job: &DatasetJob,
     options: &SenderOptions,
     base: &SnapshotInfo,
+    now: SystemTime,
 ) -> Result<Vec<SnapshotName>, ReplicationError> {
     let tag = &options.hold_tag;
     match zfs.hold(tag, &base.name).await {
@@ -535,10 +540,20 @@ async fn settle<Z: Zfs>(
     if zfs.capabilities().bookmarks {
         bookmark_base(zfs, job, base).await;
     }
-    let keep_older = job.keep_last.saturating_sub(1);
-    let doomed = &older[..older.len().saturating_sub(keep_older)];
+    // zrep's snapshots with their name times, oldest first; the base and anything newer are
+    // protected.
+    let ours: Vec<(&SnapshotInfo, SystemTime)> = snapshots
+        .iter()
+        .filter_map(|s| Some((s, parse_snapshot_time(&job.prefix, s.name.short_name())?)))
+        .collect();
+    let protect_from = ours
+        .iter()
+        .position(|(s, _)| s.guid == base.guid)
+        .unwrap_or(0);
+    let times: Vec<SystemTime> = ours.iter().map(|(_, t)| *t).collect();
+    let doomed = job.keep.doomed(&times, protect_from, now);
     let mut pruned = Vec::new();
-    for snap in doomed {
+    for snap in doomed.into_iter().map(|i| ours[i].0) {
         match zfs.destroy_snapshot(&snap.name).await {
             Ok(()) => {
                 info!(snapshot = %snap.name, "pruned");

@@ -58,7 +58,7 @@ impl Bed {
             target: RelativeName::parse("vm/store").unwrap(),
             prefix: "zrep".into(),
             intermediates: true,
-            keep_last: 1,
+            keep: zrep_repl::retention::KeepPolicy::last(1),
             raw: false,
         }
     }
@@ -89,6 +89,7 @@ impl Bed {
             write_timeout: Duration::from_secs(10),
             locks: self.locks.clone(),
             drop_next_commit_answer: self.drop_commit.clone(),
+            retention: None,
         };
         let dst = self.dst.clone();
         let receiver = tokio::spawn(async move {

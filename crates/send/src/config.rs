@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
+use zrep_repl::retention::{KeepPolicy, parse_grid};
 use zrep_zfs::{DatasetName, RelativeName};
 
 /// Why a configuration cannot be used.
@@ -53,8 +54,8 @@ struct RawConfig {
     commit_timeout: Duration,
     #[serde(default = "default_compression_level")]
     compression_level: i32,
-    #[serde(default = "default_keep_last")]
-    keep_last: usize,
+    keep_last: Option<usize>,
+    keep: Option<RawKeep>,
     #[serde(default, with = "humantime_serde")]
     renew_before: Option<Duration>,
     #[serde(default)]
@@ -72,8 +73,19 @@ struct RawDataset {
     intermediates: bool,
     prefix: Option<String>,
     keep_last: Option<usize>,
+    keep: Option<RawKeep>,
     #[serde(default)]
     raw: bool,
+}
+
+/// `keep = { last = 3, grid = "1h:24, 1d:30" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawKeep {
+    #[serde(default = "default_keep_last")]
+    last: usize,
+    #[serde(default)]
+    grid: String,
 }
 
 fn default_prefix() -> String {
@@ -133,9 +145,9 @@ pub struct DatasetConfig {
     pub intermediates: bool,
     /// Prefix of zrep's snapshot names.
     pub prefix: String,
-    /// How many of zrep's snapshots to keep on the source, the newest common one always among
-    /// them.
-    pub keep_last: usize,
+    /// Which of zrep's snapshots to keep on the source (`keep`, or `keep-last` as a shorthand
+    /// for `keep = { last = N }`); the newest common one is kept whatever it says.
+    pub keep: KeepPolicy,
     /// Raw streams (`zfs send -w`, OpenZFS): an encrypted dataset travels encrypted and the
     /// receiver never needs its key.
     pub raw: bool,
@@ -185,6 +197,28 @@ impl SendConfig {
             }
         };
         check_prefix(&raw.prefix)?;
+        let keep_policy = |what: &str,
+                           last: Option<usize>,
+                           keep: Option<&RawKeep>|
+         -> Result<Option<KeepPolicy>, ConfigError> {
+            match (last, keep) {
+                (Some(_), Some(_)) => Err(invalid(format!(
+                    "{what}: give keep-last or keep, not both (keep-last = N is keep = {{ last = N }})"
+                ))),
+                (Some(0), None) => Err(invalid(format!(
+                    "keep-last of {what} must be at least 1 (the newest common snapshot)"
+                ))),
+                (Some(last), None) => Ok(Some(KeepPolicy::last(last))),
+                (None, Some(keep)) => Ok(Some(KeepPolicy {
+                    last: keep.last,
+                    grid: parse_grid(&keep.grid)
+                        .map_err(|e| invalid(format!("keep of {what}: {e}")))?,
+                })),
+                (None, None) => Ok(None),
+            }
+        };
+        let default_keep =
+            keep_policy("the configuration", raw.keep_last, raw.keep.as_ref())?.unwrap_or_default();
         let base = path.parent().unwrap_or(Path::new("."));
         let mut datasets: Vec<DatasetConfig> = Vec::new();
         for ds in raw.datasets {
@@ -202,12 +236,8 @@ impl SendConfig {
             if let Some(prefix) = &ds.prefix {
                 check_prefix(prefix)?;
             }
-            let keep_last = ds.keep_last.unwrap_or(raw.keep_last);
-            if keep_last == 0 {
-                return Err(invalid(format!(
-                    "keep-last of {source} must be at least 1 (the newest common snapshot)"
-                )));
-            }
+            let keep = keep_policy(source.as_str(), ds.keep_last, ds.keep.as_ref())?
+                .unwrap_or_else(|| default_keep.clone());
             if let Some(other) = datasets.iter().find(|d| d.target == target) {
                 return Err(invalid(format!(
                     "{source} and {} both replicate to target {target}",
@@ -219,7 +249,7 @@ impl SendConfig {
                 target,
                 intermediates: ds.intermediates,
                 prefix: ds.prefix.unwrap_or_else(|| raw.prefix.clone()),
-                keep_last,
+                keep,
                 raw: ds.raw,
             });
         }
@@ -268,7 +298,8 @@ keep-last = 3
         let home = &config.datasets[1];
         assert_eq!(home.target.as_str(), "home dirs");
         assert!(!home.intermediates);
-        assert_eq!(home.keep_last, 3);
+        assert_eq!(home.keep, KeepPolicy::last(3));
+        assert_eq!(config.datasets[0].keep, KeepPolicy::last(1));
         assert_eq!(home.prefix, "zrep");
         assert!(config.datasets[0].intermediates);
     }
@@ -293,6 +324,18 @@ keep-last = 3
                 "at least 1",
             ),
             (
+                EXAMPLE.replace("keep-last = 3", "keep-last = 3\nkeep = { last = 2 }"),
+                "not both",
+            ),
+            (
+                EXAMPLE.replace("keep-last = 3", "keep = { grid = \"1h\" }"),
+                "PERIOD:COUNT",
+            ),
+            (
+                EXAMPLE.replace("keep-last = 3", "keep = { lats = 2 }"),
+                "unknown field",
+            ),
+            (
                 EXAMPLE.replace("intermediates = false", "target = \"nfs/vm/esxi\""),
                 "both replicate",
             ),
@@ -306,6 +349,21 @@ keep-last = 3
             assert!(err.to_string().contains(want), "{err} lacks {want:?}");
         }
     }
+    #[test]
+    fn keep_policies_resolve_per_dataset() {
+        let text = EXAMPLE.replace(
+            "ca = \"ca.pem\"\n",
+            "ca = \"ca.pem\"\nkeep = { last = 2, grid = \"1h:24, 1d:30\" }\n",
+        );
+        let config = SendConfig::parse(&text, Path::new("send.toml")).unwrap();
+        assert_eq!(config.datasets[0].keep.last, 2);
+        assert_eq!(config.datasets[0].keep.grid.len(), 2);
+        assert_eq!(config.datasets[1].keep, KeepPolicy::last(3));
+        let text = text.replace("keep-last = 3", "keep = { grid = \"1d:7\" }");
+        let config = SendConfig::parse(&text, Path::new("send.toml")).unwrap();
+        assert_eq!(config.datasets[1].keep.to_string(), "last 1, grid 1d:7");
+    }
+
     /// The configuration documented in README.md is one this version accepts.
     #[test]
     fn readme_example_parses() {

@@ -125,7 +125,7 @@ fn job(dataset: &DatasetConfig) -> DatasetJob {
         target: dataset.target.clone(),
         prefix: dataset.prefix.clone(),
         intermediates: dataset.intermediates,
-        keep_last: dataset.keep_last,
+        keep: dataset.keep.clone(),
         raw: dataset.raw,
     }
 }
