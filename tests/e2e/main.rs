@@ -9,3 +9,4 @@ mod pairing;
 mod replication;
 mod retention;
 mod security;
+mod status;

@@ -185,6 +185,24 @@ impl SenderConfig {
         SenderConfig { path, _dir: dir }
     }
 
+    /// Runs `zrep-send <subcommand> --config <this file> <args>` to completion.
+    pub fn run(&self, subcommand: &str, args: &[&str]) -> RunResult {
+        let output = Command::new(binary("zrep-send"))
+            .args([subcommand, "--config"])
+            .arg(&self.path)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run zrep-send");
+        RunResult::from(output)
+    }
+
+    /// The directory of this configuration (and, by default, of the state files).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// Runs `zrep-send once` to completion.
     pub fn once(&self) -> RunResult {
         let output = Command::new(binary("zrep-send"))

@@ -60,6 +60,8 @@ struct RawConfig {
     renew_before: Option<Duration>,
     #[serde(default)]
     rotate_key: bool,
+    state_dir: Option<PathBuf>,
+    max_lag: Option<RawMaxLag>,
     #[serde(default, rename = "dataset")]
     datasets: Vec<RawDataset>,
 }
@@ -74,8 +76,19 @@ struct RawDataset {
     prefix: Option<String>,
     keep_last: Option<usize>,
     keep: Option<RawKeep>,
+    max_lag: Option<RawMaxLag>,
     #[serde(default)]
     raw: bool,
+}
+
+/// `max-lag = { warn = "2h", crit = "6h" }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawMaxLag {
+    #[serde(with = "humantime_serde")]
+    warn: Duration,
+    #[serde(with = "humantime_serde")]
+    crit: Duration,
 }
 
 /// `keep = { last = 3, grid = "1h:24, 1d:30" }`.
@@ -130,6 +143,8 @@ pub struct SendConfig {
     pub renew_before: Option<Duration>,
     /// Renew with a new key rather than the current one.
     pub rotate_key: bool,
+    /// Where the per-dataset state files live (default: the config file's directory).
+    pub state_dir: PathBuf,
     /// The datasets to replicate, in order.
     pub datasets: Vec<DatasetConfig>,
 }
@@ -151,6 +166,27 @@ pub struct DatasetConfig {
     /// Raw streams (`zfs send -w`, OpenZFS): an encrypted dataset travels encrypted and the
     /// receiver never needs its key.
     pub raw: bool,
+    /// Lag thresholds for `zrep-send status --check`.
+    pub max_lag: MaxLag,
+}
+
+/// Thresholds on lag (now minus the creation of the newest replicated snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxLag {
+    /// Above this: WARN.
+    pub warn: Duration,
+    /// Above this: CRIT.
+    pub crit: Duration,
+}
+
+impl Default for MaxLag {
+    /// A daily job that missed one run warns, one that missed two is critical.
+    fn default() -> Self {
+        Self {
+            warn: Duration::from_secs(25 * 3600),
+            crit: Duration::from_secs(49 * 3600),
+        }
+    }
 }
 
 impl SendConfig {
@@ -217,6 +253,19 @@ impl SendConfig {
                 (None, None) => Ok(None),
             }
         };
+        let max_lag = |what: &str, raw: Option<RawMaxLag>| -> Result<Option<MaxLag>, ConfigError> {
+            match raw {
+                Some(m) if m.warn > m.crit => Err(invalid(format!(
+                    "max-lag of {what}: warn must not exceed crit"
+                ))),
+                Some(m) => Ok(Some(MaxLag {
+                    warn: m.warn,
+                    crit: m.crit,
+                })),
+                None => Ok(None),
+            }
+        };
+        let default_max_lag = max_lag("the configuration", raw.max_lag)?.unwrap_or_default();
         let default_keep =
             keep_policy("the configuration", raw.keep_last, raw.keep.as_ref())?.unwrap_or_default();
         let base = path.parent().unwrap_or(Path::new("."));
@@ -236,6 +285,7 @@ impl SendConfig {
             if let Some(prefix) = &ds.prefix {
                 check_prefix(prefix)?;
             }
+            let max_lag = max_lag(source.as_str(), ds.max_lag)?.unwrap_or(default_max_lag);
             let keep = keep_policy(source.as_str(), ds.keep_last, ds.keep.as_ref())?
                 .unwrap_or_else(|| default_keep.clone());
             if let Some(other) = datasets.iter().find(|d| d.target == target) {
@@ -251,6 +301,7 @@ impl SendConfig {
                 prefix: ds.prefix.unwrap_or_else(|| raw.prefix.clone()),
                 keep,
                 raw: ds.raw,
+                max_lag,
             });
         }
         Ok(Self {
@@ -263,6 +314,9 @@ impl SendConfig {
             commit_timeout: raw.commit_timeout,
             renew_before: raw.renew_before,
             rotate_key: raw.rotate_key,
+            state_dir: raw
+                .state_dir
+                .map_or_else(|| base.to_owned(), |d| base.join(d)),
             compression_level: raw.compression_level,
             datasets,
         })
@@ -334,6 +388,13 @@ keep-last = 3
             (
                 EXAMPLE.replace("keep-last = 3", "keep = { lats = 2 }"),
                 "unknown field",
+            ),
+            (
+                EXAMPLE.replace(
+                    "keep-last = 3",
+                    "max-lag = { warn = \"2h\", crit = \"1h\" }",
+                ),
+                "warn must not exceed crit",
             ),
             (
                 EXAMPLE.replace("intermediates = false", "target = \"nfs/vm/esxi\""),

@@ -5,3 +5,5 @@ pub mod config;
 pub mod once;
 pub mod pair;
 pub mod renew;
+pub mod state;
+pub mod status;

@@ -30,6 +30,20 @@ enum Command {
         #[arg(long, short, env = "ZREP_SEND_CONFIG")]
         config: PathBuf,
     },
+    /// Show each dataset's replication state (from the state files): last success, snapshot,
+    /// lag, bytes, rate, last error.
+    Status {
+        /// The configuration file (TOML).
+        #[arg(long, short, env = "ZREP_SEND_CONFIG")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Judge each dataset against its max-lag and exit 0 OK, 1 WARN, 2 CRIT (3: the
+        /// configuration is unusable), like a monitoring plugin.
+        #[arg(long)]
+        check: bool,
+    },
     /// Pair with a receiver using the one-time token from `zrep-recv pair`: makes this sender's
     /// key here, gets its certificate over TLS (the receiver is recognised by the token) and
     /// writes sender.key (0600), sender.pem, ca.pem and a starting send.toml into DIR.
@@ -65,6 +79,8 @@ enum Command {
 const EXIT_SOME_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 const EXIT_SETUP: u8 = 3;
+/// `status --check` could not judge (monitoring plugins' UNKNOWN).
+const EXIT_CHECK_UNKNOWN: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -84,6 +100,11 @@ fn main() -> ExitCode {
             timeout,
         } => return run_pair(receiver, &token, dir, timeout),
         Command::Csr { name, dir } => return run_csr(&name, &dir),
+        Command::Status {
+            config,
+            json,
+            check,
+        } => return run_status(&config, json, check),
     };
     let config = match SendConfig::load(&config) {
         Ok(config) => config,
@@ -106,6 +127,52 @@ fn main() -> ExitCode {
             eprintln!("zrep-send: {err:#}");
             ExitCode::from(EXIT_SETUP)
         }
+    }
+}
+
+fn run_status(config: &std::path::Path, json: bool, check: bool) -> ExitCode {
+    use zrep_send::status::{evaluate, overall, table};
+    let config = match SendConfig::load(config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("zrep-send: {err}");
+            return ExitCode::from(if check {
+                EXIT_CHECK_UNKNOWN
+            } else {
+                EXIT_CONFIG
+            });
+        }
+    };
+    let now = std::time::SystemTime::now();
+    let statuses = evaluate(&config, now);
+    let worst = overall(&statuses);
+    if json {
+        match serde_json::to_string_pretty(&statuses) {
+            Ok(text) => println!("{text}"),
+            Err(err) => {
+                eprintln!("zrep-send: {err}");
+                return ExitCode::from(EXIT_CHECK_UNKNOWN);
+            }
+        }
+    } else if check {
+        let bad: Vec<String> = statuses
+            .iter()
+            .filter(|s| s.health == worst)
+            .map(|s| format!("{}: {}", s.source, s.reason))
+            .collect();
+        println!(
+            "{} - {} dataset(s); {}",
+            format!("{worst:?}").to_uppercase(),
+            statuses.len(),
+            bad.join("; ")
+        );
+    } else {
+        print!("{}", table(&statuses, now));
+    }
+    if check {
+        ExitCode::from(worst.exit_code())
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -61,6 +61,7 @@ pub async fn run_once(config: &SendConfig) -> anyhow::Result<RunOutcome> {
                         "{} NOT replicated to {}: {err:#}",
                         dataset.source, config.receiver
                     );
+                    crate::state::record(config, dataset, Err(format!("{err:#}")));
                     outcome = RunOutcome::SomeFailed;
                     continue;
                 }
@@ -70,7 +71,9 @@ pub async fn run_once(config: &SendConfig) -> anyhow::Result<RunOutcome> {
             continue;
         };
         let job = job(dataset);
-        match replicate(&zfs, session, &job, &options, SystemTime::now()).await {
+        let result = replicate(&zfs, session, &job, &options, SystemTime::now()).await;
+        crate::state::record(config, dataset, result.as_ref());
+        match result {
             Ok(done) => println!("{}", success_line(&done, &config.receiver)),
             Err(err) => {
                 println!(
