@@ -46,12 +46,21 @@ fn status_json_check_codes_and_recorded_failures() {
     assert!(entry["state"]["bytes"].as_u64().unwrap() > 100_000);
     assert!(entry["lag-secs"].as_u64().unwrap() < 3);
     assert!(entry["state"]["last-error"].is_null());
-    // The state file itself, written by rename, is the only file besides send.toml.
+    // Besides send.toml only the state file (written by rename) and the dataset's lock file.
     let files: Vec<_> = std::fs::read_dir(config.dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(files.len(), 2, "{files:?}");
+    let state_name = format!("{}.json", source.as_str().replace('/', "%"));
+    let mut expected = vec![
+        "send.toml".to_owned(),
+        format!("{state_name}.lock"),
+        state_name,
+    ];
+    let mut files = files;
+    files.sort();
+    expected.sort();
+    assert_eq!(files, expected, "no temporary file left behind");
     let table = config.run("status", &[]);
     table.expect_code(0);
     assert!(table.stdout.contains(&name), "{}", table.stdout);

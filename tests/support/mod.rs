@@ -376,3 +376,121 @@ impl SenderConfig {
         SenderConfig { path, _dir: dir }
     }
 }
+
+/// A TCP relay that passes client-to-server bytes at most at `bytes_per_sec`, so that a transfer
+/// lasts long enough to be interrupted.
+#[derive(Debug)]
+pub struct ThrottlingProxy {
+    /// The port senders connect to (127.0.0.1).
+    pub port: u16,
+}
+
+impl ThrottlingProxy {
+    /// Relays every connection to `127.0.0.1:target`.
+    pub fn start(target: u16, bytes_per_sec: u64) -> ThrottlingProxy {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    return;
+                };
+                let (mut c_read, mut c_write) = (client.try_clone().unwrap(), client);
+                let (mut s_read, mut s_write) = (server.try_clone().unwrap(), server);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = s_read.read(&mut buf) {
+                        if n == 0 || c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = c_read.read(&mut buf) {
+                        if n == 0 || s_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_secs_f64(
+                            n as f64 / bytes_per_sec as f64,
+                        ));
+                    }
+                    let _ = s_write.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        ThrottlingProxy { port }
+    }
+}
+
+/// A running `zrep-send run`, killed on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    /// Its standard output (one line per cycle).
+    pub stdout: PathBuf,
+    /// Its log.
+    pub stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `zrep-send run --config <config>`.
+    pub fn start(config: &SenderConfig) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let stdout = dir.path().join("stdout");
+        let stderr = dir.path().join("stderr");
+        let child = Command::new(binary("zrep-send"))
+            .args(["run", "--config"])
+            .arg(&config.path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start zrep-send run");
+        Daemon {
+            child,
+            stdout,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (at most `limit`) for the exit; the exit code, `None` if it had
+    /// to be killed.
+    pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -62,6 +62,8 @@ struct RawConfig {
     rotate_key: bool,
     state_dir: Option<PathBuf>,
     max_lag: Option<RawMaxLag>,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    interval: Duration,
     #[serde(default, rename = "dataset")]
     datasets: Vec<RawDataset>,
 }
@@ -77,6 +79,8 @@ struct RawDataset {
     keep_last: Option<usize>,
     keep: Option<RawKeep>,
     max_lag: Option<RawMaxLag>,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
     #[serde(default)]
     raw: bool,
 }
@@ -112,6 +116,9 @@ fn default_commit_timeout() -> Duration {
 }
 fn default_compression_level() -> i32 {
     3
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_keep_last() -> usize {
     1
@@ -168,6 +175,8 @@ pub struct DatasetConfig {
     pub raw: bool,
     /// Lag thresholds for `zrep-send status --check`.
     pub max_lag: MaxLag,
+    /// How often `zrep-send run` replicates it (from the start of one cycle to the next).
+    pub interval: Duration,
 }
 
 /// Thresholds on lag (now minus the creation of the newest replicated snapshot).
@@ -286,6 +295,10 @@ impl SendConfig {
                 check_prefix(prefix)?;
             }
             let max_lag = max_lag(source.as_str(), ds.max_lag)?.unwrap_or(default_max_lag);
+            let interval = ds.interval.unwrap_or(raw.interval);
+            if interval < Duration::from_secs(1) {
+                return Err(invalid(format!("interval of {source} must be at least 1s")));
+            }
             let keep = keep_policy(source.as_str(), ds.keep_last, ds.keep.as_ref())?
                 .unwrap_or_else(|| default_keep.clone());
             if let Some(other) = datasets.iter().find(|d| d.target == target) {
@@ -302,6 +315,7 @@ impl SendConfig {
                 keep,
                 raw: ds.raw,
                 max_lag,
+                interval,
             });
         }
         Ok(Self {

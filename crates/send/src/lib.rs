@@ -2,6 +2,7 @@
 //! configuration lives in [`config`].
 
 pub mod config;
+pub mod daemon;
 pub mod once;
 pub mod pair;
 pub mod renew;

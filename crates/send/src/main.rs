@@ -30,6 +30,13 @@ enum Command {
         #[arg(long, short, env = "ZREP_SEND_CONFIG")]
         config: PathBuf,
     },
+    /// Run as a daemon: replicate each dataset every `interval` over one session until SIGTERM or
+    /// SIGINT (a running transfer is aborted; the next start resumes or restarts it).
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short, env = "ZREP_SEND_CONFIG")]
+        config: PathBuf,
+    },
     /// Show each dataset's replication state (from the state files): last success, snapshot,
     /// lag, bytes, rate, last error.
     Status {
@@ -105,6 +112,7 @@ fn main() -> ExitCode {
             json,
             check,
         } => return run_status(&config, json, check),
+        Command::Run { config } => return run_daemon(&config),
     };
     let config = match SendConfig::load(&config) {
         Ok(config) => config,
@@ -123,6 +131,30 @@ fn main() -> ExitCode {
     match runtime.block_on(run_once(&config)) {
         Ok(RunOutcome::AllReplicated) => ExitCode::SUCCESS,
         Ok(RunOutcome::SomeFailed) => ExitCode::from(EXIT_SOME_FAILED),
+        Err(err) => {
+            eprintln!("zrep-send: {err:#}");
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
+fn run_daemon(config: &std::path::Path) -> ExitCode {
+    let config = match SendConfig::load(config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("zrep-send: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("zrep-send: cannot start the runtime: {err}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    match runtime.block_on(zrep_send::daemon::run_daemon(&config)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("zrep-send: {err:#}");
             ExitCode::from(EXIT_SETUP)

@@ -18,7 +18,7 @@ use crate::config::{DatasetConfig, SendConfig};
 use crate::renew::Renewed;
 
 type Tls = TlsStream<TcpStream>;
-type SenderConn = Connection<SenderSession, ReadHalf<Tls>, WriteHalf<Tls>>;
+pub(crate) type SenderConn = Connection<SenderSession, ReadHalf<Tls>, WriteHalf<Tls>>;
 
 /// How a run ended, for the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,10 @@ pub async fn run_once(config: &SendConfig) -> anyhow::Result<RunOutcome> {
     let mut renewal_checked = false;
     let mut outcome = RunOutcome::AllReplicated;
     for dataset in &config.datasets {
+        let Some(_lock) = crate::state::lock(config, dataset) else {
+            outcome = RunOutcome::SomeFailed;
+            continue;
+        };
         if conn.is_none() {
             match connect(config, &connector, zfs.capabilities()).await {
                 Ok(mut fresh) => {
@@ -98,7 +102,7 @@ pub async fn run_once(config: &SendConfig) -> anyhow::Result<RunOutcome> {
 /// Renews this sender's certificate over the fresh session when it is due; one line on stdout
 /// when something happened. A failure is reported, not fatal: the current certificate works
 /// until it expires.
-async fn renew(config: &SendConfig, conn: &mut SenderConn) {
+pub(crate) async fn renew(config: &SendConfig, conn: &mut SenderConn) {
     let outcome = crate::renew::renew_if_due(
         conn,
         &config.cert,
@@ -122,7 +126,7 @@ async fn renew(config: &SendConfig, conn: &mut SenderConn) {
     }
 }
 
-fn job(dataset: &DatasetConfig) -> DatasetJob {
+pub(crate) fn job(dataset: &DatasetConfig) -> DatasetJob {
     DatasetJob {
         source: dataset.source.clone(),
         target: dataset.target.clone(),
@@ -134,13 +138,13 @@ fn job(dataset: &DatasetConfig) -> DatasetJob {
 }
 
 /// One hold tag per receiver, so replicating to two receivers keeps both bases.
-fn hold_tag(server_name: &str) -> HoldTag {
+pub(crate) fn hold_tag(server_name: &str) -> HoldTag {
     HoldTag::parse(&format!("zrep:{server_name}"))
         .or_else(|_| HoldTag::parse("zrep"))
         .unwrap_or_else(|_| unreachable!("`zrep` is a valid hold tag"))
 }
 
-fn session_is_broken(err: &ReplicationError) -> bool {
+pub(crate) fn session_is_broken(err: &ReplicationError) -> bool {
     matches!(
         err,
         ReplicationError::Transport(_)
@@ -151,7 +155,7 @@ fn session_is_broken(err: &ReplicationError) -> bool {
     )
 }
 
-fn success_line(done: &Replicated, receiver: &str) -> String {
+pub(crate) fn success_line(done: &Replicated, receiver: &str) -> String {
     let secs = done.elapsed.as_secs_f64();
     let resumed = match &done.resumed {
         Some((snapshot, bytes)) => {
@@ -183,7 +187,7 @@ fn success_line(done: &Replicated, receiver: &str) -> String {
     )
 }
 
-async fn connect(
+pub(crate) async fn connect(
     config: &SendConfig,
     connector: &Connector,
     caps: &zrep_zfs::Capabilities,

@@ -71,6 +71,25 @@ impl StateDir {
             .join(format!("{}.json", source.as_str().replace('/', "%")))
     }
 
+    /// Takes the lock of `source` (an exclusive `flock` on `<state file>.lock`), or `None` if
+    /// another process (a `zrep-send run`, or a `once` from cron) holds it. Held until the file
+    /// is dropped; the kernel drops it with the process.
+    pub fn try_lock(&self, source: &DatasetName) -> std::io::Result<Option<std::fs::File>> {
+        std::fs::create_dir_all(&self.dir)?;
+        let mut path = self.path_for(source).into_os_string();
+        path.push(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(err)) => Err(err),
+        }
+    }
+
     /// The state of `source`, or `None` if it was never recorded.
     pub fn load(&self, source: &DatasetName) -> std::io::Result<Option<DatasetState>> {
         match std::fs::read(self.path_for(source)) {
@@ -157,6 +176,27 @@ pub fn record<E: std::fmt::Display>(
     }
 }
 
+/// Takes the lock of `dataset`, or prints why not (one `NOT replicated` line) and returns
+/// `None`.
+pub fn lock(config: &SendConfig, dataset: &DatasetConfig) -> Option<std::fs::File> {
+    let dir = StateDir::new(&config.state_dir);
+    let why = match dir.try_lock(&dataset.source) {
+        Ok(Some(lock)) => return Some(lock),
+        Ok(None) => {
+            "another zrep-send (a running `zrep-send run`, or `once`) is replicating it".to_owned()
+        }
+        Err(err) => format!(
+            "cannot take its lock in {}: {err}",
+            config.state_dir.display()
+        ),
+    };
+    println!(
+        "{} NOT replicated to {}: {why}",
+        dataset.source, config.receiver
+    );
+    None
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
@@ -218,6 +258,11 @@ mod tests {
         assert_eq!(state.last_error.as_deref(), Some("connection refused"));
         assert_eq!(state.lag(later), Some(Duration::from_secs(70)));
         assert!(dir.path_for(&source).ends_with("tank%a b.json"));
+        let lock = dir.try_lock(&source).unwrap().unwrap();
+        assert!(dir.try_lock(&source).unwrap().is_none(), "exclusive");
+        drop(lock);
+        assert!(dir.try_lock(&source).unwrap().is_some());
+        std::fs::remove_file(tmp.path().join("state/tank%a b.json.lock")).unwrap();
         // Only the state file is left: the temporary one was renamed.
         assert_eq!(
             std::fs::read_dir(tmp.path().join("state")).unwrap().count(),

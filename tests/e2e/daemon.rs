@@ -1,0 +1,209 @@
+//! `zrep-send run`: the daemon against a live zrep-recv while a writer changes files; SIGTERM in
+//! the middle of a transfer; the per-dataset lock shared with `once`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use zrep_e2e::{Daemon, DatasetSpec, Receiver, SenderConfig, ThrottlingProxy, snapshots};
+use zrep_zfs::testbed::{TestPool, mountpoint_of, pseudo_random_bytes, write_file};
+
+const INTERVAL: u64 = 2;
+
+fn state_file(config: &SenderConfig, source: &zrep_zfs::DatasetName) -> std::path::PathBuf {
+    config
+        .dir()
+        .join(format!("{}.json", source.as_str().replace('/', "%")))
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Lines of successful cycles.
+fn successes(text: &str) -> usize {
+    count(text, " replicated to ") - count(text, " NOT replicated to ")
+}
+
+#[test]
+fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer() {
+    let src = TestPool::create("dmsrc");
+    let dst = TestPool::create("dmdst");
+    let source = src.create_dataset("data");
+    let root = dst.dataset("nas1");
+    let target = dst.dataset("nas1/data");
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    let mut spec = DatasetSpec::new(&source);
+    spec.extra = format!("interval = \"{INTERVAL}s\"\n");
+    let config = SenderConfig::new(receiver.port, "nas1", &[spec]);
+
+    // A writer changes files all the time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let dir = mountpoint_of(&source);
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let data = pseudo_random_bytes(i, 20_000);
+                std::fs::write(dir.join(format!("w{}", i % 16)), data).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+
+    let mut daemon = Daemon::start(&config);
+    let state = state_file(&config, &source);
+    let started = Instant::now();
+    let mut max_lag = 0u64;
+    let mut samples = 0;
+    while started.elapsed() < Duration::from_secs(22) {
+        std::thread::sleep(Duration::from_millis(500));
+        let Ok(text) = std::fs::read_to_string(&state) else {
+            continue;
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if let Some(taken) = json["last-snapshot-time"].as_u64() {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            max_lag = max_lag.max(now.saturating_sub(taken));
+            samples += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    // Until the stop, every cycle committed.
+    let during = daemon.output();
+    assert_eq!(count(&during, "NOT replicated"), 0, "{during}");
+    // The stop may land between cycles or in one (then that cycle is aborted); exit 0 either
+    // way.
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    let out = daemon.output();
+    let aborted = count(&out, "aborted by shutdown");
+    assert!(aborted <= 1, "{out}");
+    assert_eq!(count(&out, "NOT replicated"), aborted, "{out}");
+    let cycles = successes(&out);
+    assert!(cycles >= 8, "only {cycles} cycles in 22 s:\n{out}");
+    // Every cycle committed its own snapshot on the target (the receiver keeps all); an
+    // aborted one may have committed before its answer was read.
+    let on_target = snapshots(&target);
+    assert!(
+        on_target.len() == cycles || (aborted == 1 && on_target.len() == cycles + 1),
+        "{} snapshots on the target after {cycles} cycles:\n{out}",
+        on_target.len()
+    );
+    assert!(samples > 30, "{samples} state samples");
+    assert!(
+        max_lag <= 3 * INTERVAL,
+        "lag reached {max_lag} s with a {INTERVAL} s interval"
+    );
+    // The last committed snapshot is on both sides with one GUID.
+    let last_line = out
+        .lines()
+        .rfind(|l| l.contains(" replicated to ") && !l.contains("NOT"))
+        .unwrap();
+    let last = last_line
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let guid_on = |snaps: Vec<(String, u64)>| snaps.into_iter().find(|(n, _)| n == last);
+    assert!(
+        guid_on(snapshots(&target)).is_some(),
+        "{last} missing on the target"
+    );
+    assert_eq!(guid_on(snapshots(&target)), guid_on(snapshots(&source)));
+
+    // SIGTERM in the middle of a transfer: 6 MB through a 1 MB/s link.
+    write_file(&source, "big", &pseudo_random_bytes(99, 6 << 20));
+    let proxy = ThrottlingProxy::start(receiver.port, 1 << 20);
+    let slow = config.with_port(proxy.port);
+    let before = snapshots(&target);
+    let receiving = count(&receiver.log_text(), "receiving peer=");
+    let mut daemon = Daemon::start(&slow);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&receiver.log_text(), "receiving peer=") == receiving {
+        assert!(
+            Instant::now() < deadline,
+            "no transfer started: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    let out = daemon.output();
+    assert!(out.contains("aborted by shutdown"), "{out}");
+    assert_eq!(successes(&out), 0, "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(snapshots(&target), before, "nothing half-received");
+
+    // The next start succeeds with no repair.
+    let mut daemon = Daemon::start(&config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while successes(&daemon.output()) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no cycle after the restart:\n{}\n{}",
+            daemon.output(),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(daemon.terminate(Duration::from_secs(10)), Some(0));
+    let out = daemon.output();
+    // Until the receiver has wound down the cut session (the throttling relay still delivers
+    // what it had buffered), it answers `busy`; the daemon retries at the next interval.
+    // Nothing else may fail.
+    assert_eq!(
+        count(&out, "NOT replicated"),
+        count(&out, "(busy): another transfer to data is running"),
+        "{out}\n{}",
+        receiver.log_text()
+    );
+    let after = snapshots(&target);
+    assert_eq!(after.last(), snapshots(&source).last());
+    assert!(after.len() > before.len());
+}
+
+#[test]
+fn once_refuses_a_dataset_whose_lock_is_held() {
+    let src = TestPool::create("lksrc");
+    let dst = TestPool::create("lkdst");
+    let source = src.create_dataset("data");
+    let root = dst.dataset("nas1");
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
+    let mut path = state_file(&config, &source).into_os_string();
+    path.push(".lock");
+    let lock = std::fs::File::create(&path).unwrap();
+    lock.lock().unwrap();
+    let refused = config.once();
+    refused.expect_code(1);
+    assert!(
+        refused.stdout.contains("another zrep-send"),
+        "{}",
+        refused.stdout
+    );
+    assert!(
+        snapshots(&source).is_empty(),
+        "nothing done under a held lock"
+    );
+    drop(lock);
+    config.once().expect_code(0);
+}
