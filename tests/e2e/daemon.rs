@@ -207,3 +207,78 @@ fn once_refuses_a_dataset_whose_lock_is_held() {
     drop(lock);
     config.once().expect_code(0);
 }
+
+/// `GET /metrics` from 127.0.0.1:`port`: the body.
+pub(crate) fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    out.split("\r\n\r\n").nth(1).unwrap().to_owned()
+}
+
+/// The port a process logged as `<what> listening addr=127.0.0.1:PORT`.
+pub(crate) fn logged_port(log: impl Fn() -> String, what: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = log();
+        if let Some(rest) = text.split(&format!("{what} listening addr=")).nth(1) {
+            let addr = rest.split_whitespace().next().unwrap();
+            return addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "never logged its port: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn run_serves_prometheus_metrics() {
+    let src = TestPool::create("mtsrc");
+    let dst = TestPool::create("mtdst");
+    let source = src.create_dataset("data");
+    let root = dst.dataset("nas1");
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
+    let text = std::fs::read_to_string(&config.path).unwrap();
+    std::fs::write(
+        &config.path,
+        format!("metrics-listen = \"127.0.0.1:0\"\n{text}"),
+    )
+    .unwrap();
+    write_file(&source, "f", &[1u8; 50_000]);
+    let mut daemon = Daemon::start(&config);
+    let port = logged_port(|| daemon.log(), "metrics");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while successes(&daemon.output()) == 0 {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let body = scrape(port);
+    let labels = format!("{{dataset=\"{source}\",target=\"data\"}}");
+    assert!(
+        body.contains("# TYPE zrep_send_lag_seconds gauge"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("zrep_send_health{labels} 0\n")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("zrep_send_last_attempt_failed{labels} 0\n")),
+        "{body}"
+    );
+    let bytes: f64 = body
+        .lines()
+        .find(|l| l.starts_with(&format!("zrep_send_last_stream_bytes{labels}")))
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bytes > 50_000.0, "{body}");
+    assert_eq!(daemon.terminate(Duration::from_secs(10)), Some(0));
+}

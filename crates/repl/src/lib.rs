@@ -4,6 +4,7 @@
 //! end to end against real ZFS with the same code.
 
 pub mod error;
+pub mod metrics;
 pub mod naming;
 pub mod receiver;
 pub mod retention;

@@ -64,6 +64,7 @@ struct RawConfig {
     max_lag: Option<RawMaxLag>,
     #[serde(default = "default_interval", with = "humantime_serde")]
     interval: Duration,
+    metrics_listen: Option<String>,
     #[serde(default, rename = "dataset")]
     datasets: Vec<RawDataset>,
 }
@@ -152,6 +153,8 @@ pub struct SendConfig {
     pub rotate_key: bool,
     /// Where the per-dataset state files live (default: the config file's directory).
     pub state_dir: PathBuf,
+    /// Where `zrep-send run` serves Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The datasets to replicate, in order.
     pub datasets: Vec<DatasetConfig>,
 }
@@ -278,6 +281,14 @@ impl SendConfig {
         let default_keep =
             keep_policy("the configuration", raw.keep_last, raw.keep.as_ref())?.unwrap_or_default();
         let base = path.parent().unwrap_or(Path::new("."));
+        let metrics_listen = match &raw.metrics_listen {
+            Some(addr) => Some(addr.parse().map_err(|e| {
+                invalid(format!(
+                    "metrics-listen = {addr:?}: {e} (expected ADDRESS:PORT)"
+                ))
+            })?),
+            None => None,
+        };
         let mut datasets: Vec<DatasetConfig> = Vec::new();
         for ds in raw.datasets {
             let source = DatasetName::parse(&ds.source)
@@ -328,6 +339,7 @@ impl SendConfig {
             commit_timeout: raw.commit_timeout,
             renew_before: raw.renew_before,
             rotate_key: raw.rotate_key,
+            metrics_listen,
             state_dir: raw
                 .state_dir
                 .map_or_else(|| base.to_owned(), |d| base.join(d)),
@@ -417,6 +429,10 @@ keep-last = 3
             (
                 EXAMPLE.replace("backup.example:7711", "backup.example"),
                 "HOST:PORT",
+            ),
+            (
+                EXAMPLE.replace("ca = \"ca.pem\"", "ca = \"ca.pem\"\nmetrics-listen = \"x\""),
+                "metrics-listen",
             ),
         ];
         for (text, want) in cases {

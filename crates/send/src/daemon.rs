@@ -9,6 +9,9 @@
 //! discards the cut stream (or keeps it resumable on OpenZFS), the source keeps the snapshot
 //! without moving its hold, and the next start replicates from the last common snapshot (or
 //! resumes) with no manual repair.
+//!
+//! With `metrics-listen`, it serves the datasets' state (as `status` shows it) as Prometheus
+//! metrics.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +44,16 @@ pub async fn run_daemon(config: &SendConfig) -> anyhow::Result<()> {
         hold_tag: hold_tag(&config.server_name),
     };
     let mut shutdown = std::pin::pin!(shutdown_signal()?);
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics-listen {addr}"))?;
+        info!(addr = %listener.local_addr()?, "metrics listening");
+        let config = config.clone();
+        tokio::spawn(zrep_repl::metrics::serve_metrics(listener, move || {
+            crate::status::prometheus(&crate::status::evaluate(&config, SystemTime::now()))
+        }));
+    }
     let start = Instant::now();
     let mut next_due = vec![start; config.datasets.len()];
     let mut conn: Option<SenderConn> = None;

@@ -105,6 +105,73 @@ pub fn overall(statuses: &[DatasetStatus]) -> Health {
         .unwrap_or(Health::Ok)
 }
 
+/// Prometheus exposition text of `statuses`.
+pub fn prometheus(statuses: &[DatasetStatus]) -> String {
+    type Field = fn(&DatasetStatus) -> Option<f64>;
+    let families: [(&str, &str, Field); 8] = [
+        (
+            "zrep_send_health",
+            "0 OK, 1 WARN, 2 CRIT, as `status --check`.",
+            |s| Some(f64::from(s.health.exit_code())),
+        ),
+        (
+            "zrep_send_lag_seconds",
+            "Now minus the creation of the newest replicated snapshot.",
+            |s| s.lag_secs.map(|l| l as f64),
+        ),
+        (
+            "zrep_send_last_success_timestamp_seconds",
+            "End of the last successful cycle.",
+            |s| s.state.as_ref()?.last_success.map(|t| t as f64),
+        ),
+        (
+            "zrep_send_last_attempt_timestamp_seconds",
+            "End of the last cycle.",
+            |s| s.state.as_ref()?.last_attempt.map(|t| t as f64),
+        ),
+        (
+            "zrep_send_last_attempt_failed",
+            "1 if the last cycle failed.",
+            |s| {
+                Some(if s.state.as_ref()?.last_error.is_some() {
+                    1.0
+                } else {
+                    0.0
+                })
+            },
+        ),
+        (
+            "zrep_send_last_stream_bytes",
+            "Stream bytes of the last successful cycle.",
+            |s| s.state.as_ref().map(|st| st.bytes as f64),
+        ),
+        (
+            "zrep_send_last_wire_bytes",
+            "Bytes on the wire in the last successful cycle.",
+            |s| s.state.as_ref().map(|st| st.wire_bytes as f64),
+        ),
+        (
+            "zrep_send_last_duration_seconds",
+            "Duration of the last successful cycle.",
+            |s| s.state.as_ref().map(|st| st.duration_secs),
+        ),
+    ];
+    let mut out = zrep_repl::metrics::Exposition::default();
+    for (name, help, field) in families {
+        out.family(name, "gauge", help);
+        for s in statuses {
+            if let Some(value) = field(s) {
+                out.sample(
+                    name,
+                    &[("dataset", &s.source), ("target", &s.target)],
+                    value,
+                );
+            }
+        }
+    }
+    out.finish()
+}
+
 /// A human table, one line per dataset.
 pub fn table(statuses: &[DatasetStatus], now: SystemTime) -> String {
     let mut rows = vec![[
