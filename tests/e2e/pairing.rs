@@ -2,17 +2,16 @@
 //! `zrep-send pair`/`csr`/`once`, on real pools, through a recording TCP proxy where the wire
 //! matters.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use zrep_e2e::{RunResult, binary, snapshots};
-use zrep_proto::{ErrorCode, SenderEvent, SenderSession, SessionConfig};
-use zrep_repl::transport::Connection;
+use zrep_e2e::{ClientConn, RunResult, binary, client_session, snapshots, wait_for_port};
+use zrep_proto::{ErrorCode, SenderEvent};
 use zrep_zfs::DatasetName;
 use zrep_zfs::testbed::{TestPool, write_file};
 
@@ -116,25 +115,6 @@ impl Drop for PairingReceiver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn wait_for_port(log: &Path) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(file) = std::fs::File::open(log) {
-            for line in BufReader::new(file).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("zrep-recv ready listen=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap();
-                    return addr.rsplit(':').next().unwrap().parse().unwrap();
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "zrep-recv did not become ready: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
 }
 
 fn run(command: &mut Command) -> RunResult {
@@ -393,38 +373,16 @@ fn bad_tokens_and_a_mitm_fail_clearly_and_register_nothing() {
     );
 }
 
-type Tls = zrep_tls::tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-type Conn = Connection<SenderSession, tokio::io::ReadHalf<Tls>, tokio::io::WriteHalf<Tls>>;
-
 /// A session as the paired sender in `dir`, held open by the test.
-async fn session_as(dir: &Path, port: u16) -> Conn {
-    let tls = zrep_tls::client_config_from_files(
+async fn session_as(dir: &Path, port: u16) -> ClientConn {
+    client_session(
         &dir.join("ca.pem"),
         &dir.join("sender.pem"),
         &dir.join("sender.key"),
+        "127.0.0.1",
+        port,
     )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let stream = zrep_tls::Connector::new(tls)
-        .connect("127.0.0.1", tcp)
-        .await
-        .unwrap();
-    let (reader, writer) = tokio::io::split(stream);
-    let session = SenderSession::new(SessionConfig::default(), Duration::ZERO);
-    let mut conn = Connection::new(
-        session,
-        reader,
-        writer,
-        Instant::now(),
-        Duration::from_secs(10),
-    );
-    assert!(matches!(
-        conn.next_event().await.unwrap(),
-        SenderEvent::Negotiated(_)
-    ));
-    conn
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zrep_e2e::{DatasetSpec, Receiver, SenderConfig, certs_dir, exists};
+use zrep_e2e::{
+    ClientConn, DatasetSpec, Receiver, SenderConfig, certs_dir, client_session, exists,
+};
 use zrep_proto::{
     ErrorCode, RefusalCode, SenderEvent, SenderSession, SessionConfig, StreamKind, TransferOffer,
 };
@@ -112,39 +114,17 @@ async fn connection_without_client_certificate_may_only_pair() {
     assert_eq!(datasets(&dst), before, "nothing happened");
 }
 
-type Tls = zrep_tls::tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-type Conn = Connection<SenderSession, tokio::io::ReadHalf<Tls>, tokio::io::WriteHalf<Tls>>;
-
 /// A protocol-speaking client with nas1's valid certificate, to send what zrep-send never would.
-async fn hostile_nas1(port: u16) -> Conn {
+async fn hostile_nas1(port: u16) -> ClientConn {
     let certs = certs_dir();
-    let tls = zrep_tls::client_config_from_files(
+    client_session(
         &certs.join("ca.pem"),
         &certs.join("nas1.pem"),
         &certs.join("nas1.key"),
+        "backup1",
+        port,
     )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let stream = zrep_tls::Connector::new(tls)
-        .connect("backup1", tcp)
-        .await
-        .unwrap();
-    let (reader, writer) = tokio::io::split(stream);
-    let session = SenderSession::new(SessionConfig::default(), Duration::ZERO);
-    let mut conn = Connection::new(
-        session,
-        reader,
-        writer,
-        Instant::now(),
-        Duration::from_secs(10),
-    );
-    assert!(matches!(
-        conn.next_event().await.unwrap(),
-        SenderEvent::Negotiated(_)
-    ));
-    conn
+    .await
 }
 
 #[tokio::test]

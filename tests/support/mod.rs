@@ -63,6 +63,15 @@ impl Receiver {
 
     /// Starts a receiver for `peers` (name, root, extra TOML lines of its `[[peer]]`).
     pub fn start_with(peers: &[(&str, &DatasetName, &str)], env: &[(&str, &str)]) -> Receiver {
+        Self::start_full("", peers, env)
+    }
+
+    /// [`Receiver::start_with`] with extra top-level TOML lines.
+    pub fn start_full(
+        top: &str,
+        peers: &[(&str, &DatasetName, &str)],
+        env: &[(&str, &str)],
+    ) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let certs = certs_dir();
         let mut config = format!(
@@ -71,6 +80,8 @@ impl Receiver {
             certs.join("backup1.key").display(),
             certs.join("ca.pem").display(),
         );
+        config.push_str(top);
+        config.push('\n');
         for (name, root, extra) in peers {
             config.push_str(&format!(
                 "\n[[peer]]\nname = \"{name}\"\nroot = \"{root}\"\n{extra}\n"
@@ -113,7 +124,8 @@ impl Drop for Receiver {
     }
 }
 
-fn wait_for_port(log: &Path) -> u16 {
+/// Waits for a `zrep-recv` logging to `log` to say which port it listens on.
+pub fn wait_for_port(log: &Path) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(file) = std::fs::File::open(log) {
@@ -493,4 +505,48 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A client connection that speaks the protocol directly, for sending what zrep-send never would.
+pub type ClientConn = zrep_repl::transport::Connection<
+    zrep_proto::SenderSession,
+    tokio::io::ReadHalf<ClientTls>,
+    tokio::io::WriteHalf<ClientTls>,
+>;
+
+/// The TLS stream under a [`ClientConn`].
+pub type ClientTls = zrep_tls::tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Opens a negotiated session to `127.0.0.1:port` as the holder of `cert`/`key`, trusting `ca`
+/// and expecting the server certificate to name `server_name`.
+pub async fn client_session(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    server_name: &str,
+    port: u16,
+) -> ClientConn {
+    let tls = zrep_tls::client_config_from_files(ca, cert, key).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let stream = zrep_tls::Connector::new(tls)
+        .connect(server_name, tcp)
+        .await
+        .unwrap();
+    let (reader, writer) = tokio::io::split(stream);
+    let session =
+        zrep_proto::SenderSession::new(zrep_proto::SessionConfig::default(), Duration::ZERO);
+    let mut conn = zrep_repl::transport::Connection::new(
+        session,
+        reader,
+        writer,
+        Instant::now(),
+        Duration::from_secs(10),
+    );
+    assert!(matches!(
+        conn.next_event().await.unwrap(),
+        zrep_proto::SenderEvent::Negotiated(_)
+    ));
+    conn
 }
