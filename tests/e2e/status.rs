@@ -99,3 +99,44 @@ fn status_check_without_a_usable_config_is_unknown() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
 }
+
+#[test]
+fn receiver_serves_prometheus_metrics_per_peer_and_target() {
+    let src = TestPool::create("rmsrc");
+    let dst = TestPool::create("rmdst");
+    let source = src.create_dataset("data");
+    let root = dst.dataset("nas1");
+    let receiver = Receiver::start_full(
+        "metrics-listen = \"127.0.0.1:0\"",
+        &[("nas1", &root, "keep = { last = 0 }")],
+        &[],
+    );
+    let port = crate::daemon::logged_port(|| receiver.log_text(), "metrics");
+    let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
+    write_file(&source, "f", &[3u8; 30_000]);
+    config.once().expect_code(0);
+    std::thread::sleep(Duration::from_millis(1100));
+    config.once().expect_code(0);
+    let body = crate::daemon::scrape(port);
+    let labels = "{peer=\"nas1\",target=\"data\"}";
+    assert!(
+        body.contains("# TYPE zrep_recv_commits_total counter"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("zrep_recv_commits_total{labels} 2\n")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("zrep_recv_pruned_total{labels} 1\n")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("zrep_recv_failures_total{labels} 0\n")),
+        "{body}"
+    );
+    assert!(
+        body.contains("zrep_recv_last_commit_timestamp_seconds{"),
+        "{body}"
+    );
+}

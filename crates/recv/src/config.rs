@@ -61,6 +61,7 @@ struct RawConfig {
     idle_timeout: Duration,
     #[serde(default = "default_receive_timeout", with = "humantime_serde")]
     receive_timeout: Duration,
+    metrics_listen: Option<String>,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
 }
@@ -136,6 +137,8 @@ pub struct RecvConfig {
     pub receive_timeout: Duration,
     /// Each peer's root dataset, by certificate name.
     pub peers: BTreeMap<PeerName, DatasetName>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// The receiver's own retention for a peer's targets (`keep` of its `[[peer]]`), applied
     /// after each commit; peers without one keep everything.
     pub retention: BTreeMap<PeerName, Retention>,
@@ -174,6 +177,14 @@ impl RecvConfig {
         if raw.peer_cert_ttl < Duration::from_secs(60) {
             return Err(invalid("peer-cert-ttl must be at least 1 minute".into()));
         }
+        let metrics_listen = match &raw.metrics_listen {
+            Some(addr) => Some(addr.parse().map_err(|e| {
+                invalid(format!(
+                    "metrics-listen = {addr:?}: {e} (expected ADDRESS:PORT)"
+                ))
+            })?),
+            None => None,
+        };
         let mut peers = BTreeMap::new();
         let mut retention = BTreeMap::new();
         for peer in raw.peers {
@@ -227,6 +238,7 @@ impl RecvConfig {
             receive_timeout: raw.receive_timeout,
             peers,
             retention,
+            metrics_listen,
         })
     }
 }
@@ -299,6 +311,10 @@ root = "backup/nas2"
                 "root of peer",
             ),
             (EXAMPLE.replace("127.0.0.1:7711", "localhost"), "listen"),
+            (
+                EXAMPLE.replace("idle-timeout", "metrics-listen = \"x\"\nidle-timeout"),
+                "metrics-listen",
+            ),
         ];
         for (text, want) in cases {
             let err = RecvConfig::parse(&text, Path::new("recv.toml")).unwrap_err();

@@ -25,7 +25,9 @@ use zrep_proto::{
     EnrollRequest, Enrolment, ErrorCode, Features, MAX_CSR_LEN, ProtoError, ReceiverEvent,
     ReceiverSession, SessionConfig,
 };
-use zrep_repl::receiver::{ReceiverPolicy, Renewal, TargetLocks, serve_with_renewal};
+use zrep_repl::receiver::{
+    ReceiverMetrics, ReceiverPolicy, Renewal, TargetLocks, serve_with_renewal,
+};
 use zrep_repl::transport::{Connection, TransportError};
 use zrep_tls::pairing::server_exporter;
 use zrep_tls::{
@@ -100,8 +102,19 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
         )),
         ca,
         registry,
+        metrics: ReceiverMetrics::default(),
         config,
     });
+    if let Some(addr) = shared.config.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics-listen {addr}"))?;
+        info!(addr = %listener.local_addr()?, "metrics listening");
+        let metrics = shared.metrics.clone();
+        tokio::spawn(zrep_repl::metrics::serve_metrics(listener, move || {
+            crate::metrics::render(&metrics)
+        }));
+    }
     let slots = Arc::new(Semaphore::new(shared.config.max_connections));
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
@@ -193,6 +206,7 @@ struct Shared {
     drop_commit: Arc<AtomicBool>,
     ca: Option<CertificateAuthority>,
     registry: Arc<LiveRegistry>,
+    metrics: ReceiverMetrics,
     config: RecvConfig,
 }
 
@@ -263,6 +277,7 @@ impl Shared {
                 locks: self.locks.clone(),
                 drop_next_commit_answer: self.drop_commit.clone(),
                 retention: config.retention.get(&peer).cloned(),
+                metrics: self.metrics.clone(),
             };
             let renewal = PeerRenewal {
                 shared: self,

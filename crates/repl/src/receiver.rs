@@ -9,7 +9,7 @@
 //! ([`ReceiverPolicy::retention`]): after a commit, zrep-named snapshots of that target that
 //! the receiver's policy lets go are destroyed, never the newest one.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -75,6 +75,64 @@ pub struct ReceiverPolicy {
     /// This receiver's retention for the peer's targets, applied after each commit; `None`
     /// keeps everything.
     pub retention: Option<Retention>,
+    /// Counters for the metrics endpoint, shared by all sessions.
+    pub metrics: ReceiverMetrics,
+}
+
+/// Per peer and target: commits, received bytes, failures, refusals, prunes, last commit time.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiverMetrics(Arc<Mutex<BTreeMap<(String, String), TargetCounters>>>);
+
+/// The counters of one target of one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetCounters {
+    /// Transfers committed.
+    pub commits: u64,
+    /// Stream bytes of committed transfers.
+    pub received_bytes: u64,
+    /// Accepted transfers that did not commit.
+    pub failures: u64,
+    /// Offers refused.
+    pub refusals: u64,
+    /// Snapshots destroyed by the receiver's retention.
+    pub pruned: u64,
+    /// Unix seconds of the last commit.
+    pub last_commit: Option<u64>,
+}
+
+impl ReceiverMetrics {
+    fn update(&self, peer: &str, target: &str, f: impl FnOnce(&mut TargetCounters)) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(map.entry((peer.to_owned(), target.to_owned())).or_default());
+    }
+
+    fn committed(&self, peer: &str, target: &str, bytes: u64) {
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.update(peer, target, |c| {
+            c.commits += 1;
+            c.received_bytes += bytes;
+            c.last_commit = Some(now);
+        });
+    }
+
+    fn failed(&self, peer: &str, target: &str) {
+        self.update(peer, target, |c| c.failures += 1);
+    }
+
+    fn refused(&self, peer: &str, target: &str) {
+        self.update(peer, target, |c| c.refusals += 1);
+    }
+
+    fn pruned(&self, peer: &str, target: &str) {
+        self.update(peer, target, |c| c.pruned += 1);
+    }
+
+    /// A copy of every counter, by (peer, target).
+    pub fn snapshot(&self) -> BTreeMap<(String, String), TargetCounters> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// The receiver's own retention for one peer: which snapshots of a target it keeps.
@@ -324,6 +382,7 @@ where
     let dataset = match target_dataset(&policy.root, &offer.target) {
         Ok(dataset) => dataset,
         Err(reason) => {
+            policy.metrics.refused(&policy.peer, &offer.target);
             conn.session.refuse(RefusalCode::InvalidName, reason)?;
             return Ok(());
         }
@@ -331,12 +390,14 @@ where
     let snapshot = match dataset.snapshot(&offer.snapshot) {
         Ok(snapshot) => snapshot,
         Err(err) => {
+            policy.metrics.refused(&policy.peer, &offer.target);
             conn.session
                 .refuse(RefusalCode::InvalidName, err.to_string())?;
             return Ok(());
         }
     };
     let Some(_guard) = policy.locks.try_lock(&dataset) else {
+        policy.metrics.refused(&policy.peer, &offer.target);
         conn.session.refuse(
             RefusalCode::Busy,
             format!("another transfer to {} is running", offer.target),
@@ -345,10 +406,12 @@ where
     };
     if let Err((code, message)) = check_offer(zfs, &dataset, &offer).await {
         info!(peer = %policy.peer, target = %dataset, %code, %message, "offer refused");
+        policy.metrics.refused(&policy.peer, &offer.target);
         conn.session.refuse(code, message)?;
         return Ok(());
     }
     if let Err(err) = ensure_parents(zfs, &policy.root, &dataset).await {
+        policy.metrics.refused(&policy.peer, &offer.target);
         conn.session.refuse(
             RefusalCode::NotPermitted,
             format!("cannot create parents: {err}"),
@@ -358,6 +421,7 @@ where
     let sink = match zfs.receive(&receive_request(zfs, &dataset)).await {
         Ok(sink) => sink,
         Err(err) => {
+            policy.metrics.refused(&policy.peer, &offer.target);
             conn.session
                 .refuse(RefusalCode::Unsupported, err.to_string())?;
             return Ok(());
@@ -366,10 +430,14 @@ where
     conn.session.accept()?;
     info!(peer = %policy.peer, target = %dataset, snapshot = %offer.snapshot, "receiving");
     let outcome = pump(conn, policy, sink).await?;
+    let mut received = 0;
     let verdict = match outcome {
         Pumped::Aborted(message) => Err((FailureCode::Aborted, message)),
         Pumped::Failed(failure) => Err(failure),
-        Pumped::Received => finalize(zfs, &dataset, &snapshot, offer.guid).await,
+        Pumped::Received(bytes) => {
+            received = bytes;
+            finalize(zfs, &dataset, &snapshot, offer.guid).await
+        }
     };
     match verdict {
         Ok(()) => {
@@ -378,6 +446,9 @@ where
                 return Err(ServeError::DroppedCommitAnswer);
             }
             info!(peer = %policy.peer, snapshot = %snapshot, guid = offer.guid, "committed");
+            policy
+                .metrics
+                .committed(&policy.peer, &offer.target, received);
             conn.session.committed(offer.snapshot, offer.guid)?;
             if let Some(retention) = &policy.retention {
                 // Answer first, then prune while still holding the target's lock.
@@ -388,6 +459,7 @@ where
         }
         Err((code, message)) => {
             warn!(peer = %policy.peer, target = %dataset, %code, %message, "transfer failed");
+            policy.metrics.failed(&policy.peer, &offer.target);
             conn.session.failed(code, message)?;
         }
     }
@@ -544,7 +616,8 @@ fn receive_request<Z: Zfs>(zfs: &Z, dataset: &DatasetName) -> ReceiveRequest {
 }
 
 enum Pumped {
-    Received,
+    /// The stream ended and zfs receive succeeded; the stream's bytes.
+    Received(u64),
     Aborted(String),
     Failed((FailureCode, String)),
 }
@@ -601,7 +674,7 @@ where
             ReceiverEvent::StreamEnded { bytes, .. } => {
                 debug!(bytes, "stream ended, waiting for zfs receive");
                 return Ok(match sink.finish().await {
-                    Ok(()) => Pumped::Received,
+                    Ok(()) => Pumped::Received(bytes),
                     Err(err) => Pumped::Failed(classify_failure(&err)),
                 });
             }
@@ -741,6 +814,13 @@ pub async fn prune_target<Z: Zfs>(
             Ok(()) => {
                 info!(peer = %policy.peer, snapshot = %name, "retention: pruned");
                 pruned.push(name.clone());
+                // Keyed like the rest: the target relative to the peer's root.
+                let root = format!("{}/", policy.root);
+                let relative = dataset
+                    .as_str()
+                    .strip_prefix(&root)
+                    .unwrap_or(dataset.as_str());
+                policy.metrics.pruned(&policy.peer, relative);
             }
             Err(err) => {
                 warn!(peer = %policy.peer, snapshot = %name, cause = %err, "retention: not pruned");

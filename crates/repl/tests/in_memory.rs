@@ -90,6 +90,7 @@ impl Bed {
             locks: self.locks.clone(),
             drop_next_commit_answer: self.drop_commit.clone(),
             retention: None,
+            metrics: Default::default(),
         };
         let dst = self.dst.clone();
         let receiver = tokio::spawn(async move {
