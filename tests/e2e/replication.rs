@@ -225,3 +225,43 @@ fn diverged_or_modified_target_is_refused_and_nothing_destroyed() {
     let common = &before.last().unwrap().0;
     assert!(snapshots(&source).iter().any(|(n, _)| n == common));
 }
+
+#[test]
+fn bandwidth_limit_paces_the_wire() {
+    let src = TestPool::create("bwsrc");
+    let dst = TestPool::create("bwdst");
+    let source = src.create_dataset("data");
+    let root = dst.dataset("nas1");
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
+    let text = std::fs::read_to_string(&config.path).unwrap();
+    std::fs::write(
+        &config.path,
+        format!("bandwidth-limit = \"1MiB/s\"\n{text}"),
+    )
+    .unwrap();
+    // Random data: compression leaves the wire bytes about the stream bytes.
+    write_file(&source, "f", &pseudo_random_bytes(5, 3 << 20));
+    let started = std::time::Instant::now();
+    let out = config.once();
+    out.expect_code(0);
+    let elapsed = started.elapsed().as_secs_f64();
+    let wire: f64 = out
+        .stdout
+        .split(" bytes on the wire")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wire > 3e6, "{}", out.stdout);
+    // Paced from the first data frame: at most 1 MiB/s on average, so the transfer needs at
+    // least wire/1MiB seconds (minus the first frame's burst).
+    let floor = (wire - 1024.0 * 1024.0) / (1024.0 * 1024.0);
+    assert!(
+        elapsed >= floor,
+        "{wire} bytes on the wire in {elapsed:.1} s: faster than 1 MiB/s"
+    );
+}

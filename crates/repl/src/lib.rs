@@ -6,6 +6,7 @@
 pub mod error;
 pub mod metrics;
 pub mod naming;
+pub mod rate;
 pub mod receiver;
 pub mod retention;
 pub mod sender;

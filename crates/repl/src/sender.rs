@@ -17,6 +17,7 @@ use zrep_zfs::{
 
 use crate::error::ReplicationError;
 use crate::naming::{parse_snapshot_time, snapshot_short_name};
+use crate::rate::Pacer;
 use crate::retention::KeepPolicy;
 use crate::transport::{Connection, Either};
 
@@ -31,6 +32,8 @@ pub struct SenderOptions {
     pub commit_timeout: Duration,
     /// The hold placed on the newest common snapshot (one tag per receiver).
     pub hold_tag: HoldTag,
+    /// Bytes per second of data frames on the wire, at most (`None`: unlimited).
+    pub bandwidth_limit: Option<u64>,
 }
 
 /// One dataset to replicate.
@@ -445,6 +448,7 @@ where
     let mut filled = 0;
     let mut wire = 0u64;
     let mut send_error: Option<String> = None;
+    let mut pacer = options.bandwidth_limit.map(Pacer::new);
     loop {
         // One `read` per wait: it is cancel-safe, so an event arriving first loses no bytes.
         let read = conn
@@ -471,6 +475,9 @@ where
             let bytes = conn.session.send_data(raw, chunk, conn.now())?;
             wire += bytes.len() as u64;
             conn.write_raw(&bytes).await?;
+            if let Some(pacer) = pacer.as_mut() {
+                pacer.sent(bytes.len()).await;
+            }
             filled = 0;
         }
         if n == 0 {

@@ -75,6 +75,7 @@ impl Bed {
             chunk_size: 64 * 1024,
             commit_timeout: Duration::from_secs(10),
             hold_tag: HoldTag::parse("zrep:backup1").unwrap(),
+            bandwidth_limit: None,
         }
     }
 

@@ -65,6 +65,7 @@ struct RawConfig {
     #[serde(default = "default_interval", with = "humantime_serde")]
     interval: Duration,
     metrics_listen: Option<String>,
+    bandwidth_limit: Option<String>,
     #[serde(default, rename = "dataset")]
     datasets: Vec<RawDataset>,
 }
@@ -155,6 +156,8 @@ pub struct SendConfig {
     pub state_dir: PathBuf,
     /// Where `zrep-send run` serves Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// At most this many bytes per second of stream data on the wire (after compression).
+    pub bandwidth_limit: Option<u64>,
     /// The datasets to replicate, in order.
     pub datasets: Vec<DatasetConfig>,
 }
@@ -289,6 +292,13 @@ impl SendConfig {
             })?),
             None => None,
         };
+        let bandwidth_limit = match &raw.bandwidth_limit {
+            Some(text) => Some(
+                zrep_repl::rate::parse_rate(text)
+                    .map_err(|e| invalid(format!("bandwidth-limit = {e}")))?,
+            ),
+            None => None,
+        };
         let mut datasets: Vec<DatasetConfig> = Vec::new();
         for ds in raw.datasets {
             let source = DatasetName::parse(&ds.source)
@@ -340,6 +350,7 @@ impl SendConfig {
             renew_before: raw.renew_before,
             rotate_key: raw.rotate_key,
             metrics_listen,
+            bandwidth_limit,
             state_dir: raw
                 .state_dir
                 .map_or_else(|| base.to_owned(), |d| base.join(d)),
@@ -433,6 +444,13 @@ keep-last = 3
             (
                 EXAMPLE.replace("ca = \"ca.pem\"", "ca = \"ca.pem\"\nmetrics-listen = \"x\""),
                 "metrics-listen",
+            ),
+            (
+                EXAMPLE.replace(
+                    "ca = \"ca.pem\"",
+                    "ca = \"ca.pem\"\nbandwidth-limit = \"50MiB\"",
+                ),
+                "bandwidth-limit",
             ),
         ];
         for (text, want) in cases {

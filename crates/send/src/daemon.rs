@@ -42,6 +42,7 @@ pub async fn run_daemon(config: &SendConfig) -> anyhow::Result<()> {
         chunk_size: MAX_CHUNK,
         commit_timeout: config.commit_timeout,
         hold_tag: hold_tag(&config.server_name),
+        bandwidth_limit: config.bandwidth_limit,
     };
     let mut shutdown = std::pin::pin!(shutdown_signal()?);
     if let Some(addr) = config.metrics_listen {

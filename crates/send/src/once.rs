@@ -42,6 +42,7 @@ pub async fn run_once(config: &SendConfig) -> anyhow::Result<RunOutcome> {
         chunk_size: MAX_CHUNK,
         commit_timeout: config.commit_timeout,
         hold_tag: hold_tag(&config.server_name),
+        bandwidth_limit: config.bandwidth_limit,
     };
     let mut conn: Option<SenderConn> = None;
     let mut renewal_checked = false;
