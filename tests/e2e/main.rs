@@ -6,6 +6,7 @@
 
 mod daemon;
 mod openzfs;
+mod ops;
 mod pairing;
 mod replication;
 mod retention;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use zrep_recv::admin::{self, InitOptions, IssueOptions};
 use zrep_recv::config::RecvConfig;
@@ -112,6 +112,14 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
+    /// `zrep-recv completions bash > /etc/bash_completion.d/zrep-recv`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `zrep-recv man > /usr/share/man/man1/zrep-recv.1`.
+    Man,
     /// Revoke a peer: refused from now on, and its running sessions are ended (no restart).
     Revoke {
         /// The peer's name.
@@ -120,6 +128,9 @@ enum Command {
         config: ConfigArg,
     },
 }
+
+/// The program's name, in completions and man pages.
+const NAME: &str = "zrep-recv";
 
 /// Exit status for a command that failed.
 const EXIT_FAILED: u8 = 1;
@@ -135,6 +146,25 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    match &cli.command {
+        Command::Completions { shell } => {
+            // Into a buffer first: the generator panics on a write error (a closed pipe).
+            let mut text = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), NAME, &mut text);
+            return print_bytes(&text);
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            return match clap_mangen::Man::new(Cli::command()).render(&mut text) {
+                Ok(()) => print_bytes(&text),
+                Err(err) => {
+                    eprintln!("{NAME}: {err}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     if let Command::Init {
         dir,
         name,
@@ -170,7 +200,9 @@ fn main() -> ExitCode {
         | Command::Issue { config, .. }
         | Command::Peers { config }
         | Command::Revoke { config, .. } => &config.config,
-        Command::Init { .. } => unreachable!("handled above"),
+        Command::Init { .. } | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled above")
+        }
     };
     let config = match RecvConfig::load(path) {
         Ok(config) => config,
@@ -228,7 +260,9 @@ fn main() -> ExitCode {
         Command::Revoke { name, .. } => admin::revoke(&config, &name).map(|()| {
             println!("revoked {name}: new connections are refused, running sessions end");
         }),
-        Command::Init { .. } => unreachable!("handled above"),
+        Command::Init { .. } | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -249,4 +283,13 @@ fn parse_root(root: &str) -> anyhow::Result<DatasetName> {
 fn fail(err: &anyhow::Error) -> ExitCode {
     eprintln!("zrep-recv: {err:#}");
     ExitCode::from(EXIT_FAILED)
+}
+
+/// Writes generated text to stdout; a closed pipe is not worth a panic.
+fn print_bytes(text: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().write_all(text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
+    }
 }

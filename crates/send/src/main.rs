@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use zrep_send::config::SendConfig;
 use zrep_send::once::{RunOutcome, run_once};
@@ -37,6 +37,14 @@ enum Command {
         #[arg(long, short, env = "ZREP_SEND_CONFIG")]
         config: PathBuf,
     },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
+    /// `zrep-send completions bash > /etc/bash_completion.d/zrep-send`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `zrep-send man > /usr/share/man/man1/zrep-send.1`.
+    Man,
     /// Show each dataset's replication state (from the state files): last success, snapshot,
     /// lag, bytes, rate, last error.
     Status {
@@ -82,6 +90,9 @@ enum Command {
     },
 }
 
+/// The program's name, in completions and man pages.
+const NAME: &str = "zrep-send";
+
 /// Exit statuses a cron job or monitor can act on.
 const EXIT_SOME_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
@@ -98,6 +109,25 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    match &cli.command {
+        Command::Completions { shell } => {
+            // Into a buffer first: the generator panics on a write error (a closed pipe).
+            let mut text = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), NAME, &mut text);
+            return print_bytes(&text);
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            return match clap_mangen::Man::new(Cli::command()).render(&mut text) {
+                Ok(()) => print_bytes(&text),
+                Err(err) => {
+                    eprintln!("{NAME}: {err}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     let config = match cli.command {
         Command::Once { config } => config,
         Command::Pair {
@@ -113,6 +143,7 @@ fn main() -> ExitCode {
             check,
         } => return run_status(&config, json, check),
         Command::Run { config } => return run_daemon(&config),
+        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
     };
     let config = match SendConfig::load(&config) {
         Ok(config) => config,
@@ -279,5 +310,14 @@ fn run_csr(name: &PeerName, dir: &std::path::Path) -> ExitCode {
             eprintln!("zrep-send: {err:#}");
             ExitCode::from(EXIT_SETUP)
         }
+    }
+}
+
+/// Writes generated text to stdout; a closed pipe is not worth a panic.
+fn print_bytes(text: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().write_all(text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
     }
 }
