@@ -12,3 +12,4 @@ mod replication;
 mod retention;
 mod security;
 mod status;
+mod unprivileged;
