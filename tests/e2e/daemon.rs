@@ -126,6 +126,13 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
 
     // SIGTERM in the middle of a transfer: 6 MB through a 1 MB/s link.
     write_file(&source, "big", &pseudo_random_bytes(99, 6 << 20));
+    // zfs-fuse takes written data through FUSE: make sure all of it is in the next snapshot.
+    assert!(
+        std::process::Command::new("sync")
+            .status()
+            .unwrap()
+            .success()
+    );
     let proxy = ThrottlingProxy::start(receiver.port, 1 << 20);
     let slow = config.with_port(proxy.port);
     let before = snapshots(&target);

@@ -265,3 +265,67 @@ fn bandwidth_limit_paces_the_wire() {
         "{wire} bytes on the wire in {elapsed:.1} s: faster than 1 MiB/s"
     );
 }
+
+#[test]
+fn recursive_replicates_children_with_exclusions_and_picks_up_new_ones() {
+    let src = TestPool::create("rcsrc");
+    let dst = TestPool::create("rcdst");
+    let source = src.create_dataset("data");
+    let a = src.create_dataset("data/a");
+    let deep = src.create_dataset("data/a/deep");
+    let tmp = src.create_dataset("data/tmp");
+    src.create_dataset("data/tmp/x");
+    let root = dst.dataset("nas1");
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    let mut spec = DatasetSpec::new(&source);
+    spec.extra = format!("recursive = true\nexclude = [\"{tmp}\"]\n");
+    let config = SenderConfig::new(receiver.port, "nas1", &[spec]);
+    write_file(&deep, "f", b"deep");
+    let first = config.once();
+    first.expect_code(0);
+    assert_eq!(
+        first.stdout.matches(" replicated to ").count(),
+        3,
+        "{}",
+        first.stdout
+    );
+    for (src_ds, rel) in [(&source, "data"), (&a, "data/a"), (&deep, "data/a/deep")] {
+        let target = dst.dataset(&format!("nas1/{rel}"));
+        assert_eq!(snapshots(&target), snapshots(src_ds), "{rel}");
+    }
+    assert!(!exists(&dst.dataset("nas1/data/tmp")), "excluded");
+    assert!(
+        snapshots(&tmp).is_empty(),
+        "nothing done to an excluded dataset"
+    );
+
+    // A new child is picked up by the next cycle.
+    let b = src.create_dataset("data/b");
+    write_file(&b, "g", b"new");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = config.once();
+    second.expect_code(0);
+    assert_eq!(
+        second.stdout.matches(" replicated to ").count(),
+        4,
+        "{}",
+        second.stdout
+    );
+    assert!(
+        second.stdout.contains(", -I from @zrep_"),
+        "{}",
+        second.stdout
+    );
+    assert_eq!(snapshots(&dst.dataset("nas1/data/b")), snapshots(&b));
+    // status shows every member that has a state file.
+    let status = config.run("status", &["--json"]);
+    status.expect_code(0);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let listed: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["data", "data/a", "data/a/deep", "data/b"]);
+}

@@ -84,6 +84,10 @@ struct RawDataset {
     #[serde(default, with = "humantime_serde")]
     interval: Option<Duration>,
     #[serde(default)]
+    recursive: bool,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
     raw: bool,
 }
 
@@ -183,6 +187,11 @@ pub struct DatasetConfig {
     pub max_lag: MaxLag,
     /// How often `zrep-send run` replicates it (from the start of one cycle to the next).
     pub interval: Duration,
+    /// Also every filesystem and volume below it (listed at each cycle), each to the same path
+    /// below `target`.
+    pub recursive: bool,
+    /// Subtrees left out of a recursive dataset.
+    pub exclude: Vec<DatasetName>,
 }
 
 /// Thresholds on lag (now minus the creation of the newest replicated snapshot).
@@ -316,6 +325,22 @@ impl SendConfig {
                 check_prefix(prefix)?;
             }
             let max_lag = max_lag(source.as_str(), ds.max_lag)?.unwrap_or(default_max_lag);
+            let mut exclude = Vec::new();
+            for x in &ds.exclude {
+                let name = DatasetName::parse(x)
+                    .map_err(|e| invalid(format!("exclude of {source}: {e}")))?;
+                if !ds.recursive {
+                    return Err(invalid(format!(
+                        "exclude of {source} needs recursive = true"
+                    )));
+                }
+                if !name.is_within(&source) || name == source {
+                    return Err(invalid(format!(
+                        "exclude {name} of {source} is not below it"
+                    )));
+                }
+                exclude.push(name);
+            }
             let interval = ds.interval.unwrap_or(raw.interval);
             if interval < Duration::from_secs(1) {
                 return Err(invalid(format!("interval of {source} must be at least 1s")));
@@ -337,6 +362,8 @@ impl SendConfig {
                 raw: ds.raw,
                 max_lag,
                 interval,
+                recursive: ds.recursive,
+                exclude,
             });
         }
         Ok(Self {
@@ -425,6 +452,17 @@ keep-last = 3
             (
                 EXAMPLE.replace("keep-last = 3", "keep = { lats = 2 }"),
                 "unknown field",
+            ),
+            (
+                EXAMPLE.replace("keep-last = 3", "exclude = [\"zpool1/home dirs/x\"]"),
+                "needs recursive",
+            ),
+            (
+                EXAMPLE.replace(
+                    "keep-last = 3",
+                    "recursive = true\nexclude = [\"zpool1/other\"]",
+                ),
+                "is not below it",
             ),
             (
                 EXAMPLE.replace(

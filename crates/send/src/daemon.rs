@@ -127,36 +127,58 @@ pub async fn run_daemon(config: &SendConfig) -> anyhow::Result<()> {
         }
         let started = Instant::now();
         next_due[i] = started + dataset.interval;
-        let Some(_lock) = crate::state::lock(config, dataset) else {
-            continue;
-        };
-        let Some(session) = conn.as_mut() else {
-            continue;
-        };
-        let job = job(dataset);
-        let result = tokio::select! {
-            result = replicate(&zfs, session, &job, &options, SystemTime::now()) => result,
-            () = &mut shutdown => {
-                // Dropping the cycle killed zfs send; dropping the session cuts the stream.
-                warn!(dataset = %dataset.source, "stopping: transfer aborted");
-                crate::state::record(config, dataset, Err("aborted by shutdown"));
-                println!("{} NOT replicated to {}: aborted by shutdown", dataset.source, config.receiver);
-                conn = None;
-                break;
-            }
-        };
-        crate::state::record(config, dataset, result.as_ref());
-        match result {
-            Ok(done) => println!("{}", success_line(&done, &config.receiver)),
+        // A recursive dataset: its members as they are now, one after the other.
+        let members = match crate::recursive::expand(&zfs, dataset).await {
+            Ok(members) => members,
             Err(err) => {
                 println!(
-                    "{} NOT replicated to {}: {err}",
+                    "{} NOT replicated to {}: listing the datasets below it: {err}",
                     dataset.source, config.receiver
                 );
-                if session_is_broken(&err) {
+                crate::state::record(config, dataset, Err(&err));
+                continue;
+            }
+        };
+        let mut stopping = false;
+        for member in &members {
+            let Some(_lock) = crate::state::lock(config, member) else {
+                continue;
+            };
+            let Some(session) = conn.as_mut() else {
+                break;
+            };
+            let job = job(member);
+            let result = tokio::select! {
+                result = replicate(&zfs, session, &job, &options, SystemTime::now()) => result,
+                () = &mut shutdown => {
+                    // Dropping the cycle killed zfs send; dropping the session cuts the stream.
+                    warn!(dataset = %member.source, "stopping: transfer aborted");
+                    crate::state::record(config, member, Err("aborted by shutdown"));
+                    println!(
+                        "{} NOT replicated to {}: aborted by shutdown",
+                        member.source, config.receiver
+                    );
                     conn = None;
+                    stopping = true;
+                    break;
+                }
+            };
+            crate::state::record(config, member, result.as_ref());
+            match result {
+                Ok(done) => println!("{}", success_line(&done, &config.receiver)),
+                Err(err) => {
+                    println!(
+                        "{} NOT replicated to {}: {err}",
+                        member.source, config.receiver
+                    );
+                    if session_is_broken(&err) {
+                        conn = None;
+                    }
                 }
             }
+        }
+        if stopping {
+            break;
         }
     }
     info!("stopping");

@@ -47,7 +47,21 @@ pub async fn run_once(config: &SendConfig) -> anyhow::Result<RunOutcome> {
     let mut conn: Option<SenderConn> = None;
     let mut renewal_checked = false;
     let mut outcome = RunOutcome::AllReplicated;
-    for dataset in &config.datasets {
+    // Recursive datasets stand for their members as they are now.
+    let members = crate::recursive::expand_all(&zfs, &config.datasets).await;
+    for member in &members {
+        let dataset = match member {
+            Ok(dataset) => dataset,
+            Err((dataset, err)) => {
+                println!(
+                    "{} NOT replicated to {}: listing the datasets below it: {err}",
+                    dataset.source, config.receiver
+                );
+                crate::state::record(config, dataset, Err(err));
+                outcome = RunOutcome::SomeFailed;
+                continue;
+            }
+        };
         let Some(_lock) = crate::state::lock(config, dataset) else {
             outcome = RunOutcome::SomeFailed;
             continue;

@@ -4,7 +4,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::SendConfig;
+use zrep_zfs::DatasetName;
+
+use crate::config::{DatasetConfig, SendConfig};
+use crate::recursive::{is_excluded, member};
 use crate::state::{DatasetState, StateDir, unix};
 
 /// A monitoring verdict, ordered from good to bad.
@@ -54,6 +57,7 @@ pub fn evaluate(config: &SendConfig, now: SystemTime) -> Vec<DatasetStatus> {
     config
         .datasets
         .iter()
+        .flat_map(|ds| recorded_members(config, ds))
         .map(|ds| {
             let loaded = dir.load(&ds.source);
             let state = loaded.as_ref().ok().cloned().flatten();
@@ -73,6 +77,31 @@ pub fn evaluate(config: &SendConfig, now: SystemTime) -> Vec<DatasetStatus> {
             }
         })
         .collect()
+}
+
+/// A dataset and, if recursive, the members below it that have a state file (members are
+/// listed by ZFS only when replicating).
+fn recorded_members(config: &SendConfig, dataset: &DatasetConfig) -> Vec<DatasetConfig> {
+    let mut members = vec![dataset.clone()];
+    if !dataset.recursive {
+        return members;
+    }
+    members[0].recursive = false;
+    let mut below: Vec<DatasetConfig> = std::fs::read_dir(&config.state_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let file = entry.ok()?.file_name().into_string().ok()?;
+            let name = DatasetName::parse(&file.strip_suffix(".json")?.replace('%', "/")).ok()?;
+            let inside = name.is_within(&dataset.source) && name != dataset.source;
+            (inside && !is_excluded(dataset, &name))
+                .then(|| member(dataset, &name))
+                .flatten()
+        })
+        .collect();
+    below.sort_by(|a, b| a.source.as_str().cmp(b.source.as_str()));
+    members.extend(below);
+    members
 }
 
 fn judge(state: &DatasetState, lag: Duration, max: crate::config::MaxLag) -> (Health, String) {
