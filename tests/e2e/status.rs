@@ -139,4 +139,33 @@ fn receiver_serves_prometheus_metrics_per_peer_and_target() {
         body.contains("zrep_recv_last_commit_timestamp_seconds{"),
         "{body}"
     );
+
+    // zrep-recv status: per peer and target.
+    let out = std::process::Command::new(zrep_e2e::binary("zrep-recv"))
+        .args(["status", "--json", "--config"])
+        .arg(receiver.config_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = &json[0];
+    assert_eq!(entry["peer"], "nas1");
+    assert_eq!(entry["target"], "data");
+    assert_eq!(
+        entry["snapshots"], 1,
+        "keep = {{ last = 0 }} left the newest"
+    );
+    let newest = snapshots(&source).last().unwrap().clone();
+    assert_eq!(entry["newest"], newest.0.as_str());
+    assert_eq!(entry["newest-guid"], newest.1);
+    assert_eq!(entry["keep"], "last 0");
+    assert!(entry["age-secs"].as_u64().unwrap() < 60);
+    let table = std::process::Command::new(zrep_e2e::binary("zrep-recv"))
+        .args(["status", "--config"])
+        .arg(receiver.config_path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("PEER"), "{table}");
+    assert!(table.contains(&newest.0), "{table}");
 }

@@ -111,6 +111,11 @@ impl Receiver {
         }
     }
 
+    /// Its configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("recv.toml")
+    }
+
     /// The receiver's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -6,3 +6,4 @@ pub mod config;
 pub mod metrics;
 pub mod registry;
 pub mod server;
+pub mod status;

@@ -112,6 +112,15 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Show, per peer and target, the newest received snapshot, its age, the snapshot count, a
+    /// pending interrupted receive and the peer's retention.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
     /// `zrep-recv completions bash > /etc/bash_completion.d/zrep-recv`.
     Completions {
@@ -163,6 +172,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Status { config, json } => return run_status(&config.config, *json),
         _ => {}
     }
     if let Command::Init {
@@ -200,7 +210,10 @@ fn main() -> ExitCode {
         | Command::Issue { config, .. }
         | Command::Peers { config }
         | Command::Revoke { config, .. } => &config.config,
-        Command::Init { .. } | Command::Completions { .. } | Command::Man => {
+        Command::Init { .. }
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Status { .. } => {
             unreachable!("handled above")
         }
     };
@@ -260,7 +273,10 @@ fn main() -> ExitCode {
         Command::Revoke { name, .. } => admin::revoke(&config, &name).map(|()| {
             println!("revoked {name}: new connections are refused, running sessions end");
         }),
-        Command::Init { .. } | Command::Completions { .. } | Command::Man => {
+        Command::Init { .. }
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Status { .. } => {
             unreachable!("handled above")
         }
     };
@@ -283,6 +299,44 @@ fn parse_root(root: &str) -> anyhow::Result<DatasetName> {
 fn fail(err: &anyhow::Error) -> ExitCode {
     eprintln!("zrep-recv: {err:#}");
     ExitCode::from(EXIT_FAILED)
+}
+
+fn run_status(path: &std::path::Path, json: bool) -> ExitCode {
+    let config = match RecvConfig::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{NAME}: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let collected = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let zfs = zrep_zfs::SystemZfs::probe(zrep_zfs::SystemZfsConfig::default()).await?;
+                zrep_recv::status::collect(&zfs, &config).await
+            })
+        });
+    match collected {
+        Ok(targets) if json => match serde_json::to_string_pretty(&targets) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{NAME}: {err}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
+        Ok(targets) => {
+            print!("{}", zrep_recv::status::table(&targets));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{NAME}: {err:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
 }
 
 /// Writes generated text to stdout; a closed pipe is not worth a panic.
