@@ -169,3 +169,51 @@ fn receiver_serves_prometheus_metrics_per_peer_and_target() {
     assert!(table.starts_with("PEER"), "{table}");
     assert!(table.contains(&newest.0), "{table}");
 }
+
+#[test]
+fn once_shows_progress_on_a_terminal_and_log_lines_otherwise() {
+    let src = TestPool::create("pgsrc");
+    let dst = TestPool::create("pgdst");
+    let source = src.create_dataset("data");
+    let root = dst.dataset("nas1");
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
+    write_file(
+        &source,
+        "f",
+        &zrep_zfs::testbed::pseudo_random_bytes(4, 3 << 20),
+    );
+    // Not a terminal: no redrawn bar, a plain log line per stream.
+    let plain = config.once();
+    plain.expect_code(0);
+    assert!(!plain.stderr.contains('\r'), "{}", plain.stderr);
+    assert!(
+        plain.stderr.contains("transfer progress="),
+        "{}",
+        plain.stderr
+    );
+    assert!(plain.stderr.contains("awaiting commit"), "{}", plain.stderr);
+
+    // On a terminal (script(1) gives it one): the line is redrawn in place on stderr.
+    std::thread::sleep(Duration::from_millis(1100));
+    write_file(
+        &source,
+        "g",
+        &zrep_zfs::testbed::pseudo_random_bytes(5, 3 << 20),
+    );
+    let command = format!(
+        "RUST_LOG=warn {} once --config '{}'",
+        zrep_e2e::binary("zrep-send").display(),
+        config.path.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\r\x1b[2K"), "{text:?}");
+    assert!(text.contains("MiB/s"), "{text:?}");
+    assert!(text.contains(" replicated to "), "{text:?}");
+}

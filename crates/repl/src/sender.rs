@@ -34,6 +34,35 @@ pub struct SenderOptions {
     pub hold_tag: HoldTag,
     /// Bytes per second of data frames on the wire, at most (`None`: unlimited).
     pub bandwidth_limit: Option<u64>,
+    /// Told after every data frame and at the end of each stream.
+    pub progress: Option<ProgressSink>,
+}
+
+/// How far a stream is.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The dataset (source) and snapshot being sent, `pool/ds@snap`.
+    pub snapshot: String,
+    /// Uncompressed stream bytes so far.
+    pub stream_bytes: u64,
+    /// Data frame bytes on the wire so far.
+    pub wire_bytes: u64,
+    /// `zfs send -nP`'s estimate of the stream, where the platform gives one.
+    pub estimate: Option<u64>,
+    /// Since the stream started.
+    pub elapsed: Duration,
+    /// The stream has ended (the commit answer is still awaited).
+    pub done: bool,
+}
+
+/// A progress callback.
+#[derive(Clone)]
+pub struct ProgressSink(pub std::sync::Arc<dyn Fn(&Progress) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
 }
 
 /// One dataset to replicate.
@@ -431,6 +460,22 @@ where
     W: AsyncWrite + Unpin,
 {
     let snapshot = offer.snapshot.clone();
+    let estimate = offer.size_estimate;
+    let label = format!("{}@{snapshot}", request_dataset(request));
+    let stream_started = Instant::now();
+    let mut stream_bytes = 0u64;
+    let report = |stream_bytes: u64, wire: u64, done: bool| {
+        if let Some(sink) = &options.progress {
+            (sink.0)(&Progress {
+                snapshot: label.clone(),
+                stream_bytes,
+                wire_bytes: wire,
+                estimate,
+                elapsed: stream_started.elapsed(),
+                done,
+            });
+        }
+    };
     conn.session.offer_transfer(offer)?;
     match conn.next_event().await? {
         SenderEvent::Accepted => {}
@@ -474,7 +519,9 @@ where
             let chunk = compressor.compress(raw)?;
             let bytes = conn.session.send_data(raw, chunk, conn.now())?;
             wire += bytes.len() as u64;
+            stream_bytes += raw.len() as u64;
             conn.write_raw(&bytes).await?;
+            report(stream_bytes, wire, false);
             if let Some(pacer) = pacer.as_mut() {
                 pacer.sent(bytes.len()).await;
             }
@@ -496,6 +543,7 @@ where
             "zfs send failed, stream aborted: {message}"
         )));
     }
+    report(stream_bytes, wire, true);
     let summary = conn.session.finish_stream()?;
     conn.flush().await?;
     let answer = tokio::time::timeout(options.commit_timeout, conn.next_event())
@@ -505,6 +553,16 @@ where
         // The session checked that name and GUID are the offer's.
         SenderEvent::Committed { .. } => Ok((summary.bytes, wire)),
         other => Err(unexpected(other)),
+    }
+}
+
+/// The dataset a send request reads, for progress labels.
+fn request_dataset(request: &SendRequest) -> String {
+    match &request.kind {
+        SendKind::Full { snapshot } | SendKind::Incremental { to: snapshot, .. } => {
+            snapshot.dataset().to_string()
+        }
+        SendKind::Resume { .. } => "resumed".to_owned(),
     }
 }
 

@@ -76,6 +76,7 @@ impl Bed {
             commit_timeout: Duration::from_secs(10),
             hold_tag: HoldTag::parse("zrep:backup1").unwrap(),
             bandwidth_limit: None,
+            progress: None,
         }
     }
 

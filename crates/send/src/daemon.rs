@@ -43,6 +43,7 @@ pub async fn run_daemon(config: &SendConfig) -> anyhow::Result<()> {
         commit_timeout: config.commit_timeout,
         hold_tag: hold_tag(&config.server_name),
         bandwidth_limit: config.bandwidth_limit,
+        progress: Some(crate::progress::log()),
     };
     let mut shutdown = std::pin::pin!(shutdown_signal()?);
     if let Some(addr) = config.metrics_listen {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod once;
 pub mod pair;
+pub mod progress;
 pub mod recursive;
 pub mod renew;
 pub mod state;

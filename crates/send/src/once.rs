@@ -43,6 +43,7 @@ pub async fn run_once(config: &SendConfig) -> anyhow::Result<RunOutcome> {
         commit_timeout: config.commit_timeout,
         hold_tag: hold_tag(&config.server_name),
         bandwidth_limit: config.bandwidth_limit,
+        progress: Some(crate::progress::sink()),
     };
     let mut conn: Option<SenderConn> = None;
     let mut renewal_checked = false;
