@@ -95,6 +95,12 @@ fn stale_resume_state_is_discarded_and_the_transfer_restarts() {
         );
     } else {
         note("resumable receive");
+        // The sender exits as soon as it sees the cut; the receiver's zfs receive may still be
+        // cleaning up the partial dataset for a moment (longer on a loaded machine).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while exists(&target) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         assert!(!exists(&target), "zfs-fuse discards a cut full receive");
     }
     // The snapshot the cut stream was carrying disappears from the source.
