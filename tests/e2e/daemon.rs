@@ -289,3 +289,74 @@ fn run_serves_prometheus_metrics() {
     assert!(bytes > 50_000.0, "{body}");
     assert_eq!(daemon.terminate(Duration::from_secs(10)), Some(0));
 }
+
+#[test]
+fn run_keeps_one_session_and_reconnects_after_the_receiver_goes_away() {
+    let src = TestPool::create("rcnsrc");
+    let dst = TestPool::create("rcndst");
+    let source = src.create_dataset("data");
+    let root = dst.dataset("nas1");
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    let proxy = zrep_e2e::SwitchProxy::start(receiver.port);
+    let mut spec = DatasetSpec::new(&source);
+    spec.extra = "interval = \"1s\"\n".into();
+    let config = SenderConfig::new(proxy.port, "nas1", &[spec]);
+    write_file(&source, "f", b"x");
+    let mut daemon = Daemon::start(&config);
+    let wait_for = |what: &dyn Fn(&str) -> bool, limit: u64| {
+        let deadline = Instant::now() + Duration::from_secs(limit);
+        while !what(&daemon.output()) {
+            assert!(
+                Instant::now() < deadline,
+                "{}\n{}",
+                daemon.output(),
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(&|out| successes(out) >= 3, 20);
+    // Several cycles, one session.
+    assert_eq!(count(&receiver.log_text(), "peer connected"), 1);
+
+    // The receiver goes away: cycles fail, the daemon backs off and keeps trying.
+    proxy.switch(0);
+    drop(receiver);
+    let before = successes(&daemon.output());
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(successes(&daemon.output()), before);
+    assert!(
+        daemon.log().contains("cannot reach the receiver"),
+        "{}",
+        daemon.log()
+    );
+
+    // Another receiver (same pool) behind the same address: the daemon reconnects by itself.
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    proxy.switch(receiver.port);
+    wait_for(&|out| successes(out) > before, 30);
+    assert_eq!(daemon.terminate(Duration::from_secs(10)), Some(0));
+    // The last committed snapshot is on both sides with one GUID (a cycle cut by the stop
+    // may have left a newer one on the source only).
+    let out = daemon.output();
+    let last_line = out
+        .lines()
+        .rfind(|l| l.contains(" replicated to ") && !l.contains("NOT"))
+        .unwrap();
+    let last = last_line
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let find = |snaps: Vec<(String, u64)>| snaps.into_iter().find(|(n, _)| n == last);
+    assert!(
+        find(snapshots(&dst.dataset("nas1/data"))).is_some(),
+        "{out}"
+    );
+    assert_eq!(
+        find(snapshots(&dst.dataset("nas1/data"))),
+        find(snapshots(&source))
+    );
+}

@@ -555,3 +555,47 @@ pub async fn client_session(
     ));
     conn
 }
+
+/// A TCP relay whose target can change (0: connections are closed at once), to take a
+/// receiver away and bring another back behind one address.
+#[derive(Debug)]
+pub struct SwitchProxy {
+    /// The port senders connect to (127.0.0.1).
+    pub port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl SwitchProxy {
+    /// Relays new connections to `127.0.0.1:target`.
+    pub fn start(target: u16) -> SwitchProxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let current = shared.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let target = current.load(Ordering::SeqCst);
+                let server = match target {
+                    0 => None,
+                    port => std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+                };
+                match server {
+                    Some(server) => relay(client, server, u64::MAX),
+                    None => drop(client),
+                }
+            }
+        });
+        SwitchProxy {
+            port,
+            target: shared,
+        }
+    }
+
+    /// Relays new connections to `target` from now on (0: refuse them).
+    pub fn switch(&self, target: u16) {
+        self.target
+            .store(target, std::sync::atomic::Ordering::SeqCst);
+    }
+}
