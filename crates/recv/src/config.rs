@@ -62,6 +62,8 @@ struct RawConfig {
     #[serde(default = "default_receive_timeout", with = "humantime_serde")]
     receive_timeout: Duration,
     metrics_listen: Option<String>,
+    #[serde(default)]
+    keep: BTreeMap<String, RawKeep>,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
 }
@@ -222,6 +224,25 @@ impl RecvConfig {
                 );
             }
         }
+        // `[keep]`: retention by peer name, also for peers registered by pairing.
+        for (name, keep) in raw.keep {
+            let name = PeerName::new(name.clone())
+                .map_err(|e| invalid(format!("[keep] peer name {name:?}: {e}")))?;
+            let grid =
+                parse_grid(&keep.grid).map_err(|e| invalid(format!("keep of peer {name}: {e}")))?;
+            let policy = Retention {
+                prefix: keep.prefix,
+                keep: KeepPolicy {
+                    last: keep.last,
+                    grid,
+                },
+            };
+            if retention.insert(name.clone(), policy).is_some() {
+                return Err(invalid(format!(
+                    "peer {name} has keep both in [keep] and in its [[peer]]"
+                )));
+            }
+        }
         Ok(Self {
             listen,
             cert: base.join(raw.cert),
@@ -288,6 +309,14 @@ root = "backup/nas2"
             config.retention[&nas2].keep.to_string(),
             "last 5, grid 1d:30"
         );
+        // `[keep]` names peers registered by pairing too (their roots live in peers.toml).
+        let text = format!("{text}\n[keep]\nnas3 = {{ last = 7 }}\n");
+        let config = RecvConfig::parse(&text, Path::new("recv.toml")).unwrap();
+        let nas3 = PeerName::new("nas3").unwrap();
+        assert_eq!(config.retention[&nas3].keep, KeepPolicy::last(7));
+        let twice = text.replace("nas3 = ", "nas2 = ");
+        let err = RecvConfig::parse(&twice, Path::new("recv.toml")).unwrap_err();
+        assert!(err.to_string().contains("both in [keep]"), "{err}");
         let bad = EXAMPLE.replace(
             "root = \"backup/nas2\"",
             "root = \"backup/nas2\"\nkeep = { grid = \"daily\" }",

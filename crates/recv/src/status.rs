@@ -65,11 +65,10 @@ pub async fn collect<Z: Zfs>(zfs: &Z, config: &RecvConfig) -> anyhow::Result<Vec
             continue;
         }
         let keep = config
-            .peers
-            .keys()
-            .find(|n| n.to_string() == peer)
-            .and_then(|n| config.retention.get(n))
-            .map(|r| r.keep.to_string());
+            .retention
+            .iter()
+            .find(|(n, _)| n.to_string() == peer)
+            .map(|(_, r)| r.keep.to_string());
         for dataset in zfs.list_datasets(&root).await? {
             let Some(target) = dataset.name.relative_to(&root) else {
                 continue; // the root itself
