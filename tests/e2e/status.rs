@@ -20,7 +20,10 @@ fn status_json_check_codes_and_recorded_failures() {
     let root = dst.dataset("nas1");
     let receiver = Receiver::start(&[("nas1", &root)], &[]);
     let mut spec = DatasetSpec::new(&source);
-    spec.extra = "max-lag = { warn = \"3s\", crit = \"6s\" }\n".into();
+    // Thresholds in seconds, stretched under emulation where one cycle takes seconds.
+    let scale = zrep_e2e::time_scale();
+    let (warn_after, crit_after) = (3 * scale, 6 * scale);
+    spec.extra = format!("max-lag = {{ warn = \"{warn_after}s\", crit = \"{crit_after}s\" }}\n");
     let config = SenderConfig::new(receiver.port, "nas1", &[spec]);
 
     // Never replicated: critical.
@@ -44,7 +47,7 @@ fn status_json_check_codes_and_recorded_failures() {
     assert_eq!(entry["state"]["last-snapshot"], name.as_str());
     assert_eq!(entry["state"]["last-guid"], guid);
     assert!(entry["state"]["bytes"].as_u64().unwrap() > 100_000);
-    assert!(entry["lag-secs"].as_u64().unwrap() < 3);
+    assert!(entry["lag-secs"].as_u64().unwrap() < warn_after);
     assert!(entry["state"]["last-error"].is_null());
     // Besides send.toml only the state file (written by rename) and the dataset's lock file.
     let files: Vec<_> = std::fs::read_dir(config.dir())
@@ -74,17 +77,21 @@ fn status_json_check_codes_and_recorded_failures() {
     assert_eq!(entry["state"]["last-snapshot"], name.as_str());
     assert!(config.run("status", &["--check"]).code.unwrap() >= 1);
 
-    std::thread::sleep(Duration::from_millis(3500));
+    std::thread::sleep(Duration::from_millis(3500 * scale));
     let lag = json(&config)[0]["lag-secs"].as_u64().unwrap();
-    if lag <= 6 {
+    if lag <= crit_after {
         let warn = config.run("status", &["--check"]);
         warn.expect_code(1);
         assert!(warn.stdout.starts_with("WARN"), "{}", warn.stdout);
     }
-    std::thread::sleep(Duration::from_millis(3500));
+    std::thread::sleep(Duration::from_millis(3500 * scale));
     let crit = config.run("status", &["--check"]);
     crit.expect_code(2);
-    assert!(crit.stdout.contains("above 6s"), "{}", crit.stdout);
+    assert!(
+        crit.stdout.contains(&format!("above {crit_after}s")),
+        "{}",
+        crit.stdout
+    );
 }
 
 #[test]

@@ -599,3 +599,14 @@ impl SwitchProxy {
             .store(target, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// How much slower than native this run's ZFS is: `ZREP_TEST_TIME_SCALE`, which
+/// `scripts/test-openzfs` sets under emulation (TCG runs ZFS several times slower). Tests that
+/// bound times (intervals, lag thresholds) multiply their limits by it; 1 natively.
+pub fn time_scale() -> u64 {
+    std::env::var("ZREP_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
