@@ -6,41 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use thiserror::Error;
 use zrep_repl::receiver::Retention;
 use zrep_repl::retention::{KeepPolicy, parse_grid};
 use zrep_tls::PeerName;
 use zrep_zfs::DatasetName;
 
-/// Why a configuration cannot be used.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The configuration file.
-        path: PathBuf,
-        /// The operating system's error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or has unknown or missing keys.
-    #[error("{path}: {source}")]
-    Parse {
-        /// The configuration file.
-        path: PathBuf,
-        /// What the TOML parser said.
-        source: Box<toml::de::Error>,
-    },
-    /// A value is well-formed TOML but not acceptable.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The configuration file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use zrep_cli::ConfigError;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -149,23 +120,13 @@ pub struct RecvConfig {
 impl RecvConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&zrep_cli::read_config(path)?, path)
     }
 
     /// Parses configuration text; `path` names the file in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        };
+        let raw: RawConfig = zrep_cli::parse_toml(text, path)?;
+        let invalid = |message: String| ConfigError::invalid(path, message);
         let listen = raw.listen.parse().map_err(|e| {
             invalid(format!(
                 "listen = {:?}: {e} (expected ADDRESS:PORT)",

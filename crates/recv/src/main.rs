@@ -1,13 +1,11 @@
 //! `zrep-recv`: the receive service on the backup host.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 use zrep_recv::admin::{self, InitOptions, IssueOptions};
 use zrep_recv::config::RecvConfig;
 use zrep_tls::PeerName;
@@ -148,30 +146,12 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    zrep_cli::init_logging("info");
     match &cli.command {
         Command::Completions { shell } => {
-            // Into a buffer first: the generator panics on a write error (a closed pipe).
-            let mut text = Vec::new();
-            clap_complete::generate(*shell, &mut Cli::command(), NAME, &mut text);
-            return print_bytes(&text);
+            return zrep_cli::print_completions(*shell, Cli::command(), NAME);
         }
-        Command::Man => {
-            let mut text = Vec::new();
-            return match clap_mangen::Man::new(Cli::command()).render(&mut text) {
-                Ok(()) => print_bytes(&text),
-                Err(err) => {
-                    eprintln!("{NAME}: {err}");
-                    ExitCode::from(1)
-                }
-            };
-        }
+        Command::Man => return zrep_cli::print_man(Cli::command(), NAME),
         Command::Status { config, json } => return run_status(&config.config, *json),
         _ => {}
     }
@@ -336,14 +316,5 @@ fn run_status(path: &std::path::Path, json: bool) -> ExitCode {
             eprintln!("{NAME}: {err:#}");
             ExitCode::from(EXIT_FAILED)
         }
-    }
-}
-
-/// Writes generated text to stdout; a closed pipe is not worth a panic.
-fn print_bytes(text: &[u8]) -> ExitCode {
-    use std::io::Write;
-    match std::io::stdout().write_all(text) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::from(1),
     }
 }

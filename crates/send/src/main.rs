@@ -1,13 +1,11 @@
 //! `zrep-send`: the push agent on the primary.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 use zrep_send::config::SendConfig;
 use zrep_send::once::{RunOutcome, run_once};
 use zrep_send::pair::{PairOptions, pair};
@@ -102,30 +100,12 @@ const EXIT_CHECK_UNKNOWN: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    zrep_cli::init_logging("warn");
     match &cli.command {
         Command::Completions { shell } => {
-            // Into a buffer first: the generator panics on a write error (a closed pipe).
-            let mut text = Vec::new();
-            clap_complete::generate(*shell, &mut Cli::command(), NAME, &mut text);
-            return print_bytes(&text);
+            return zrep_cli::print_completions(*shell, Cli::command(), NAME);
         }
-        Command::Man => {
-            let mut text = Vec::new();
-            return match clap_mangen::Man::new(Cli::command()).render(&mut text) {
-                Ok(()) => print_bytes(&text),
-                Err(err) => {
-                    eprintln!("{NAME}: {err}");
-                    ExitCode::from(1)
-                }
-            };
-        }
+        Command::Man => return zrep_cli::print_man(Cli::command(), NAME),
         _ => {}
     }
     let config = match cli.command {
@@ -310,14 +290,5 @@ fn run_csr(name: &PeerName, dir: &std::path::Path) -> ExitCode {
             eprintln!("zrep-send: {err:#}");
             ExitCode::from(EXIT_SETUP)
         }
-    }
-}
-
-/// Writes generated text to stdout; a closed pipe is not worth a panic.
-fn print_bytes(text: &[u8]) -> ExitCode {
-    use std::io::Write;
-    match std::io::stdout().write_all(text) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::from(1),
     }
 }

@@ -1,0 +1,135 @@
+//! What both zrep programs need around their own logic: reading a TOML configuration with
+//! errors that name the file, setting up logging, and printing completions and man pages
+//! generated from their clap definitions.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use tracing_subscriber::EnvFilter;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The configuration file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or missing keys.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The configuration file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is well-formed TOML but not acceptable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// A value of the file at `path` is not acceptable.
+    pub fn invalid(path: &Path, message: String) -> Self {
+        Self::Invalid {
+            path: path.to_owned(),
+            message,
+        }
+    }
+}
+
+/// Reads a configuration file.
+pub fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses configuration text read from `path` (named in errors).
+pub fn parse_toml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (else `default_filter`), coloured
+/// only on a terminal.
+pub fn init_logging(default_filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Prints shell completions for `command` on stdout.
+pub fn print_completions(
+    shell: clap_complete::Shell,
+    mut command: clap::Command,
+    name: &str,
+) -> ExitCode {
+    // Into a buffer first: the generator panics on a write error (a closed pipe).
+    let mut text = Vec::new();
+    clap_complete::generate(shell, &mut command, name, &mut text);
+    print_bytes(&text)
+}
+
+/// Prints the man page of `command` on stdout.
+pub fn print_man(command: clap::Command, name: &str) -> ExitCode {
+    let mut text = Vec::new();
+    match clap_mangen::Man::new(command).render(&mut text) {
+        Ok(()) => print_bytes(&text),
+        Err(err) => {
+            eprintln!("{name}: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_bytes(text: &[u8]) -> ExitCode {
+    match std::io::stdout().write_all(text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_file() {
+        let path = Path::new("/etc/zrep/x.toml");
+        let parsed: Result<std::collections::BTreeMap<String, u8>, _> = parse_toml("a = ", path);
+        assert!(
+            parsed
+                .unwrap_err()
+                .to_string()
+                .starts_with("/etc/zrep/x.toml: ")
+        );
+        let missing = read_config(Path::new("/nonexistent/zrep.toml")).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .contains("cannot read /nonexistent/zrep.toml")
+        );
+        let invalid = ConfigError::invalid(path, "bad".into());
+        assert_eq!(invalid.to_string(), "/etc/zrep/x.toml: bad");
+    }
+}
