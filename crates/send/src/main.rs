@@ -125,19 +125,9 @@ fn main() -> ExitCode {
         Command::Run { config } => return run_daemon(&config),
         Command::Completions { .. } | Command::Man => unreachable!("handled above"),
     };
-    let config = match SendConfig::load(&config) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("zrep-send: {err}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("zrep-send: cannot start the runtime: {err}");
-            return ExitCode::from(EXIT_SETUP);
-        }
+    let (config, runtime) = match config_and_runtime(&config) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     match runtime.block_on(run_once(&config)) {
         Ok(RunOutcome::AllReplicated) => ExitCode::SUCCESS,
@@ -150,19 +140,9 @@ fn main() -> ExitCode {
 }
 
 fn run_daemon(config: &std::path::Path) -> ExitCode {
-    let config = match SendConfig::load(config) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("zrep-send: {err}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("zrep-send: cannot start the runtime: {err}");
-            return ExitCode::from(EXIT_SETUP);
-        }
+    let (config, runtime) = match config_and_runtime(config) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     match runtime.block_on(zrep_send::daemon::run_daemon(&config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -291,4 +271,19 @@ fn run_csr(name: &PeerName, dir: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_SETUP)
         }
     }
+}
+
+/// Loads the configuration and starts the runtime, or says why not with the exit status to use.
+fn config_and_runtime(
+    path: &std::path::Path,
+) -> Result<(SendConfig, tokio::runtime::Runtime), ExitCode> {
+    let config = SendConfig::load(path).map_err(|err| {
+        eprintln!("zrep-send: {err}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|err| {
+        eprintln!("zrep-send: cannot start the runtime: {err}");
+        ExitCode::from(EXIT_SETUP)
+    })?;
+    Ok((config, runtime))
 }

@@ -33,16 +33,7 @@ pub fn server_config(
     server_cert_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = provider();
-    let roots = Arc::new(root_store(ca_certs)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(TLS13_ONLY)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(server_cert_chain, server_key)?;
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
+    build_server_config(ca_certs, server_cert_chain, server_key, false)
 }
 
 /// The rustls configuration of a zrep-recv that also lets unpaired senders enrol.
@@ -57,15 +48,27 @@ pub fn server_config_allowing_pairing(
     server_cert_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    build_server_config(ca_certs, server_cert_chain, server_key, true)
+}
+
+/// The two server configurations differ only in whether a client may omit its certificate.
+fn build_server_config(
+    ca_certs: &[CertificateDer<'static>],
+    server_cert_chain: Vec<CertificateDer<'static>>,
+    server_key: PrivateKeyDer<'static>,
+    allow_unauthenticated: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let roots = Arc::new(root_store(ca_certs)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .allow_unauthenticated()
-        .build()?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    if allow_unauthenticated {
+        verifier = verifier.allow_unauthenticated();
+    }
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(TLS13_ONLY)?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.build()?)
         .with_single_cert(server_cert_chain, server_key)?;
+    // Every connection gets the full certificate check: no resumption.
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
