@@ -141,6 +141,10 @@ wire_code! {
         NoSpace = 4 => "no-space",
         /// Any other receiver-side error (could not start `zfs receive`, I/O error, ...).
         Internal = 5 => "internal",
+        /// The stream is not of the offered and agreed shape (compound, clone, dedup, another
+        /// snapshot or base, features not agreed): refused before that part reached
+        /// `zfs receive`, and whatever this transfer had applied was undone.
+        StreamRefused = 6 => "stream-refused",
     }
 }
 

@@ -315,6 +315,13 @@ pub trait Zfs: Send + Sync {
         snapshot: &SnapshotName,
     ) -> impl Future<Output = Result<(), ZfsError>> + Send;
 
+    /// Destroys a dataset with its snapshots and anything below it (`zfs destroy -r`). The
+    /// receiver uses it only on a dataset its own failed transfer created.
+    fn destroy_dataset(
+        &self,
+        dataset: &DatasetName,
+    ) -> impl Future<Output = Result<(), ZfsError>> + Send;
+
     /// Places a user hold.
     fn hold(
         &self,

@@ -4,7 +4,7 @@
 //! classify as they do on real ZFS: GUIDs travel with snapshots, a full stream needs an absent
 //! target, an incremental needs its base to be the target's newest snapshot and an unmodified
 //! target, held snapshots refuse destruction, a cut stream lands nothing. Files are a flat map per
-//! dataset; streams are a private format. It is never the only proof: the same behaviours are
+//! dataset; streams are ZFS's record framing around a private payload. It is never the only proof: the same behaviours are
 //! tested on real ZFS.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -362,6 +362,29 @@ impl Zfs for FakeZfs {
         Ok(())
     }
 
+    async fn destroy_dataset(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        let mut state = self.lock();
+        let args = ["destroy", "-r", dataset.as_str()];
+        state.dataset(dataset, &args)?;
+        let doomed: Vec<String> = state.below(dataset).map(|(name, _)| name.clone()).collect();
+        for name in &doomed {
+            if let Some(held) = state.datasets[name]
+                .snapshots
+                .iter()
+                .find(|s| !s.holds.is_empty())
+            {
+                return Err(failure(
+                    &args,
+                    format!("cannot destroy snapshot {name}@{}: dataset is busy", held.short),
+                ));
+            }
+        }
+        for name in doomed {
+            state.datasets.remove(&name);
+        }
+        Ok(())
+    }
+
     async fn hold(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<(), ZfsError> {
         let mut state = self.lock();
         let args = ["hold", tag.as_str(), snapshot.as_str()];
@@ -553,7 +576,7 @@ impl Zfs for FakeZfs {
                             format!("WARNING: could not send {snapshot}: does not exist"),
                         )
                     })?;
-                encode_stream(0, std::slice::from_ref(snap))
+                encode_stream(&snapshot.dataset(), 0, std::slice::from_ref(snap))
             }
             SendKind::Incremental {
                 from,
@@ -606,7 +629,7 @@ impl Zfs for FakeZfs {
                 } else {
                     end..=end
                 };
-                encode_stream(from_guid, &ds.snapshots[range])
+                encode_stream(&to.dataset(), from_guid, &ds.snapshots[range])
             }
             SendKind::Resume { .. } => {
                 return Err(self.unsupported("resumable send in the fake"));
@@ -875,22 +898,79 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn encode_stream(from_guid: u64, snapshots: &[Snapshot]) -> Vec<u8> {
-    let mut out = STREAM_MAGIC.to_vec();
-    out.extend_from_slice(&from_guid.to_be_bytes());
-    out.extend_from_slice(&(snapshots.len() as u64).to_be_bytes());
-    for snap in snapshots {
-        put_bytes(&mut out, snap.short.as_bytes());
-        out.extend_from_slice(&snap.guid.to_be_bytes());
-        out.extend_from_slice(&snap.creation.to_be_bytes());
-        out.extend_from_slice(&(snap.files.len() as u64).to_be_bytes());
-        for (path, data) in &snap.files {
-            put_bytes(&mut out, path.as_bytes());
-            put_bytes(&mut out, data);
-        }
+/// A stream in ZFS's own record framing, so that the receiver's stream inspection sees what it
+/// sees from `zfs send`: one substream per snapshot (a BEGIN record whose payload carries the
+/// fake's files, then END), wrapped in a compound package (outer BEGIN, substreams, END) when
+/// there are several, as `zfs send -I` does. Records are little-endian, as from an x86 sender.
+fn encode_stream(dataset: &DatasetName, from_guid: u64, snapshots: &[Snapshot]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let compound = snapshots.len() > 1;
+    if compound {
+        begin_record(&mut out, HDR_COMPOUND, 0, 0, 0, &dataset.to_string(), 0);
     }
-    out.extend_from_slice(STREAM_MAGIC);
+    let mut from = from_guid;
+    for snap in snapshots {
+        let mut blob = STREAM_MAGIC.to_vec();
+        put_bytes(&mut blob, snap.short.as_bytes());
+        blob.extend_from_slice(&snap.guid.to_be_bytes());
+        blob.extend_from_slice(&snap.creation.to_be_bytes());
+        blob.extend_from_slice(&(snap.files.len() as u64).to_be_bytes());
+        for (path, data) in &snap.files {
+            put_bytes(&mut blob, path.as_bytes());
+            put_bytes(&mut blob, data);
+        }
+        let name = format!("{dataset}@{}", snap.short);
+        begin_record(&mut out, HDR_SUBSTREAM, snap.creation, snap.guid, from, &name, blob.len());
+        out.extend_from_slice(&blob);
+        end_record(&mut out, snap.guid);
+        from = snap.guid;
+    }
+    if compound {
+        end_record(&mut out, 0);
+    }
     out
+}
+
+const RECORD_LEN: usize = 312;
+const DRR_BEGIN: u32 = 0;
+const DRR_END: u32 = 5;
+const BACKUP_MAGIC: u64 = 0x2_F5BA_CBAC;
+const HDR_SUBSTREAM: u64 = 1;
+const HDR_COMPOUND: u64 = 2;
+/// `dmu_objset_type_t` of a filesystem.
+const OBJSET_ZFS: u32 = 2;
+
+fn begin_record(
+    out: &mut Vec<u8>,
+    header: u64,
+    creation: u64,
+    to_guid: u64,
+    from_guid: u64,
+    to_name: &str,
+    payload: usize,
+) {
+    let mut record = [0u8; RECORD_LEN];
+    record[0..4].copy_from_slice(&DRR_BEGIN.to_le_bytes());
+    let payload = u32::try_from(payload).expect("fake streams are small");
+    record[4..8].copy_from_slice(&payload.to_le_bytes());
+    record[8..16].copy_from_slice(&BACKUP_MAGIC.to_le_bytes());
+    record[16..24].copy_from_slice(&header.to_le_bytes());
+    record[24..32].copy_from_slice(&creation.to_le_bytes());
+    record[32..36].copy_from_slice(&OBJSET_ZFS.to_le_bytes());
+    record[40..48].copy_from_slice(&to_guid.to_le_bytes());
+    record[48..56].copy_from_slice(&from_guid.to_le_bytes());
+    let name = to_name.as_bytes();
+    let len = name.len().min(223);
+    record[56..56 + len].copy_from_slice(&name[..len]);
+    out.extend_from_slice(&record);
+}
+
+fn end_record(out: &mut Vec<u8>, to_guid: u64) {
+    let mut record = [0u8; RECORD_LEN];
+    record[0..4].copy_from_slice(&DRR_END.to_le_bytes());
+    // drr_end: the stream checksum (32 bytes, left zero here), then drr_toguid.
+    record[40..48].copy_from_slice(&to_guid.to_le_bytes());
+    out.extend_from_slice(&record);
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -911,38 +991,85 @@ impl Reader<'_> {
         self.0 = rest;
         Some(head.to_vec())
     }
+
+    fn record(&mut self) -> Option<&[u8]> {
+        if self.0.len() < RECORD_LEN {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(RECORD_LEN);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn raw(&mut self, len: usize) -> Option<&[u8]> {
+        if self.0.len() < len {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(head)
+    }
 }
 
-/// `None` for a truncated or foreign stream.
+fn le32(record: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(record[at..at + 4].try_into().unwrap_or_default())
+}
+
+fn le64(record: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(record[at..at + 8].try_into().unwrap_or_default())
+}
+
+/// `None` for a truncated or foreign stream: the first substream's base GUID and the snapshots.
 fn decode_stream(bytes: &[u8]) -> Option<(u64, Vec<Snapshot>)> {
-    let mut r = Reader(
-        bytes
-            .strip_prefix(STREAM_MAGIC)?
-            .strip_suffix(STREAM_MAGIC)?,
-    );
-    let from_guid = r.u64()?;
-    let count = r.u64()?;
-    let mut snapshots = Vec::new();
-    for _ in 0..count {
-        let short = String::from_utf8(r.bytes()?).ok()?;
-        let guid = r.u64()?;
-        let creation = r.u64()?;
-        let files = r.u64()?;
-        let mut map = BTreeMap::new();
-        for _ in 0..files {
-            let path = String::from_utf8(r.bytes()?).ok()?;
-            map.insert(path, r.bytes()?);
-        }
-        snapshots.push(Snapshot {
-            short,
-            guid,
-            creation,
-            txg: 0,
-            holds: BTreeSet::new(),
-            files: map,
-        });
+    let mut r = Reader(bytes);
+    let first = r.record()?;
+    if le32(first, 0) != DRR_BEGIN || le64(first, 8) != BACKUP_MAGIC {
+        return None;
     }
-    r.0.is_empty().then_some((from_guid, snapshots))
+    let compound = le64(first, 16) & 3 == HDR_COMPOUND;
+    let mut next = if compound { r.record()? } else { first };
+    let mut from_guid = None;
+    let mut snapshots = Vec::new();
+    loop {
+        if le32(next, 0) != DRR_BEGIN || le64(next, 16) & 3 != HDR_SUBSTREAM {
+            return None;
+        }
+        from_guid.get_or_insert(le64(next, 48));
+        let payload = usize::try_from(le32(next, 4)).ok()?;
+        snapshots.push(decode_blob(r.raw(payload)?)?);
+        if le32(r.record()?, 0) != DRR_END {
+            return None;
+        }
+        if !compound {
+            break;
+        }
+        next = r.record()?;
+        if le32(next, 0) == DRR_END {
+            break;
+        }
+    }
+    r.0.is_empty().then_some((from_guid?, snapshots))
+}
+
+fn decode_blob(blob: &[u8]) -> Option<Snapshot> {
+    let mut r = Reader(blob.strip_prefix(STREAM_MAGIC)?);
+    let short = String::from_utf8(r.bytes()?).ok()?;
+    let guid = r.u64()?;
+    let creation = r.u64()?;
+    let files = r.u64()?;
+    let mut map = BTreeMap::new();
+    for _ in 0..files {
+        let path = String::from_utf8(r.bytes()?).ok()?;
+        map.insert(path, r.bytes()?);
+    }
+    r.0.is_empty().then_some(Snapshot {
+        short,
+        guid,
+        creation,
+        txg: 0,
+        holds: BTreeSet::new(),
+        files: map,
+    })
 }
 
 #[cfg(test)]

@@ -258,6 +258,12 @@ impl Zfs for SystemZfs {
             .map(drop)
     }
 
+    async fn destroy_dataset(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        self.zfs(args(["destroy", "-r", dataset.as_str()]))
+            .await
+            .map(drop)
+    }
+
     async fn hold(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<(), ZfsError> {
         self.zfs(args(["hold", tag.as_str(), snapshot.as_str()]))
             .await
