@@ -93,6 +93,7 @@ impl Bed {
             drop_next_commit_answer: self.drop_commit.clone(),
             retention: None,
             metrics: Default::default(),
+            danger_skip_stream_inspection: false,
         };
         let dst = self.dst.clone();
         let receiver = tokio::spawn(async move {

@@ -899,14 +899,16 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// A stream in ZFS's own record framing, so that the receiver's stream inspection sees what it
-/// sees from `zfs send`: one substream per snapshot (a BEGIN record whose payload carries the
-/// fake's files, then END), wrapped in a compound package (outer BEGIN, substreams, END) when
+/// sees from `zfs send`: one substream per snapshot (BEGIN, one WRITE record whose block carries
+/// the fake's files, END), wrapped in a compound package (outer BEGIN and END, substreams, END) when
 /// there are several, as `zfs send -I` does. Records are little-endian, as from an x86 sender.
 fn encode_stream(dataset: &DatasetName, from_guid: u64, snapshots: &[Snapshot]) -> Vec<u8> {
     let mut out = Vec::new();
     let compound = snapshots.len() > 1;
-    if compound {
-        begin_record(&mut out, HDR_COMPOUND, 0, 0, 0, &dataset.to_string(), 0);
+    if let (true, Some(last)) = (compound, snapshots.last()) {
+        let name = format!("{dataset}@{}", last.short);
+        begin_record(&mut out, HDR_COMPOUND, 0, 0, 0, &name, 0);
+        end_record(&mut out, 0);
     }
     let mut from = from_guid;
     for snap in snapshots {
@@ -920,7 +922,8 @@ fn encode_stream(dataset: &DatasetName, from_guid: u64, snapshots: &[Snapshot]) 
             put_bytes(&mut blob, data);
         }
         let name = format!("{dataset}@{}", snap.short);
-        begin_record(&mut out, HDR_SUBSTREAM, snap.creation, snap.guid, from, &name, blob.len());
+        begin_record(&mut out, HDR_SUBSTREAM, snap.creation, snap.guid, from, &name, 0);
+        write_record(&mut out, snap.guid, blob.len());
         out.extend_from_slice(&blob);
         end_record(&mut out, snap.guid);
         from = snap.guid;
@@ -933,6 +936,7 @@ fn encode_stream(dataset: &DatasetName, from_guid: u64, snapshots: &[Snapshot]) 
 
 const RECORD_LEN: usize = 312;
 const DRR_BEGIN: u32 = 0;
+const DRR_WRITE: u32 = 3;
 const DRR_END: u32 = 5;
 const BACKUP_MAGIC: u64 = 0x2_F5BA_CBAC;
 const HDR_SUBSTREAM: u64 = 1;
@@ -962,6 +966,17 @@ fn begin_record(
     let name = to_name.as_bytes();
     let len = name.len().min(223);
     record[56..56 + len].copy_from_slice(&name[..len]);
+    out.extend_from_slice(&record);
+}
+
+fn write_record(out: &mut Vec<u8>, to_guid: u64, len: usize) {
+    let mut record = [0u8; RECORD_LEN];
+    record[0..4].copy_from_slice(&DRR_WRITE.to_le_bytes());
+    // drr_write: object, type, pad, offset, then the logical size (the payload: the block,
+    // uncompressed as drr_compressiontype is 0), then toguid.
+    record[8..16].copy_from_slice(&1u64.to_le_bytes());
+    record[32..40].copy_from_slice(&(len as u64).to_le_bytes());
+    record[40..48].copy_from_slice(&to_guid.to_le_bytes());
     out.extend_from_slice(&record);
 }
 
@@ -1027,7 +1042,14 @@ fn decode_stream(bytes: &[u8]) -> Option<(u64, Vec<Snapshot>)> {
         return None;
     }
     let compound = le64(first, 16) & 3 == HDR_COMPOUND;
-    let mut next = if compound { r.record()? } else { first };
+    let mut next = if compound {
+        if le32(r.record()?, 0) != DRR_END {
+            return None;
+        }
+        r.record()?
+    } else {
+        first
+    };
     let mut from_guid = None;
     let mut snapshots = Vec::new();
     loop {
@@ -1035,8 +1057,12 @@ fn decode_stream(bytes: &[u8]) -> Option<(u64, Vec<Snapshot>)> {
             return None;
         }
         from_guid.get_or_insert(le64(next, 48));
-        let payload = usize::try_from(le32(next, 4)).ok()?;
-        snapshots.push(decode_blob(r.raw(payload)?)?);
+        let write = r.record()?;
+        if le32(write, 0) != DRR_WRITE {
+            return None;
+        }
+        let len = usize::try_from(le64(write, 32)).ok()?;
+        snapshots.push(decode_blob(r.raw(len)?)?);
         if le32(r.record()?, 0) != DRR_END {
             return None;
         }

@@ -14,6 +14,7 @@ mod caps;
 mod driver;
 mod error;
 mod name;
+pub mod received;
 pub mod stream;
 mod system;
 

@@ -8,22 +8,31 @@
 //! anything. The one destructive step is the receiver's own retention
 //! ([`ReceiverPolicy::retention`]): after a commit, zrep-named snapshots of that target that
 //! the receiver's policy lets go are destroyed, never the newest one.
+//!
+//! What lands is what was offered: every stream passes the stream guard ([`pump`]) before it
+//! reaches `zfs receive`, and a transfer that does not commit leaves nothing behind
+//! ([`landing`]).
+
+mod landing;
+mod pump;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 use zrep_proto::{
     AbortResumeOutcome, ErrorCode, FailureCode, ReceiverEvent, ReceiverSession, RefusalCode,
     SnapshotInfo as WireSnapshot, StreamKind, TargetState, TransferOffer,
 };
-use zrep_zfs::{
-    DatasetName, Dialect, PropertyName, ReceiveRequest, ReceiveSink, RelativeName, SnapshotName,
-    Zfs, ZfsError,
-};
+use zrep_zfs::received::{is_read_only, resume_token, seal_tree};
+use zrep_zfs::stream::StreamExpectation;
+use zrep_zfs::{DatasetName, PropertyName, RelativeName, SnapshotName, Zfs, ZfsError};
+
+use self::landing::{Before, Partial, finalize, undo};
+use self::pump::{PumpSpec, Pumped, pump};
 
 use crate::naming::parse_snapshot_time;
 use crate::retention::KeepPolicy;
@@ -77,6 +86,9 @@ pub struct ReceiverPolicy {
     pub retention: Option<Retention>,
     /// Counters for the metrics endpoint, shared by all sessions.
     pub metrics: ReceiverMetrics,
+    /// Test builds only: let streams reach `zfs receive` uninspected, to show that the receive
+    /// options alone keep forged properties out. Never set in a release build.
+    pub danger_skip_stream_inspection: bool,
 }
 
 /// Per peer and target: commits, received bytes, failures, refusals, prunes, last commit time.
@@ -345,13 +357,7 @@ async fn target_state<Z: Zfs>(
         })
         .collect();
     state.read_only = is_read_only(zfs, dataset).await?;
-    if zfs.capabilities().resumable_receive {
-        state.resume_token = zfs
-            .get_property(dataset, &property("receive_resume_token"))
-            .await?
-            .map(|v| v.value)
-            .filter(|v| v != "-");
-    }
+    state.resume_token = resume_token(zfs, dataset).await?;
     Ok(state)
 }
 
@@ -360,11 +366,21 @@ fn property(name: &'static str) -> PropertyName {
     PropertyName::parse(name).unwrap_or_else(|_| unreachable!("{name} is a valid property name"))
 }
 
-async fn is_read_only<Z: Zfs>(zfs: &Z, dataset: &DatasetName) -> Result<bool, ZfsError> {
-    Ok(zfs
-        .get_property(dataset, &property("readonly"))
-        .await?
-        .is_some_and(|v| v.value == "on"))
+/// Seals every peer root at start-up: anything below a root that is writable or mounted
+/// (left by an older zrep-recv, or changed by hand) is made read-only and unmounted, each fix
+/// logged. A root that does not exist yet is skipped.
+pub async fn seal_roots<Z: Zfs>(
+    zfs: &Z,
+    roots: impl IntoIterator<Item = (String, DatasetName)>,
+) -> Result<(), ZfsError> {
+    for (peer, root) in roots {
+        for (dataset, fixes) in seal_tree(zfs, &root).await? {
+            for fix in fixes {
+                warn!(%peer, %dataset, %fix, "sealed a dataset under a peer root");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks an offer, runs the receive, verifies and answers.
@@ -410,6 +426,15 @@ where
         conn.session.refuse(code, message)?;
         return Ok(());
     }
+    let before = match Before::record(zfs, &dataset).await {
+        Ok(before) => before,
+        Err(err) => {
+            policy.metrics.refused(&policy.peer, &offer.target);
+            conn.session
+                .refuse(RefusalCode::NotPermitted, format!("reading the target: {err}"))?;
+            return Ok(());
+        }
+    };
     if let Err(err) = ensure_parents(zfs, &policy.root, &dataset).await {
         policy.metrics.refused(&policy.peer, &offer.target);
         conn.session.refuse(
@@ -418,25 +443,32 @@ where
         )?;
         return Ok(());
     }
-    let sink = match zfs.receive(&receive_request(zfs, &dataset)).await {
-        Ok(sink) => sink,
-        Err(err) => {
-            policy.metrics.refused(&policy.peer, &offer.target);
-            conn.session
-                .refuse(RefusalCode::Unsupported, err.to_string())?;
-            return Ok(());
-        }
-    };
     conn.session.accept()?;
     info!(peer = %policy.peer, target = %dataset, snapshot = %offer.snapshot, "receiving");
-    let outcome = pump(conn, policy, sink).await?;
+    let spec = PumpSpec {
+        dataset: &dataset,
+        expect: expectation(&offer, &before),
+        write_timeout: policy.write_timeout,
+        danger_skip_inspection: policy.danger_skip_stream_inspection,
+    };
+    let outcome = match pump(zfs, conn, spec).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            // Cut link or a peer's error frame: nothing it sent stays but a resumable state.
+            undo(zfs, &policy.peer, &dataset, &before, Partial::Keep).await;
+            return Err(err);
+        }
+    };
     let mut received = 0;
     let verdict = match outcome {
-        Pumped::Aborted(message) => Err((FailureCode::Aborted, message)),
-        Pumped::Failed(failure) => Err(failure),
-        Pumped::Received(bytes) => {
+        Pumped::Aborted(message) => Err((FailureCode::Aborted, message, Partial::Keep)),
+        Pumped::Failed((code, message)) => Err((code, message, Partial::Keep)),
+        Pumped::Refused(message) => Err((FailureCode::StreamRefused, message, Partial::Discard)),
+        Pumped::Received { bytes, summary } => {
             received = bytes;
-            finalize(zfs, &dataset, &snapshot, offer.guid).await
+            finalize(zfs, &dataset, &snapshot, offer.guid, summary.as_ref())
+                .await
+                .map_err(|(code, message)| (code, message, Partial::Discard))
         }
     };
     match verdict {
@@ -457,13 +489,37 @@ where
                 flushed?;
             }
         }
-        Err((code, message)) => {
+        Err((code, message, partial)) => {
             warn!(peer = %policy.peer, target = %dataset, %code, %message, "transfer failed");
+            undo(zfs, &policy.peer, &dataset, &before, partial).await;
             policy.metrics.failed(&policy.peer, &offer.target);
             conn.session.failed(code, message)?;
         }
     }
     Ok(())
+}
+
+/// The only stream the offer, as checked against the target, lets through.
+fn expectation(offer: &TransferOffer, before: &Before) -> StreamExpectation {
+    let (from_guid, intermediates, resuming) = match &offer.kind {
+        StreamKind::Full => (None, false, false),
+        StreamKind::Incremental {
+            base_guid,
+            intermediates,
+            ..
+        } => (Some(*base_guid), *intermediates, false),
+        // A resumed stream continues the interrupted one: from the target's newest snapshot,
+        // or a full stream if it has none; `zfs receive` matches it to the partial state.
+        StreamKind::Resume { .. } => (before.newest.as_ref().map(|(_, guid)| *guid), false, true),
+    };
+    StreamExpectation {
+        from_guid,
+        to_guid: offer.guid,
+        to_snapshot: offer.snapshot.clone(),
+        raw: offer.raw,
+        resuming,
+        intermediates,
+    }
 }
 
 /// Whether the offer fits the target as it is now.
@@ -484,12 +540,8 @@ async fn check_offer<Z: Zfs>(
     }
     let internal = |err: ZfsError| (RefusalCode::NotPermitted, err.to_string());
     let exists = zfs.exists(dataset).await.map_err(internal)?;
-    let pending = if exists && caps.resumable_receive {
-        zfs.get_property(dataset, &property("receive_resume_token"))
-            .await
-            .map_err(internal)?
-            .map(|v| v.value)
-            .filter(|v| v != "-")
+    let pending = if exists {
+        resume_token(zfs, dataset).await.map_err(internal)?
     } else {
         None
     };
@@ -602,105 +654,6 @@ async fn ensure_parents<Z: Zfs>(
     Ok(())
 }
 
-fn receive_request<Z: Zfs>(zfs: &Z, dataset: &DatasetName) -> ReceiveRequest {
-    let caps = zfs.capabilities();
-    let mut request = ReceiveRequest::new(dataset.clone());
-    request.resumable = caps.resumable_receive;
-    request.no_mount = caps.receive_no_mount;
-    if caps.receive_set_property {
-        request
-            .set_properties
-            .push((property("readonly"), "on".to_owned()));
-    }
-    request
-}
-
-enum Pumped {
-    /// The stream ended and zfs receive succeeded; the stream's bytes.
-    Received(u64),
-    Aborted(String),
-    Failed((FailureCode, String)),
-}
-
-/// Feeds data events into `zfs receive` until the stream ends.
-async fn pump<R, W>(
-    conn: &mut Connection<ReceiverSession, R, W>,
-    policy: &ReceiverPolicy,
-    mut sink: ReceiveSink,
-) -> Result<Pumped, ServeError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        let event = match conn.next_event().await {
-            Ok(event) => event,
-            Err(err) => {
-                // End the stream instead of killing zfs receive: with `-s` the part received so
-                // far is kept with a resume token, and the sender continues from there.
-                let _ = sink.finish().await;
-                return Err(err.into());
-            }
-        };
-        match event {
-            ReceiverEvent::Data(bytes) => {
-                let write =
-                    tokio::time::timeout(policy.write_timeout, sink.writer.write_all(&bytes)).await;
-                match write {
-                    Ok(Ok(())) => {}
-                    // zfs receive stopped reading: it exited, and its status says why.
-                    Ok(Err(_)) => {
-                        return Ok(match sink.finish().await {
-                            Err(err) => Pumped::Failed(classify_failure(&err)),
-                            Ok(()) => Pumped::Failed((
-                                FailureCode::Internal,
-                                "zfs receive exited before the stream ended".into(),
-                            )),
-                        });
-                    }
-                    Err(_) => {
-                        // Dropping the sink kills the stalled zfs receive.
-                        drop(sink);
-                        return Ok(Pumped::Failed((
-                            FailureCode::Internal,
-                            format!(
-                                "zfs receive accepted no data for {:?}",
-                                policy.write_timeout
-                            ),
-                        )));
-                    }
-                }
-            }
-            ReceiverEvent::StreamEnded { bytes, .. } => {
-                debug!(bytes, "stream ended, waiting for zfs receive");
-                return Ok(match sink.finish().await {
-                    Ok(()) => Pumped::Received(bytes),
-                    Err(err) => Pumped::Failed(classify_failure(&err)),
-                });
-            }
-            ReceiverEvent::StreamAborted { message } => {
-                // As above: a resumable receive keeps what it got.
-                let _ = sink.finish().await;
-                return Ok(Pumped::Aborted(message));
-            }
-            ReceiverEvent::PeerError { code, message } => {
-                return Err(ServeError::Peer { code, message });
-            }
-            other => {
-                conn.session.error(
-                    ErrorCode::ProtocolViolation,
-                    format!("unexpected {other:?} during a stream"),
-                );
-                conn.shutdown().await;
-                return Err(ServeError::Peer {
-                    code: ErrorCode::ProtocolViolation,
-                    message: "unexpected event during a stream".into(),
-                });
-            }
-        }
-    }
-}
-
 fn classify_failure(err: &ZfsError) -> (FailureCode, String) {
     let text = err.to_string();
     let code = if text.contains("out of space") || text.contains("No space left") {
@@ -715,62 +668,6 @@ fn classify_failure(err: &ZfsError) -> (FailureCode, String) {
         _ => "",
     };
     (code, format!("{text}{hint}"))
-}
-
-/// Makes the target read-only (and, on zfs-fuse, unmounted so the setting reads back truly),
-/// then checks the snapshot's GUID.
-async fn finalize<Z: Zfs>(
-    zfs: &Z,
-    dataset: &DatasetName,
-    snapshot: &SnapshotName,
-    guid: u64,
-) -> Result<(), (FailureCode, String)> {
-    let internal = |what: &str, err: ZfsError| (FailureCode::Internal, format!("{what}: {err}"));
-    zfs.set_property(dataset, &property("readonly"), "on")
-        .await
-        .map_err(|e| internal("setting readonly=on", e))?;
-    if zfs.capabilities().dialect == Dialect::Legacy {
-        // zfs-fuse reports a mounted read-only filesystem as `off temporary`; unmounted, its
-        // property reads true. Backups need no mount, and an unmounted one cannot change.
-        zfs.set_property(dataset, &property("canmount"), "noauto")
-            .await
-            .map_err(|e| internal("setting canmount=noauto", e))?;
-        zfs.unmount(dataset)
-            .await
-            .map_err(|e| internal("unmounting", e))?;
-    }
-    let snapshots = zfs
-        .list_snapshots(dataset, false)
-        .await
-        .map_err(|e| internal("listing snapshots", e))?;
-    match snapshots.iter().find(|s| s.name == *snapshot) {
-        Some(found) if found.guid.0 == guid => {}
-        Some(found) => {
-            return Err((
-                FailureCode::GuidMismatch,
-                format!(
-                    "{snapshot} has GUID {}, the offer announced {guid}",
-                    found.guid
-                ),
-            ));
-        }
-        None => {
-            return Err((
-                FailureCode::GuidMismatch,
-                format!("{snapshot} is missing after zfs receive"),
-            ));
-        }
-    }
-    if !is_read_only(zfs, dataset)
-        .await
-        .map_err(|e| internal("reading readonly", e))?
-    {
-        return Err((
-            FailureCode::Internal,
-            format!("{dataset} does not read back as readonly=on"),
-        ));
-    }
-    Ok(())
 }
 
 /// Applies the receiver's retention to one target: destroys the zrep-named snapshots its policy
@@ -847,12 +744,7 @@ async fn abort_resume<Z: Zfs>(
             message: "a transfer to this target is running".into(),
         };
     };
-    let token = zfs
-        .get_property(dataset, &property("receive_resume_token"))
-        .await
-        .ok()
-        .flatten()
-        .filter(|v| v.value != "-");
+    let token = resume_token(zfs, dataset).await.ok().flatten();
     if token.is_none() {
         return AbortResumeOutcome::NothingToDiscard;
     }
