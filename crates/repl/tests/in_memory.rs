@@ -19,7 +19,9 @@ use zrep_repl::receiver::{ReceiverPolicy, ServeError, TargetLocks, serve};
 use zrep_repl::sender::{DatasetJob, Replicated, SenderOptions, StreamShape, replicate};
 use zrep_repl::transport::Connection;
 use zrep_zfs::fake::FakeZfs;
-use zrep_zfs::{Capabilities, DatasetName, Guid, HoldTag, PropertyName, RelativeName, Zfs};
+use zrep_zfs::{
+    Capabilities, DatasetName, Guid, HoldTag, PropertyName, RelativeName, SnapshotName, Zfs,
+};
 
 type SenderConn = Connection<SenderSession, ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
 
@@ -381,4 +383,117 @@ async fn without_intermediates_only_the_newest_snapshot_travels() {
         ]
     );
     assert_eq!(bed.dst.files(&bed.target())["f"], b"2");
+}
+
+/// A peer that sends streams of its own choosing, past zrep-send's planning: the stream guard
+/// refuses each before `zfs receive` sees it, the target stays as it was, and the session goes
+/// on to an honest cycle.
+#[tokio::test]
+async fn streams_of_another_shape_are_refused_and_the_session_goes_on() {
+    use zrep_proto::{ChunkCompressor, Compression, FailureCode, StreamKind, TransferOffer};
+    use zrep_zfs::{IncrementalBase, SendKind, SendRequest};
+
+    let mut bed = Bed::new().await;
+    let (mut conn, receiver) = bed.connect().await;
+    bed.src.write_file(&bed.source, "f", b"1");
+    let first = bed.cycle(&mut conn).await.unwrap();
+    let before = Bed::guids(&bed.dst, &bed.target()).await;
+
+    // Another dataset with two snapshots, and a new snapshot of the source.
+    let other = bed.source.parent().unwrap().child("other").unwrap();
+    bed.src.create_dataset(&other, &[], false).await.unwrap();
+    let (a, b) = (other.snapshot("a").unwrap(), other.snapshot("b").unwrap());
+    bed.src.write_file(&other, "g", b"a");
+    bed.src.create_snapshot(&a, false).await.unwrap();
+    bed.src.write_file(&other, "g", b"b");
+    bed.src.create_snapshot(&b, false).await.unwrap();
+    let fresh = bed.source.snapshot("fresh").unwrap();
+    bed.src.write_file(&bed.source, "f", b"2");
+    bed.src.create_snapshot(&fresh, false).await.unwrap();
+    let guid = |snapshot: &SnapshotName| {
+        let (src, snapshot) = (bed.src.clone(), snapshot.clone());
+        async move {
+            let all = src
+                .list_snapshots(&snapshot.dataset(), false)
+                .await
+                .unwrap();
+            all.into_iter().find(|s| s.name == snapshot).unwrap().guid.0
+        }
+    };
+    let incremental = StreamKind::Incremental {
+        base_guid: first.guid.0,
+        base_name: first.snapshot.short_name().to_owned(),
+        intermediates: false,
+    };
+    let cases = [
+        (
+            "another dataset's increment as the target's",
+            SendKind::Incremental {
+                from: IncrementalBase::Snapshot(a.clone()),
+                to: b.clone(),
+                intermediates: false,
+            },
+            "b",
+            guid(&b).await,
+            incremental.clone(),
+        ),
+        (
+            "a full stream offered as an increment",
+            SendKind::Full {
+                snapshot: fresh.clone(),
+            },
+            "fresh",
+            guid(&fresh).await,
+            incremental.clone(),
+        ),
+        (
+            "the right increment under another GUID",
+            SendKind::Incremental {
+                from: IncrementalBase::Snapshot(first.snapshot.clone()),
+                to: fresh.clone(),
+                intermediates: false,
+            },
+            "fresh",
+            guid(&fresh).await ^ 1,
+            incremental,
+        ),
+    ];
+    for (case, kind, snapshot, guid, offered) in cases {
+        let mut stream = bed.src.send(&SendRequest::new(kind)).await.unwrap();
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream.reader, &mut bytes)
+            .await
+            .unwrap();
+        conn.session
+            .offer_transfer(TransferOffer {
+                target: "vm/store".into(),
+                snapshot: snapshot.into(),
+                guid,
+                kind: offered,
+                compression: Compression::Zstd,
+                raw: false,
+                size_estimate: None,
+            })
+            .unwrap();
+        assert!(
+            matches!(conn.next_event().await.unwrap(), SenderEvent::Accepted),
+            "{case}"
+        );
+        let chunk = ChunkCompressor::new(3).unwrap().compress(&bytes).unwrap();
+        let frame = conn.session.send_data(&bytes, chunk, conn.now()).unwrap();
+        conn.write_raw(&frame).await.unwrap();
+        conn.session.finish_stream().unwrap();
+        conn.flush().await.unwrap();
+        match conn.next_event().await.unwrap() {
+            SenderEvent::Failed { code, message } => {
+                assert_eq!(code, FailureCode::StreamRefused, "{case}: {message}");
+            }
+            other => panic!("{case}: answered {other:?}"),
+        }
+        assert_eq!(Bed::guids(&bed.dst, &bed.target()).await, before, "{case}");
+    }
+    bed.src.write_file(&bed.source, "f", b"3");
+    bed.cycle(&mut conn).await.unwrap();
+    assert_eq!(bed.dst.files(&bed.target())["f"], b"3");
+    bye(conn, receiver).await;
 }

@@ -375,7 +375,10 @@ impl Zfs for FakeZfs {
             {
                 return Err(failure(
                     &args,
-                    format!("cannot destroy snapshot {name}@{}: dataset is busy", held.short),
+                    format!(
+                        "cannot destroy snapshot {name}@{}: dataset is busy",
+                        held.short
+                    ),
                 ));
             }
         }
@@ -922,7 +925,15 @@ fn encode_stream(dataset: &DatasetName, from_guid: u64, snapshots: &[Snapshot]) 
             put_bytes(&mut blob, data);
         }
         let name = format!("{dataset}@{}", snap.short);
-        begin_record(&mut out, HDR_SUBSTREAM, snap.creation, snap.guid, from, &name, 0);
+        begin_record(
+            &mut out,
+            HDR_SUBSTREAM,
+            snap.creation,
+            snap.guid,
+            from,
+            &name,
+            0,
+        );
         write_record(&mut out, snap.guid, blob.len());
         out.extend_from_slice(&blob);
         end_record(&mut out, snap.guid);

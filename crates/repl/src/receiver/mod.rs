@@ -430,8 +430,10 @@ where
         Ok(before) => before,
         Err(err) => {
             policy.metrics.refused(&policy.peer, &offer.target);
-            conn.session
-                .refuse(RefusalCode::NotPermitted, format!("reading the target: {err}"))?;
+            conn.session.refuse(
+                RefusalCode::NotPermitted,
+                format!("reading the target: {err}"),
+            )?;
             return Ok(());
         }
     };
