@@ -120,6 +120,11 @@ impl Receiver {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Its process id (e.g. for /proc/PID/status).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Receiver {
@@ -609,4 +614,293 @@ pub fn time_scale() -> u64 {
         .and_then(|v| v.parse().ok())
         .filter(|&n| n >= 1)
         .unwrap_or(1)
+}
+
+/// Opens a negotiated session as the example peer `identity` (`nas1`, `nas2`: a valid
+/// certificate of the receiver's CA), to send what zrep-send never would.
+pub async fn peer_session(identity: &str, port: u16) -> ClientConn {
+    let certs = certs_dir();
+    client_session(
+        &certs.join("ca.pem"),
+        &certs.join(format!("{identity}.pem")),
+        &certs.join(format!("{identity}.key")),
+        "backup1",
+        port,
+    )
+    .await
+}
+
+/// The stream `zfs send ARGS` writes, in memory (small test datasets only); panics with its
+/// stderr on failure.
+pub fn zfs_send(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("zfs")
+        .arg("send")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run zfs send");
+    assert!(
+        out.status.success(),
+        "zfs send {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// How a hand-driven transfer ends once all of its data was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnding {
+    /// Stream end with the true byte count and checksum.
+    Honest,
+    /// Stream end with the true byte count and a wrong checksum.
+    WrongChecksum,
+    /// Stream end announcing one byte more than was sent.
+    WrongLength,
+    /// Stream abort.
+    Abort,
+    /// The connection is dropped before the stream end.
+    CutBeforeEnd,
+    /// The connection is dropped right after the (honest) stream end, before the answer.
+    CutAfterEnd,
+    /// An error frame instead of the stream end; the session is over.
+    ErrorFrame,
+}
+
+/// What the receiver answered a hand-driven transfer. Codes are their wire texts, so that
+/// tests can name codes newer than the ones they were compiled against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferAnswer {
+    /// The offer was refused before any data.
+    Refused {
+        /// Wire text of the refusal code.
+        code: String,
+        /// The receiver's explanation.
+        message: String,
+    },
+    /// The snapshot was committed.
+    Committed {
+        /// Its short name.
+        snapshot: String,
+        /// Its GUID.
+        guid: u64,
+    },
+    /// The transfer failed (the session goes on).
+    Failed {
+        /// Wire text of the failure code.
+        code: String,
+        /// The receiver's explanation.
+        message: String,
+    },
+    /// The receiver closed the session with an error frame.
+    PeerError {
+        /// Wire text of the error code.
+        code: String,
+        /// The receiver's explanation.
+        message: String,
+    },
+    /// No answer: the connection ended, or the ending itself ended the session.
+    NoAnswer(String),
+}
+
+/// Offers `offer`, sends `stream` in stored data frames and ends it as `ending` says, all by
+/// hand (the checksum and byte count are forged through [`zrep_proto::SenderSession::send_data`],
+/// which accounts the bytes it is given, not the frame's). Returns the answer and the
+/// connection while the session is still open (after a refusal or failure: ready again).
+pub async fn push_stream(
+    mut conn: ClientConn,
+    offer: zrep_proto::TransferOffer,
+    stream: &[u8],
+    ending: StreamEnding,
+) -> (Option<ClientConn>, TransferAnswer) {
+    use zrep_proto::{DataChunk, SenderEvent};
+    conn.session.offer_transfer(offer).unwrap();
+    match conn.next_event().await {
+        Ok(SenderEvent::Accepted) => {}
+        Ok(SenderEvent::Refused { code, message }) => {
+            let code = code.to_string();
+            return (Some(conn), TransferAnswer::Refused { code, message });
+        }
+        other => return (None, answer_of(other)),
+    }
+    let chunks: Vec<&[u8]> = stream.chunks(64 * 1024).collect();
+    for (i, raw) in chunks.iter().enumerate() {
+        let chunk = DataChunk::stored(raw).unwrap();
+        let mut accounted = raw.to_vec();
+        if ending == StreamEnding::WrongChecksum && i + 1 == chunks.len() {
+            // Same length, one bit different: only the checksum is wrong.
+            accounted[0] ^= 1;
+        }
+        let now = conn.now();
+        let wire = conn.session.send_data(&accounted, chunk, now).unwrap();
+        if let Err(err) = conn.write_raw(&wire).await {
+            return (
+                None,
+                TransferAnswer::NoAnswer(format!("sending data: {err}")),
+            );
+        }
+    }
+    match ending {
+        StreamEnding::Honest | StreamEnding::WrongChecksum | StreamEnding::CutAfterEnd => {
+            conn.session.finish_stream().unwrap();
+        }
+        StreamEnding::WrongLength => {
+            // Accounted, never written: the announced count is one byte more than was sent.
+            let extra = DataChunk::stored(&[0]).unwrap();
+            let now = conn.now();
+            conn.session.send_data(&[0], extra, now).unwrap();
+            conn.session.finish_stream().unwrap();
+        }
+        StreamEnding::Abort => conn.session.abort_stream("hostile abort").unwrap(),
+        StreamEnding::CutBeforeEnd => {
+            let _ = conn.flush().await;
+            return (
+                None,
+                TransferAnswer::NoAnswer("cut before the stream end".into()),
+            );
+        }
+        StreamEnding::ErrorFrame => {
+            conn.session.error(
+                zrep_proto::ErrorCode::Internal,
+                "hostile error after the stream",
+            );
+            conn.shutdown().await;
+            return (None, TransferAnswer::NoAnswer("error frame sent".into()));
+        }
+    }
+    if let Err(err) = conn.flush().await {
+        return (
+            None,
+            TransferAnswer::NoAnswer(format!("sending the end: {err}")),
+        );
+    }
+    if ending == StreamEnding::CutAfterEnd {
+        return (
+            None,
+            TransferAnswer::NoAnswer("cut after the stream end".into()),
+        );
+    }
+    let event = conn.next_event().await;
+    let answer = answer_of(event);
+    let open = matches!(
+        answer,
+        TransferAnswer::Committed { .. } | TransferAnswer::Failed { .. }
+    );
+    (open.then_some(conn), answer)
+}
+
+fn answer_of(
+    event: Result<zrep_proto::SenderEvent, zrep_repl::transport::TransportError>,
+) -> TransferAnswer {
+    use zrep_proto::SenderEvent;
+    match event {
+        Ok(SenderEvent::Committed { snapshot, guid }) => {
+            TransferAnswer::Committed { snapshot, guid }
+        }
+        Ok(SenderEvent::Failed { code, message }) => TransferAnswer::Failed {
+            code: code.to_string(),
+            message,
+        },
+        Ok(SenderEvent::Refused { code, message }) => TransferAnswer::Refused {
+            code: code.to_string(),
+            message,
+        },
+        Ok(SenderEvent::PeerError { code, message }) => TransferAnswer::PeerError {
+            code: code.to_string(),
+            message,
+        },
+        Ok(other) => TransferAnswer::NoAnswer(format!("unexpected answer {other:?}")),
+        Err(err) => TransferAnswer::NoAnswer(err.to_string()),
+    }
+}
+
+/// Records every mount of a pool's datasets outside the pool's own mount tree, reading
+/// `/proc/mounts` every few milliseconds from a thread until [`MountWatch::stop`].
+#[derive(Debug)]
+pub struct MountWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<std::collections::BTreeSet<String>>>,
+}
+
+impl MountWatch {
+    /// Watches the datasets of `pool`, whose mounts belong below `tree`.
+    pub fn start(pool: &str, tree: &Path) -> MountWatch {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let (pool, tree) = (pool.to_owned(), tree.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            loop {
+                // Read once more after the stop, so the last moment is covered too.
+                let last = flag.load(Ordering::SeqCst);
+                let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+                for line in mounts.lines() {
+                    let mut fields = line.split(' ');
+                    let (Some(device), Some(path)) = (fields.next(), fields.next()) else {
+                        continue;
+                    };
+                    let (device, path) = (unescape_mount(device), unescape_mount(path));
+                    let ours = device == pool || device.starts_with(&format!("{pool}/"));
+                    if ours && !Path::new(&path).starts_with(&tree) {
+                        seen.insert(format!("{device} on {path}"));
+                    }
+                }
+                if last {
+                    return seen;
+                }
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        });
+        MountWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; every `"<dataset> on <path>"` seen outside the tree.
+    pub fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let thread = self.thread.take().expect("stopped once");
+        thread
+            .join()
+            .expect("mount watch thread")
+            .into_iter()
+            .collect()
+    }
+}
+
+impl Drop for MountWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `/proc/mounts` escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Lines of `text` containing `needle` (e.g. "session ended" in a receiver's log).
+pub fn count_lines(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
 }
