@@ -116,6 +116,20 @@ impl ByteOrder {
         }
     }
 
+    fn put_u32(self, b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&match self {
+            ByteOrder::Little => v.to_le_bytes(),
+            ByteOrder::Big => v.to_be_bytes(),
+        });
+    }
+
+    fn put_u64(self, b: &mut [u8], at: usize, v: u64) {
+        b[at..at + 8].copy_from_slice(&match self {
+            ByteOrder::Little => v.to_le_bytes(),
+            ByteOrder::Big => v.to_be_bytes(),
+        });
+    }
+
     /// The order in which `magic` (the BEGIN's first field) reads as [`BACKUP_MAGIC`].
     fn detect(record: &[u8]) -> Option<ByteOrder> {
         [ByteOrder::Little, ByteOrder::Big]
@@ -356,6 +370,13 @@ impl BeginFlags {
     }
 }
 
+impl std::ops::BitOr for BeginFlags {
+    type Output = BeginFlags;
+    fn bitor(self, rhs: BeginFlags) -> BeginFlags {
+        BeginFlags(self.0 | rhs.0)
+    }
+}
+
 /// Lists the names, `|`-separated, then unknown bits in hex; `none` when empty.
 impl fmt::Display for BeginFlags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -417,6 +438,30 @@ impl BeginRecord {
             });
         }
         Self::parse_at(&record[..RECORD_LEN], 0, None)
+    }
+
+    /// The record header in `byte_order` (the inverse of [`BeginRecord::parse`]; a name over
+    /// 255 bytes is cut, feature bits above 61 are dropped). For tests, tools and fakes.
+    pub fn encode(&self) -> [u8; RECORD_LEN] {
+        let mut r = [0; RECORD_LEN];
+        let o = self.byte_order;
+        o.put_u32(&mut r, 0, 0);
+        o.put_u32(&mut r, 4, self.payload_len);
+        o.put_u64(&mut r, 8, BACKUP_MAGIC);
+        let header = match self.header {
+            HeaderType::Substream => 1,
+            HeaderType::Compound => 2,
+        };
+        o.put_u64(&mut r, 16, (self.features.0 << 2) | header);
+        o.put_u64(&mut r, 24, self.creation_time);
+        o.put_u32(&mut r, 32, self.object_type);
+        o.put_u32(&mut r, 36, self.flags.0);
+        o.put_u64(&mut r, 40, self.to_guid);
+        o.put_u64(&mut r, 48, self.from_guid);
+        let name = self.to_name.as_bytes();
+        let len = name.len().min(RECORD_LEN - 56 - 1);
+        r[56..56 + len].copy_from_slice(&name[..len]);
+        r
     }
 
     /// The object kind, if the type is one zrep replicates.
@@ -497,6 +542,15 @@ impl BeginRecord {
             payload_len: byte_order.u32(record, 4),
         })
     }
+}
+
+/// An END record header carrying `to_guid` (0 for a package's), with a zero checksum. For tests,
+/// tools and fakes.
+pub fn end_record(order: ByteOrder, to_guid: u64) -> [u8; RECORD_LEN] {
+    let mut r = [0; RECORD_LEN];
+    order.put_u32(&mut r, 0, 5);
+    order.put_u64(&mut r, 40, to_guid);
+    r
 }
 
 /// Why a stream is refused. Offsets are byte positions from the start of the stream.
@@ -1331,5 +1385,845 @@ impl StreamInspector {
             features: begin.features,
         };
         Ok(payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DS: &str = "tank/data";
+    const G1: u64 = 0x1111;
+    const G2: u64 = 0x2222;
+    const G3: u64 = 0x3333;
+
+    /// Builds synthetic streams record by record.
+    struct Synth {
+        order: ByteOrder,
+        out: Vec<u8>,
+    }
+
+    impl Synth {
+        fn new() -> Synth {
+            Synth::with_order(ByteOrder::Little)
+        }
+
+        fn with_order(order: ByteOrder) -> Synth {
+            Synth {
+                order,
+                out: Vec::new(),
+            }
+        }
+
+        fn begin(&self, short: &str, to: u64, from: u64) -> BeginRecord {
+            BeginRecord {
+                byte_order: self.order,
+                header: HeaderType::Substream,
+                features: FeatureFlags::SA_SPILL | FeatureFlags::LARGE_DNODE,
+                creation_time: 1_700_000_000,
+                object_type: OBJSET_ZFS,
+                flags: BeginFlags::FREERECORDS | BeginFlags::SPILL_BLOCK,
+                to_guid: to,
+                from_guid: from,
+                to_name: format!("{DS}@{short}"),
+                payload_len: 0,
+            }
+        }
+
+        fn package(&self, last: &str) -> BeginRecord {
+            BeginRecord {
+                header: HeaderType::Compound,
+                features: FeatureFlags::SA_SPILL,
+                object_type: 0,
+                flags: BeginFlags(0),
+                to_guid: 0,
+                ..self.begin(last, 0, 0)
+            }
+        }
+
+        fn push_begin(&mut self, begin: &BeginRecord) -> &mut Self {
+            self.out.extend_from_slice(&begin.encode());
+            self.out
+                .extend(std::iter::repeat_n(0xab, begin.payload_len as usize));
+            self
+        }
+
+        fn end(&mut self, to: u64) -> &mut Self {
+            self.out.extend_from_slice(&end_record(self.order, to));
+            self
+        }
+
+        /// A record of `record_type` with the given (offset, u64/u32/u8 value) fields, then
+        /// `payload` filler bytes.
+        fn record(
+            &mut self,
+            record_type: u32,
+            fields: &[(usize, Field)],
+            payload: usize,
+        ) -> &mut Self {
+            let mut r = [0; RECORD_LEN];
+            self.order.put_u32(&mut r, 0, record_type);
+            for &(at, field) in fields {
+                match field {
+                    Field::U64(v) => self.order.put_u64(&mut r, at, v),
+                    Field::U32(v) => self.order.put_u32(&mut r, at, v),
+                    Field::U8(v) => r[at] = v,
+                }
+            }
+            self.out.extend_from_slice(&r);
+            self.out.extend(std::iter::repeat_n(0xcd, payload));
+            self
+        }
+
+        fn write(&mut self, logical: u64) -> &mut Self {
+            self.record(3, &[(32, Field::U64(logical))], logical as usize)
+        }
+
+        /// A substream of `short` from `from` with one OBJECT and one WRITE.
+        fn substream(&mut self, short: &str, to: u64, from: u64) -> &mut Self {
+            let begin = self.begin(short, to, from);
+            self.push_begin(&begin)
+                .record(1, &[(28, Field::U32(13))], 16)
+                .write(4096)
+                .end(to)
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            self.out.clone()
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    enum Field {
+        U64(u64),
+        U32(u32),
+        U8(u8),
+    }
+
+    fn full(to: u64, short: &str) -> StreamExpectation {
+        StreamExpectation {
+            from_guid: None,
+            to_guid: to,
+            to_snapshot: short.to_owned(),
+            raw: false,
+            resuming: false,
+            intermediates: false,
+        }
+    }
+
+    fn incremental(from: u64, to: u64, short: &str) -> StreamExpectation {
+        StreamExpectation {
+            from_guid: Some(from),
+            ..full(to, short)
+        }
+    }
+
+    fn with_intermediates(mut e: StreamExpectation) -> StreamExpectation {
+        e.intermediates = true;
+        e
+    }
+
+    /// Feeds whole and one byte at a time; both must agree. Checks the cleared count on the
+    /// way: monotonic, and (bytewise) it never covers the start of the record that is refused.
+    fn verdict(stream: &[u8], expect: &StreamExpectation) -> Result<StreamSummary, StreamRefusal> {
+        let mut whole = StreamInspector::new(expect.clone());
+        let whole = whole.feed(stream).and_then(|_| whole.finish());
+        let mut bytewise = StreamInspector::new(expect.clone());
+        let mut cleared = 0;
+        let mut result = None;
+        for (i, b) in stream.iter().enumerate() {
+            match bytewise.feed(std::slice::from_ref(b)) {
+                Ok(now) => {
+                    assert!(now >= cleared && now <= i as u64 + 1);
+                    cleared = now;
+                }
+                Err(e) => {
+                    // The refused record started within the last RECORD_LEN bytes fed (or is a
+                    // trailing byte) and none of it was cleared.
+                    assert!(i as u64 + 1 - cleared <= RECORD_LEN as u64, "{e}");
+                    result = Some(Err(e));
+                    break;
+                }
+            }
+        }
+        let bytewise = result.unwrap_or_else(|| bytewise.finish());
+        assert_eq!(whole, bytewise);
+        whole
+    }
+
+    fn refused(stream: &[u8], expect: &StreamExpectation) -> StreamRefusal {
+        let e = verdict(stream, expect).expect_err("stream must be refused");
+        assert!(!e.to_string().contains('\n'));
+        e
+    }
+
+    #[test]
+    fn full_and_incremental_substreams() {
+        let mut s = Synth::new();
+        s.substream("a", G1, 0);
+        let summary = verdict(&s.bytes(), &full(G1, "a")).expect("accepted");
+        assert_eq!(summary.snapshots, vec![("a".to_owned(), G1)]);
+        assert_eq!(summary.kind, ObjectKind::Filesystem);
+
+        let mut s = Synth::new();
+        s.substream("b", G2, G1);
+        let summary = verdict(&s.bytes(), &incremental(G1, G2, "b")).expect("accepted");
+        assert_eq!(summary.snapshots, vec![("b".to_owned(), G2)]);
+    }
+
+    #[test]
+    fn byte_swapped_streams_are_read_in_their_order() {
+        let mut s = Synth::with_order(ByteOrder::Big);
+        s.substream("b", G2, G1);
+        let bytes = s.bytes();
+        let begin = BeginRecord::parse(&bytes).expect("BEGIN");
+        assert_eq!(begin.byte_order, ByteOrder::Big);
+        assert_eq!(begin.to_guid, G2);
+        assert_eq!(begin.to_name, "tank/data@b");
+        assert_eq!(
+            begin.features,
+            FeatureFlags::SA_SPILL | FeatureFlags::LARGE_DNODE
+        );
+        let summary = verdict(&bytes, &incremental(G1, G2, "b")).expect("accepted");
+        assert_eq!(summary.snapshots, vec![("b".to_owned(), G2)]);
+
+        // A package whose second substream switches order.
+        let mut s = Synth::with_order(ByteOrder::Big);
+        let package = s.package("c");
+        s.push_begin(&package).end(0).substream("b", G2, G1);
+        let mut little = Synth::new();
+        little.substream("c", G3, G2);
+        let mut bytes = s.bytes();
+        let second = bytes.len() as u64;
+        bytes.extend(little.bytes());
+        bytes.extend(end_record(ByteOrder::Big, 0));
+        let e = refused(&bytes, &with_intermediates(incremental(G1, G3, "c")));
+        assert_eq!(e, StreamRefusal::ByteOrderChanged { offset: second });
+    }
+
+    #[test]
+    fn intermediates_package() {
+        let mut s = Synth::new();
+        let package = s.package("c");
+        s.push_begin(&package)
+            .end(0)
+            .substream("b", G2, G1)
+            .substream("c", G3, G2)
+            .end(0);
+        let expect = with_intermediates(incremental(G1, G3, "c"));
+        let summary = verdict(&s.bytes(), &expect).expect("accepted");
+        assert_eq!(
+            summary.snapshots,
+            vec![("b".to_owned(), G2), ("c".to_owned(), G3)]
+        );
+        // Not without intermediates, not for a full or resumed offer.
+        let e = refused(&s.bytes(), &incremental(G1, G3, "c"));
+        assert_eq!(
+            e.to_string(),
+            "stream is a package (zfs send -I/-R/-p/-h), expected a single substream: the offer \
+             has no intermediate snapshots"
+        );
+        let e = refused(&s.bytes(), &with_intermediates(full(G3, "c")));
+        assert!(
+            matches!(e, StreamRefusal::PackageNotAllowed { .. }),
+            "{e:?}"
+        );
+        let mut resuming = expect.clone();
+        resuming.resuming = true;
+        let e = refused(&s.bytes(), &resuming);
+        assert!(
+            matches!(e, StreamRefusal::PackageNotAllowed { .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn package_structure_violations() {
+        let expect = with_intermediates(incremental(G1, G3, "c"));
+        let s = Synth::new();
+        let package = s.package("c");
+
+        // -R/-p/-h: an nvlist in the package header.
+        let mut p = Synth::new();
+        p.push_begin(&BeginRecord {
+            payload_len: 700,
+            ..package.clone()
+        });
+        assert_eq!(
+            refused(&p.bytes(), &expect),
+            StreamRefusal::PackageWithPayload { payload_len: 700 }
+        );
+        // -h also sets HOLDS.
+        let mut p = Synth::new();
+        p.push_begin(&BeginRecord {
+            features: FeatureFlags::SA_SPILL | FeatureFlags::HOLDS,
+            ..package.clone()
+        });
+        let e = refused(&p.bytes(), &expect);
+        assert!(
+            matches!(e, StreamRefusal::FeatureNotAllowed { refused, .. } if refused == FeatureFlags::HOLDS),
+            "{e:?}"
+        );
+        // The package header must be followed by its END.
+        let mut p = Synth::new();
+        p.push_begin(&package).substream("b", G2, G1);
+        let e = refused(&p.bytes(), &expect);
+        assert_eq!(
+            e,
+            StreamRefusal::UnexpectedRecord {
+                offset: RECORD_LEN as u64,
+                record: RecordType::Begin,
+                expected: "the END of the package header",
+            }
+        );
+        // Nested package.
+        let mut p = Synth::new();
+        p.push_begin(&package).end(0).push_begin(&package);
+        assert_eq!(
+            refused(&p.bytes(), &expect),
+            StreamRefusal::NestedPackage {
+                offset: 2 * RECORD_LEN as u64
+            }
+        );
+        // Empty package.
+        let mut p = Synth::new();
+        p.push_begin(&package).end(0).end(0);
+        assert_eq!(
+            refused(&p.bytes(), &expect),
+            StreamRefusal::EmptyPackage {
+                offset: 2 * RECORD_LEN as u64
+            }
+        );
+        // A data record between substreams.
+        let mut p = Synth::new();
+        p.push_begin(&package).end(0).write(512);
+        let e = refused(&p.bytes(), &expect);
+        assert!(
+            matches!(
+                e,
+                StreamRefusal::UnexpectedRecord {
+                    record: RecordType::Write,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // The package header names another final snapshot.
+        let mut p = Synth::new();
+        p.push_begin(&s.package("b"));
+        let e = refused(&p.bytes(), &expect);
+        assert!(matches!(e, StreamRefusal::WrongTarget { .. }), "{e:?}");
+        // The package's END carries a GUID.
+        let mut p = Synth::new();
+        p.push_begin(&package).end(G1);
+        assert_eq!(
+            refused(&p.bytes(), &expect),
+            StreamRefusal::EndMismatch {
+                offset: RECORD_LEN as u64,
+                expected: 0,
+                found: G1
+            }
+        );
+        // Ends before reaching the target.
+        let mut p = Synth::new();
+        p.push_begin(&package).end(0).substream("b", G2, G1).end(0);
+        let e = refused(&p.bytes(), &expect);
+        assert!(
+            matches!(e, StreamRefusal::WrongTarget { found_guid: G2, .. }),
+            "{e:?}"
+        );
+        // A substream after the target.
+        let mut p = Synth::new();
+        p.push_begin(&package)
+            .end(0)
+            .substream("c", G3, G1)
+            .substream("d", 0x4444, G3);
+        assert_eq!(
+            refused(&p.bytes(), &expect),
+            StreamRefusal::PastTarget {
+                snapshot: "tank/data@d".into(),
+                expected: "c".into()
+            }
+        );
+        // A broken chain.
+        let mut p = Synth::new();
+        p.push_begin(&package)
+            .end(0)
+            .substream("b", G2, G1)
+            .substream("c", G3, G1);
+        assert_eq!(
+            refused(&p.bytes(), &expect),
+            StreamRefusal::ChainBroken {
+                snapshot: "tank/data@c".into(),
+                expected: G2,
+                found: G1
+            }
+        );
+        // Another dataset in the second substream.
+        let mut p = Synth::new();
+        p.push_begin(&package).end(0).substream("b", G2, G1);
+        let other = BeginRecord {
+            to_name: "tank/other@c".into(),
+            ..p.begin("c", G3, G2)
+        };
+        p.push_begin(&other);
+        assert_eq!(
+            refused(&p.bytes(), &expect),
+            StreamRefusal::DatasetChanged {
+                expected: DS.into(),
+                found: "tank/other@c".into()
+            }
+        );
+        // A volume after a filesystem.
+        let mut p = Synth::new();
+        p.push_begin(&package).end(0).substream("b", G2, G1);
+        let vol = BeginRecord {
+            object_type: OBJSET_ZVOL,
+            ..p.begin("c", G3, G2)
+        };
+        p.push_begin(&vol);
+        let e = refused(&p.bytes(), &expect);
+        assert_eq!(
+            e.to_string(),
+            "stream of tank/data@c is a volume, the stream's first snapshot a filesystem"
+        );
+        // The target's name with another GUID.
+        let mut p = Synth::new();
+        p.push_begin(&package).end(0).substream("c", 0x4444, G1);
+        let e = refused(&p.bytes(), &expect);
+        assert!(
+            matches!(
+                e,
+                StreamRefusal::WrongTarget {
+                    found_guid: 0x4444,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn substream_begin_checks() {
+        let s = Synth::new();
+        let base = s.begin("b", G2, G1);
+        let expect = incremental(G1, G2, "b");
+        let one = |begin: BeginRecord| {
+            let mut s = Synth::new();
+            s.push_begin(&begin).end(begin.to_guid);
+            refused(&s.bytes(), &expect)
+        };
+        let e = one(BeginRecord {
+            flags: BeginFlags::CLONE,
+            ..base.clone()
+        });
+        assert_eq!(
+            e.to_string(),
+            "stream of tank/data@b at byte 0 is a clone's (CLONE flag); clones are refused"
+        );
+        let e = one(BeginRecord {
+            flags: BeginFlags(1 << 24),
+            ..base.clone()
+        });
+        assert_eq!(
+            e.to_string(),
+            "BEGIN at byte 0 has unknown flags unknown 0x1000000"
+        );
+        let e = one(BeginRecord {
+            object_type: 1,
+            ..base.clone()
+        });
+        assert!(
+            matches!(e, StreamRefusal::BadObjectType { object_type: 1, .. }),
+            "{e:?}"
+        );
+        for (name, fragment) in [
+            ("tank/data", "not of the form"),
+            ("tank/data@b;rm", "contains"),
+            ("tank//data@b", "empty component"),
+            ("tank/data@--head--x/y", "snapshot name"),
+        ] {
+            let e = one(BeginRecord {
+                to_name: name.into(),
+                ..base.clone()
+            });
+            assert!(
+                matches!(&e, StreamRefusal::BadToName { .. }) && e.to_string().contains(fragment),
+                "{name}: {e}"
+            );
+        }
+        for (features, refused_flags) in [
+            (FeatureFlags::DEDUP, FeatureFlags::DEDUP),
+            (FeatureFlags::HOLDS, FeatureFlags::HOLDS),
+            (FeatureFlags::REDACTED, FeatureFlags::REDACTED),
+            (
+                FeatureFlags::RAW | FeatureFlags::COMPRESSED,
+                FeatureFlags::RAW | FeatureFlags::COMPRESSED,
+            ),
+            (FeatureFlags::LARGE_BLOCKS, FeatureFlags::LARGE_BLOCKS),
+            (FeatureFlags::EMBED_DATA, FeatureFlags::EMBED_DATA),
+            (FeatureFlags::RESUMING, FeatureFlags::RESUMING),
+            (FeatureFlags(1 << 40), FeatureFlags(1 << 40)),
+        ] {
+            let e = one(BeginRecord {
+                features: features | FeatureFlags::SA_SPILL,
+                ..base.clone()
+            });
+            assert!(
+                matches!(e, StreamRefusal::FeatureNotAllowed { refused, .. } if refused == refused_flags),
+                "{features}: {e:?}"
+            );
+        }
+        let e = one(BeginRecord {
+            features: FeatureFlags(1 << 40),
+            ..base.clone()
+        });
+        assert!(
+            e.to_string().contains("features unknown 0x10000000000"),
+            "{e}"
+        );
+        // An nvlist in a plain substream.
+        let e = one(BeginRecord {
+            payload_len: 64,
+            ..base.clone()
+        });
+        assert_eq!(
+            e,
+            StreamRefusal::UnexpectedBeginPayload {
+                snapshot: "tank/data@b".into(),
+                payload_len: 64
+            }
+        );
+        // Chain: the snapshot repeats its origin.
+        let e = one(BeginRecord {
+            to_guid: G1,
+            from_guid: G1,
+            ..base.clone()
+        });
+        assert!(
+            matches!(
+                e,
+                StreamRefusal::WrongTarget { .. } | StreamRefusal::RepeatedGuid { .. }
+            ),
+            "{e:?}"
+        );
+        // A header type of 3.
+        let mut r = base.encode();
+        r[16] |= 3;
+        let mut bytes = r.to_vec();
+        bytes.extend(end_record(ByteOrder::Little, G2));
+        assert_eq!(
+            refused(&bytes, &expect),
+            StreamRefusal::BadHeaderType {
+                offset: 0,
+                header_type: 3
+            }
+        );
+        // A name without NUL.
+        let mut r = base.encode();
+        r[56..].fill(b'a');
+        assert!(matches!(
+            refused(&r, &expect),
+            StreamRefusal::BadToName { .. }
+        ));
+    }
+
+    #[test]
+    fn raw_and_resuming_offers() {
+        let s = Synth::new();
+        let raw_begin = BeginRecord {
+            features: FeatureFlags::SA_SPILL
+                | FeatureFlags::RAW
+                | FeatureFlags::COMPRESSED
+                | FeatureFlags::LZ4
+                | FeatureFlags::LARGE_BLOCKS,
+            payload_len: 1024,
+            ..s.begin("b", G2, G1)
+        };
+        let mut raw = Synth::new();
+        raw.push_begin(&raw_begin).write(512).end(G2);
+        let mut expect = incremental(G1, G2, "b");
+        assert!(matches!(
+            refused(&raw.bytes(), &expect),
+            StreamRefusal::FeatureNotAllowed { .. }
+        ));
+        expect.raw = true;
+        verdict(&raw.bytes(), &expect).expect("raw offer takes a raw stream");
+
+        let resumed_begin = BeginRecord {
+            features: FeatureFlags::SA_SPILL | FeatureFlags::RESUMING,
+            payload_len: 200,
+            ..s.begin("b", G2, G1)
+        };
+        let mut resumed = Synth::new();
+        resumed.push_begin(&resumed_begin).write(512).end(G2);
+        let mut expect = incremental(G1, G2, "b");
+        expect.resuming = true;
+        verdict(&resumed.bytes(), &expect).expect("resumed offer takes a resumed stream");
+        let mut plain = Synth::new();
+        plain.substream("b", G2, G1);
+        assert_eq!(
+            refused(&plain.bytes(), &expect),
+            StreamRefusal::NotResuming {
+                snapshot: "tank/data@b".into()
+            }
+        );
+        // A BEGIN nvlist over the bound.
+        let mut big = Synth::new();
+        big.out.extend_from_slice(
+            &BeginRecord {
+                payload_len: (MAX_BEGIN_PAYLOAD + 1) as u32,
+                ..resumed_begin
+            }
+            .encode(),
+        );
+        assert!(matches!(
+            refused(&big.bytes(), &expect),
+            StreamRefusal::PayloadTooLarge {
+                record: RecordType::Begin,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn record_level_checks() {
+        let expect = incremental(G1, G2, "b");
+        let start = |s: &mut Synth| {
+            let b = s.begin("b", G2, G1);
+            s.push_begin(&b);
+        };
+        // BEGIN inside a substream.
+        let mut s = Synth::new();
+        start(&mut s);
+        let b = s.begin("b", G2, G1);
+        s.push_begin(&b);
+        assert!(matches!(
+            refused(&s.bytes(), &expect),
+            StreamRefusal::UnexpectedRecord {
+                offset: 312,
+                record: RecordType::Begin,
+                ..
+            }
+        ));
+        // Unknown record type.
+        let mut s = Synth::new();
+        start(&mut s);
+        s.record(11, &[], 0);
+        assert_eq!(
+            refused(&s.bytes(), &expect),
+            StreamRefusal::UnknownRecordType {
+                offset: 312,
+                record_type: 11
+            }
+        );
+        // WRITE_BYREF and REDACT need refused features.
+        for t in [6, 10] {
+            let mut s = Synth::new();
+            start(&mut s);
+            s.record(t, &[], 0);
+            assert!(matches!(
+                refused(&s.bytes(), &expect),
+                StreamRefusal::RecordNotAllowed { offset: 312, .. }
+            ));
+        }
+        // Payload bounds.
+        for (t, fields, record) in [
+            (
+                3,
+                vec![(32, Field::U64(MAX_BLOCK_PAYLOAD + 1))],
+                RecordType::Write,
+            ),
+            (
+                3,
+                vec![(50, Field::U8(15)), (96, Field::U64(MAX_BLOCK_PAYLOAD + 8))],
+                RecordType::Write,
+            ),
+            (7, vec![(16, Field::U64(u64::MAX))], RecordType::Spill),
+            (1, vec![(36, Field::U32(u32::MAX))], RecordType::Object),
+            (1, vec![(28, Field::U32(16 * 1024 + 1))], RecordType::Object),
+            (8, vec![(52, Field::U32(113))], RecordType::WriteEmbedded),
+        ] {
+            let mut s = Synth::new();
+            start(&mut s);
+            s.record(t, &fields, 0);
+            let e = refused(&s.bytes(), &expect);
+            assert!(
+                matches!(e, StreamRefusal::PayloadTooLarge { offset: 312, record: r, .. } if r == record),
+                "{e:?}"
+            );
+        }
+        // Payload lengths by type: each record's payload is skipped exactly.
+        let mut s = Synth::new();
+        start(&mut s);
+        s.record(1, &[(28, Field::U32(13))], 16) // bonus rounded up to 8
+            .record(1, &[(28, Field::U32(13)), (36, Field::U32(40))], 40) // raw bonus
+            .record(
+                3,
+                &[
+                    (32, Field::U64(8192)),
+                    (50, Field::U8(15)),
+                    (96, Field::U64(100)),
+                ],
+                100,
+            )
+            .record(7, &[(16, Field::U64(512))], 512)
+            .record(7, &[(16, Field::U64(512)), (40, Field::U64(64))], 64)
+            .record(8, &[(52, Field::U32(13))], 16)
+            .record(2, &[], 0)
+            .record(4, &[], 0)
+            .record(9, &[], 0)
+            .end(G2);
+        verdict(&s.bytes(), &expect).expect("accepted");
+        // END with another GUID.
+        let mut s = Synth::new();
+        start(&mut s);
+        s.end(G1);
+        assert_eq!(
+            refused(&s.bytes(), &expect),
+            StreamRefusal::EndMismatch {
+                offset: 312,
+                expected: G2,
+                found: G1
+            }
+        );
+    }
+
+    #[test]
+    fn truncated_and_trailing() {
+        let expect = incremental(G1, G2, "b");
+        let mut s = Synth::new();
+        s.substream("b", G2, G1);
+        let bytes = s.bytes();
+        // Every proper prefix is accepted by feed and refused by finish as truncated.
+        for cut in 0..bytes.len() {
+            let mut i = StreamInspector::new(expect.clone());
+            let cleared = i.feed(&bytes[..cut]).expect("a prefix is not refused");
+            assert!(cleared <= cut as u64);
+            assert!(
+                matches!(i.finish(), Err(StreamRefusal::Truncated { offset, .. }) if offset == cut as u64),
+                "cut at {cut}"
+            );
+        }
+        let e = StreamInspector::new(expect.clone())
+            .finish()
+            .expect_err("empty");
+        assert_eq!(
+            e.to_string(),
+            "stream stops at byte 0, before the first BEGIN record"
+        );
+        // One byte after the END.
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(
+            refused(&trailing, &expect),
+            StreamRefusal::TrailingBytes {
+                offset: bytes.len() as u64
+            }
+        );
+        // A forged WRITE length that runs past the end of the stream.
+        let mut s = Synth::new();
+        let b = s.begin("b", G2, G1);
+        s.push_begin(&b)
+            .record(3, &[(32, Field::U64(1 << 20))], 100)
+            .end(G2);
+        let e = verdict(&s.bytes(), &expect).expect_err("truncated");
+        assert!(matches!(e, StreamRefusal::Truncated { .. }), "{e:?}");
+        assert!(e.to_string().contains("more payload bytes"), "{e}");
+        // A forged WRITE length of 0 with data behind it: the data is read as a header.
+        let mut s = Synth::new();
+        let b = s.begin("b", G2, G1);
+        s.push_begin(&b)
+            .record(3, &[(32, Field::U64(0))], 4096)
+            .end(G2);
+        let e = refused(&s.bytes(), &expect);
+        assert!(
+            matches!(e, StreamRefusal::UnknownRecordType { .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn first_record_must_be_begin() {
+        let expect = full(G1, "a");
+        let mut s = Synth::new();
+        s.write(512);
+        let e = refused(&s.bytes(), &expect);
+        assert_eq!(
+            e,
+            StreamRefusal::NotBegin {
+                offset: 0,
+                record_type: 3
+            }
+        );
+        let mut r = Synth::new().begin("a", G1, 0).encode();
+        r[8] ^= 1;
+        let e = refused(&r, &expect);
+        assert!(
+            matches!(e, StreamRefusal::BadMagic { offset: 0, .. }),
+            "{e:?}"
+        );
+        assert_eq!(
+            BeginRecord::parse(&r[..100]),
+            Err(StreamRefusal::Truncated {
+                offset: 100,
+                missing: "the rest of the 312-byte BEGIN record".into()
+            })
+        );
+    }
+
+    #[test]
+    fn begin_bytes_are_held_until_checked() {
+        // A package whose second substream BEGIN is refused: no byte of it is ever cleared.
+        let mut s = Synth::new();
+        let package = s.package("c");
+        s.push_begin(&package).end(0).substream("b", G2, G1);
+        let refused_at = s.out.len() as u64;
+        let clone = BeginRecord {
+            flags: BeginFlags::CLONE,
+            ..s.begin("c", G3, G2)
+        };
+        s.push_begin(&clone).end(G3).end(0);
+        let bytes = s.bytes();
+        let expect = with_intermediates(incremental(G1, G3, "c"));
+        for step in [1, 2, 7, 100, 311, 312, 313, 4096] {
+            let mut i = StreamInspector::new(expect.clone());
+            let mut cleared = 0;
+            let mut err = None;
+            for chunk in bytes.chunks(step) {
+                match i.feed(chunk) {
+                    Ok(now) => {
+                        assert!(now <= refused_at, "step {step}: cleared {now}");
+                        cleared = now;
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        break;
+                    }
+                }
+            }
+            assert!(
+                matches!(err, Some(StreamRefusal::Clone { offset, .. }) if offset == refused_at)
+            );
+            assert!(cleared <= refused_at);
+            assert_eq!(i.object_kind(), Some(ObjectKind::Filesystem));
+        }
+    }
+
+    #[test]
+    fn flags_display_names() {
+        assert_eq!(FeatureFlags::NONE.to_string(), "none");
+        assert_eq!(
+            (FeatureFlags::RAW | FeatureFlags::LZ4 | FeatureFlags(1 << 50)).to_string(),
+            "LZ4|RAW|unknown 0x4000000000000"
+        );
+        assert_eq!(
+            format!("{:?}", FeatureFlags::SA_SPILL),
+            "FeatureFlags(SA_SPILL)"
+        );
+        assert_eq!(
+            (BeginFlags::CLONE | BeginFlags::SPILL_BLOCK).to_string(),
+            "CLONE|SPILL_BLOCK"
+        );
     }
 }

@@ -265,3 +265,249 @@ fn zfs_fuse_streams() {
         )
     );
 }
+
+/// OpenZFS streams of every kind a sender can make (`scripts/record-streams openzfs`).
+fn check_openzfs_streams(fx: &Fixtures) {
+    check_plain_streams(fx);
+    let plain = FeatureFlags::SA_SPILL;
+    let begin = |name: &str| BeginRecord::parse(&fx.stream(name)).expect("BEGIN");
+    assert_eq!(begin("full").features, plain);
+    assert_eq!(
+        begin("full").flags.to_string(),
+        "FREERECORDS|SPILL_BLOCK",
+        "OpenZFS flags of a plain stream"
+    );
+    // -D is accepted and ignored since OpenZFS 2.2 (the stream is a plain one).
+    let dedup = ok(inspect(&fx.stream("dedup"), &fx.expect(None, "fs@s1")));
+    assert_eq!(dedup.snapshots, fx.snapshots(&["fs@s1"]));
+
+    // large_dnode in use: allowed by default.
+    assert_eq!(
+        begin("large-dnode").features,
+        plain | FeatureFlags::LARGE_DNODE
+    );
+    ok(inspect(
+        &fx.stream("large-dnode"),
+        &fx.expect(None, "dn@d1"),
+    ));
+
+    // A volume.
+    let zvol = ok(inspect(&fx.stream("zvol"), &fx.expect(None, "vol@v1")));
+    assert_eq!(zvol.kind, ObjectKind::Volume);
+    assert_eq!(begin("zvol").features, FeatureFlags::NONE);
+
+    // -h: a package with the HOLDS feature and an nvlist.
+    let holds = begin("holds");
+    assert_eq!(holds.header, HeaderType::Compound);
+    assert!(holds.features.contains(FeatureFlags::HOLDS));
+    let mut e = fx.expect(Some("fs@s1"), "fs@s1");
+    e.intermediates = true;
+    let refusal = assert_refused(inspect(&fx.stream("holds"), &e));
+    assert!(
+        matches!(refusal, StreamRefusal::PackageWithPayload { .. }),
+        "{refusal:?}"
+    );
+
+    // Block options: refused for a plain offer, taken for a raw one (raw implies them).
+    for (name, to, features) in [
+        (
+            "compressed",
+            "emb@m1",
+            FeatureFlags::COMPRESSED | FeatureFlags::LZ4,
+        ),
+        (
+            "embedded",
+            "emb@m1",
+            FeatureFlags::EMBED_DATA | FeatureFlags::LZ4,
+        ),
+        (
+            "large-blocks",
+            "big@b1",
+            FeatureFlags::LARGE_BLOCKS | FeatureFlags::COMPRESSED | FeatureFlags::LZ4,
+        ),
+        (
+            "compressed-all",
+            "big@b1",
+            FeatureFlags::LARGE_BLOCKS
+                | FeatureFlags::COMPRESSED
+                | FeatureFlags::EMBED_DATA
+                | FeatureFlags::LZ4,
+        ),
+        (
+            "raw-unencrypted",
+            "big@b1",
+            FeatureFlags::LARGE_BLOCKS
+                | FeatureFlags::COMPRESSED
+                | FeatureFlags::EMBED_DATA
+                | FeatureFlags::LZ4,
+        ),
+    ] {
+        assert_eq!(begin(name).features, plain | features, "{name}");
+        let refusal = assert_refused(inspect(&fx.stream(name), &fx.expect(None, to)));
+        assert!(
+            matches!(refusal, StreamRefusal::FeatureNotAllowed { refused, .. } if refused == features),
+            "{name}: {refusal:?}"
+        );
+        let mut raw = fx.expect(None, to);
+        raw.raw = true;
+        ok(inspect(&fx.stream(name), &raw));
+    }
+
+    // -w of an encrypted dataset: RAW, and the key data as BEGIN nvlist.
+    let raw_begin = begin("raw");
+    assert_eq!(
+        raw_begin.features,
+        plain | FeatureFlags::RAW | FeatureFlags::COMPRESSED | FeatureFlags::LZ4
+    );
+    assert!(raw_begin.payload_len > 0);
+    let refusal = assert_refused(inspect(&fx.stream("raw"), &fx.expect(None, "enc@e1")));
+    assert!(
+        matches!(refusal, StreamRefusal::FeatureNotAllowed { .. }),
+        "{refusal:?}"
+    );
+    let mut raw = fx.expect(None, "enc@e1");
+    raw.raw = true;
+    ok(inspect(&fx.stream("raw"), &raw));
+    let mut raw_incr = fx.expect(Some("enc@e1"), "enc@e2");
+    raw_incr.raw = true;
+    let summary = ok(inspect(&fx.stream("raw-incr"), &raw_incr));
+    assert_eq!(summary.snapshots, fx.snapshots(&["enc@e2"]));
+
+    // send -t of a cut receive -s: RESUMING and the resume point as BEGIN nvlist.
+    let resumed = begin("resumed");
+    assert_eq!(resumed.features, plain | FeatureFlags::RESUMING);
+    assert!(resumed.payload_len > 0);
+    let mut resuming = fx.expect(None, "res@x1");
+    resuming.resuming = true;
+    let summary = ok(inspect(&fx.stream("resumed"), &resuming));
+    assert_eq!(summary.snapshots, fx.snapshots(&["res@x1"]));
+    let refusal = assert_refused(inspect(&fx.stream("resumed"), &fx.expect(None, "res@x1")));
+    assert!(
+        matches!(refusal, StreamRefusal::FeatureNotAllowed { refused, .. } if refused == FeatureFlags::RESUMING),
+        "{refusal:?}"
+    );
+    // A resuming offer refuses a stream that starts over.
+    let refusal = assert_refused(inspect(&fx.stream("full"), &{
+        let mut e = fx.expect(None, "fs@s1");
+        e.resuming = true;
+        e
+    }));
+    assert!(
+        matches!(refusal, StreamRefusal::NotResuming { .. }),
+        "{refusal:?}"
+    );
+}
+
+#[test]
+fn openzfs_2_3_streams() {
+    let fx = Fixtures::load("openzfs-2.3");
+    check_openzfs_streams(&fx);
+}
+
+mod mutations {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One change to a stream.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        /// Sets the byte at (index mod len).
+        Set(usize, u8),
+        /// Flips a bit of the byte at (index mod len).
+        Flip(usize, u8),
+        /// Inserts bytes at (index mod len).
+        Insert(usize, Vec<u8>),
+        /// Removes up to n bytes at (index mod len).
+        Remove(usize, usize),
+        /// Cuts the stream at (index mod len).
+        Truncate(usize),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            4 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
+            4 => (any::<usize>(), 0u8..8).prop_map(|(i, b)| Mutation::Flip(i, b)),
+            1 => (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..400))
+                .prop_map(|(i, v)| Mutation::Insert(i, v)),
+            1 => (any::<usize>(), 1usize..400).prop_map(|(i, n)| Mutation::Remove(i, n)),
+            1 => any::<usize>().prop_map(Mutation::Truncate),
+        ]
+    }
+
+    fn apply(stream: &mut Vec<u8>, m: &Mutation) {
+        if stream.is_empty() {
+            return;
+        }
+        let at = |i: usize| i % stream.len();
+        match m {
+            Mutation::Set(i, b) => {
+                let i = at(*i);
+                stream[i] = *b;
+            }
+            Mutation::Flip(i, bit) => {
+                let i = at(*i);
+                stream[i] ^= 1 << bit;
+            }
+            Mutation::Insert(i, bytes) => {
+                let i = at(*i);
+                stream.splice(i..i, bytes.iter().copied());
+            }
+            Mutation::Remove(i, n) => {
+                let i = at(*i);
+                let end = (i + n).min(stream.len());
+                stream.drain(i..end);
+            }
+            Mutation::Truncate(i) => {
+                let i = at(*i);
+                stream.truncate(i);
+            }
+        }
+    }
+
+    const SOURCES: [(&str, &str); 6] = [
+        ("zfs-fuse", "incr-I"),
+        ("zfs-fuse", "full"),
+        ("openzfs-2.3", "incr-I"),
+        ("openzfs-2.3", "raw"),
+        ("openzfs-2.3", "resumed"),
+        ("openzfs-2.3", "embedded"),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Mutated recorded streams never panic the inspector, and how they are split into
+        /// `feed` calls never changes the verdict or breaks the cleared-bytes rule.
+        #[test]
+        fn mutated_streams(
+            source in 0..SOURCES.len(),
+            mutations in proptest::collection::vec(mutation(), 1..6),
+            sizes in proptest::collection::vec(1usize..2000, 1..8),
+            raw in any::<bool>(),
+            intermediates in any::<bool>(),
+        ) {
+            let (dialect, name) = SOURCES[source];
+            let fx = Fixtures::load(dialect);
+            let mut stream = fx.stream(name);
+            for m in &mutations {
+                apply(&mut stream, m);
+            }
+            // An expectation that fits the unmutated stream as far as the flags go.
+            let (from, to) = match (dialect, name) {
+                (_, "incr-I") => (Some("fs@s1"), "fs@s3"),
+                (_, "full") => (None, "fs@s1"),
+                (_, "raw") => (None, "enc@e1"),
+                (_, "resumed") => (None, "res@x1"),
+                _ => (None, "emb@m1"),
+            };
+            let mut expect = fx.expect(from, to);
+            expect.raw = raw || name == "raw";
+            expect.intermediates = intermediates;
+            expect.resuming = name == "resumed";
+            let whole = run_split(&stream, &expect, &[stream.len().max(1)]);
+            let split = run_split(&stream, &expect, &sizes);
+            prop_assert_eq!(whole, split);
+        }
+    }
+}
