@@ -140,30 +140,10 @@ where
     let started = Instant::now();
     let source = &job.source;
     let snapshot = source.snapshot(&snapshot_short_name(&job.prefix, now))?;
-    let mut local = zfs
-        .list_snapshots(source, false)
-        .await
-        .map_err(ReplicationError::zfs(format!(
-            "listing snapshots of {source}"
-        )))?;
-    if !local.iter().any(|s| s.name == snapshot) {
-        zfs.create_snapshot(&snapshot, false)
-            .await
-            .map_err(ReplicationError::zfs(format!("creating {snapshot}")))?;
-        local = zfs
-            .list_snapshots(source, false)
-            .await
-            .map_err(ReplicationError::zfs(format!(
-                "listing snapshots of {source}"
-            )))?;
-    }
-    let newest = local
-        .iter()
-        .find(|s| s.name == snapshot)
-        .cloned()
-        .ok_or_else(|| {
-            ReplicationError::Unexpected(format!("{snapshot} vanished after creation"))
-        })?;
+    // ZFS work runs while the connection goes on: the peer sees heartbeats however long it takes.
+    let (local, newest) = conn
+        .drive_while(take_snapshot(zfs, source, &snapshot))
+        .await?;
 
     let mut state = request_state(conn, job.target.as_str()).await?;
     let mut resumed = None;
@@ -171,16 +151,20 @@ where
         resumed = finish_interrupted(zfs, conn, job, options, &local, &token).await?;
         state = request_state(conn, job.target.as_str()).await?;
     }
-    let bookmarks = zfs
-        .list_bookmarks(source)
-        .await
-        .map_err(ReplicationError::zfs(format!(
-            "listing bookmarks of {source}"
-        )))?;
+    let bookmarks =
+        conn.drive_while(zfs.list_bookmarks(source))
+            .await
+            .map_err(ReplicationError::zfs(format!(
+                "listing bookmarks of {source}"
+            )))?;
     let mut plan = plan(job, &local, &bookmarks, &newest, &state)?;
     if let Plan::Send { request, offer, .. } = &mut plan {
         // An estimate only feeds progress and space checks; without one the transfer goes on.
-        offer.size_estimate = zfs.send_estimate(request).await.ok().flatten();
+        offer.size_estimate = conn
+            .drive_while(zfs.send_estimate(request))
+            .await
+            .ok()
+            .flatten();
     }
     debug!(dataset = %source, ?plan, "planned");
 
@@ -195,7 +179,9 @@ where
             (shape, stream, wire)
         }
     };
-    let pruned = settle(zfs, job, options, &newest, now).await?;
+    let pruned = conn
+        .drive_while(settle(zfs, job, options, &newest, now))
+        .await?;
     Ok(Replicated {
         snapshot: newest.name,
         guid: newest.guid,
@@ -206,6 +192,39 @@ where
         pruned,
         resumed,
     })
+}
+
+/// Takes `snapshot` unless it exists already; returns the source's snapshots and its own entry.
+async fn take_snapshot<Z: Zfs>(
+    zfs: &Z,
+    source: &DatasetName,
+    snapshot: &SnapshotName,
+) -> Result<(Vec<SnapshotInfo>, SnapshotInfo), ReplicationError> {
+    let mut local = zfs
+        .list_snapshots(source, false)
+        .await
+        .map_err(ReplicationError::zfs(format!(
+            "listing snapshots of {source}"
+        )))?;
+    if !local.iter().any(|s| s.name == *snapshot) {
+        zfs.create_snapshot(snapshot, false)
+            .await
+            .map_err(ReplicationError::zfs(format!("creating {snapshot}")))?;
+        local = zfs
+            .list_snapshots(source, false)
+            .await
+            .map_err(ReplicationError::zfs(format!(
+                "listing snapshots of {source}"
+            )))?;
+    }
+    let newest = local
+        .iter()
+        .find(|s| s.name == *snapshot)
+        .cloned()
+        .ok_or_else(|| {
+            ReplicationError::Unexpected(format!("{snapshot} vanished after creation"))
+        })?;
+    Ok((local, newest))
 }
 
 /// The target holds a cut resumable receive: finish it (`zfs send -t`), or, when its snapshot is

@@ -2,10 +2,12 @@
 //! pipe in tests): writes what the session wants sent, feeds it what arrives, keeps its clock.
 //!
 //! Every wait is bounded: reads wait at most until the session's next deadline (heartbeat due or
-//! peer overdue), and writes are bounded by `write_timeout`.
+//! peer overdue), and writes are bounded by `write_timeout`. Local work that makes the peer wait
+//! (ZFS, mostly) runs under [`Connection::drive_while`], so heartbeats go on however long it
+//! takes. The clock is tokio's, so tests with paused time see the session's timers fire.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
@@ -39,7 +41,7 @@ pub enum TransportError {
 /// The session calls shared by both sides.
 pub trait Session {
     /// What the session reports.
-    type Event;
+    type Event: std::fmt::Debug;
     /// See `SenderSession::handle_bytes`.
     fn handle_bytes(
         &mut self,
@@ -105,14 +107,17 @@ pub enum Either<E, T> {
 
 /// A session bound to a connection.
 #[derive(Debug)]
-pub struct Connection<S, R, W> {
+pub struct Connection<S: Session, R, W> {
     /// The protocol state machine; call its methods, then [`Connection::flush`].
     pub session: S,
     reader: R,
     writer: W,
     inbuf: BytesMut,
-    epoch: Instant,
+    epoch: tokio::time::Instant,
     write_timeout: Duration,
+    /// What the connection produced while [`Connection::drive_while`] ran local work: handed out
+    /// by the next [`Connection::next_event_or`].
+    stashed: Option<Result<S::Event, TransportError>>,
 }
 
 impl<S, R, W> Connection<S, R, W>
@@ -122,14 +127,21 @@ where
     W: AsyncWrite + Unpin,
 {
     /// Binds `session`, whose clock started at `epoch`, to a connection.
-    pub fn new(session: S, reader: R, writer: W, epoch: Instant, write_timeout: Duration) -> Self {
+    pub fn new(
+        session: S,
+        reader: R,
+        writer: W,
+        epoch: std::time::Instant,
+        write_timeout: Duration,
+    ) -> Self {
         Self {
             session,
             reader,
             writer,
             inbuf: BytesMut::new(),
-            epoch,
+            epoch: tokio::time::Instant::now() - epoch.elapsed(),
             write_timeout,
+            stashed: None,
         }
     }
 
@@ -161,7 +173,8 @@ where
     }
 
     /// After a failed write: the peer may have closed with an error frame that is still unread.
-    /// Its reason beats "broken pipe".
+    /// Its reason beats "broken pipe". Another event found on the way (its `Bye`) is kept for
+    /// the caller.
     async fn salvage(&mut self, err: TransportError) -> TransportError {
         const LOOK: Duration = Duration::from_millis(500);
         let look = async {
@@ -173,6 +186,9 @@ where
                     Ok(Some(event)) => {
                         if let Some(reason) = S::peer_error(&event) {
                             return Some(reason);
+                        }
+                        if self.stashed.is_none() {
+                            self.stashed = Some(Ok(event));
                         }
                     }
                     Ok(None) => {
@@ -201,15 +217,48 @@ where
         }
     }
 
+    /// Runs local work the peer waits for (a ZFS command, say) to its end while the connection
+    /// goes on: heartbeats are sent, the peer's are read, its deadline is enforced. Work is never
+    /// abandoned half-way: an event that arrives meanwhile (the peer's error frame), or a failure
+    /// of the connection, is kept and returned by the next [`Connection::next_event`] once the
+    /// work is done.
+    pub async fn drive_while<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        while self.stashed.is_none() {
+            match self.drive(&mut work).await {
+                Ok(Either::Other(out)) => return out,
+                Ok(Either::Event(event)) => self.stashed = Some(Ok(event)),
+                Err(err) => self.stashed = Some(Err(err)),
+            }
+        }
+        work.await
+    }
+
     /// Waits for the session's next event or for `other`, whichever comes first. Reading is
     /// cancel-safe, so nothing the peer sent is lost when `other` wins.
     pub async fn next_event_or<T>(
         &mut self,
         other: impl Future<Output = T>,
     ) -> Result<Either<S::Event, T>, TransportError> {
+        if let Some(stashed) = self.stashed.take() {
+            return stashed.map(Either::Event);
+        }
+        self.drive(other).await
+    }
+
+    async fn drive<T>(
+        &mut self,
+        other: impl Future<Output = T>,
+    ) -> Result<Either<S::Event, T>, TransportError> {
         let mut other = std::pin::pin!(other);
         loop {
-            self.flush().await?;
+            if let Err(err) = self.flush().await {
+                // What the peer said before it closed (its `Bye`) beats our failed write.
+                if let Some(Ok(event)) = self.stashed.take() {
+                    return Ok(Either::Event(event));
+                }
+                return Err(err);
+            }
             let now = self.now();
             match self.session.handle_bytes(&mut self.inbuf, now) {
                 Ok(Some(event)) => {

@@ -15,10 +15,10 @@ use zrep_proto::{
     ErrorCode, ReceiverSession, RefusalCode, SenderEvent, SenderSession, SessionConfig,
 };
 use zrep_repl::ReplicationError;
-use zrep_repl::receiver::{ReceiverPolicy, ServeError, TargetLocks, serve};
+use zrep_repl::receiver::{ReceiverPolicy, Retention, ServeError, TargetLocks, serve};
 use zrep_repl::sender::{DatasetJob, Replicated, SenderOptions, StreamShape, replicate};
 use zrep_repl::transport::Connection;
-use zrep_zfs::fake::FakeZfs;
+use zrep_zfs::fake::{FakeOp, FakeZfs};
 use zrep_zfs::{
     Capabilities, DatasetName, Guid, HoldTag, PropertyName, RelativeName, SnapshotName, Zfs,
 };
@@ -33,6 +33,9 @@ struct Bed {
     locks: TargetLocks,
     drop_commit: Arc<AtomicBool>,
     clock: u64,
+    /// The receiver's retention for nas1.
+    retention: Option<Retention>,
+    commit_timeout: Duration,
 }
 
 impl Bed {
@@ -51,6 +54,8 @@ impl Bed {
             locks: TargetLocks::default(),
             drop_commit: Arc::new(AtomicBool::new(false)),
             clock: 1_795_000_000,
+            retention: None,
+            commit_timeout: Duration::from_secs(10),
         }
     }
 
@@ -71,11 +76,11 @@ impl Bed {
             .unwrap()
     }
 
-    fn options() -> SenderOptions {
+    fn options(&self) -> SenderOptions {
         SenderOptions {
             compression_level: 3,
             chunk_size: 64 * 1024,
-            commit_timeout: Duration::from_secs(10),
+            commit_timeout: self.commit_timeout,
             hold_tag: HoldTag::parse("zrep:backup1").unwrap(),
             bandwidth_limit: None,
             progress: None,
@@ -93,7 +98,7 @@ impl Bed {
             write_timeout: Duration::from_secs(10),
             locks: self.locks.clone(),
             drop_next_commit_answer: self.drop_commit.clone(),
-            retention: None,
+            retention: self.retention.clone(),
             metrics: Default::default(),
             danger_skip_stream_inspection: false,
         };
@@ -116,7 +121,7 @@ impl Bed {
     async fn cycle(&mut self, conn: &mut SenderConn) -> Result<Replicated, ReplicationError> {
         self.clock += 60;
         let now = UNIX_EPOCH + Duration::from_secs(self.clock);
-        replicate(&self.src, conn, &self.job(), &Self::options(), now).await
+        replicate(&self.src, conn, &self.job(), &self.options(), now).await
     }
 
     async fn guids(zfs: &FakeZfs, dataset: &DatasetName) -> Vec<(String, Guid)> {
@@ -362,7 +367,7 @@ async fn without_intermediates_only_the_newest_snapshot_travels() {
     let mut job = bed.job();
     job.intermediates = false;
     let now = UNIX_EPOCH + Duration::from_secs(bed.clock);
-    let second = replicate(&bed.src, &mut conn, &job, &Bed::options(), now)
+    let second = replicate(&bed.src, &mut conn, &job, &bed.options(), now)
         .await
         .unwrap();
     bye(conn, receiver).await;
@@ -475,10 +480,10 @@ async fn streams_of_another_shape_are_refused_and_the_session_goes_on() {
                 size_estimate: None,
             })
             .unwrap();
-        assert!(
-            matches!(conn.next_event().await.unwrap(), SenderEvent::Accepted),
-            "{case}"
-        );
+        match conn.next_event().await.unwrap() {
+            SenderEvent::Accepted => {}
+            other => panic!("{case}: offer answered {other:?}"),
+        }
         let chunk = ChunkCompressor::new(3).unwrap().compress(&bytes).unwrap();
         let frame = conn.session.send_data(&bytes, chunk, conn.now()).unwrap();
         conn.write_raw(&frame).await.unwrap();
@@ -496,4 +501,54 @@ async fn streams_of_another_shape_are_refused_and_the_session_goes_on() {
     bed.cycle(&mut conn).await.unwrap();
     assert_eq!(bed.dst.files(&bed.target())["f"], b"3");
     bye(conn, receiver).await;
+}
+
+/// ZFS slower than every timeout on both sides (the idle timeout of 60 s, three heartbeats, the
+/// write timeout): `zfs receive`, sealing, the receiver's pruning, and the sender's snapshot,
+/// hold and pruning each take five minutes. Both sessions live on heartbeats throughout; paused
+/// time runs the minutes at once.
+#[tokio::test(start_paused = true)]
+async fn zfs_slower_than_every_timeout_keeps_both_sessions_alive() {
+    const SLOW: Duration = Duration::from_secs(300);
+    let mut bed = Bed::new().await;
+    bed.commit_timeout = Duration::from_secs(3600);
+    bed.retention = Some(Retention {
+        prefix: "zrep".into(),
+        keep: zrep_repl::retention::KeepPolicy::last(1),
+    });
+    for op in [
+        FakeOp::Receive,
+        FakeOp::SetProperty,
+        FakeOp::DestroySnapshot,
+    ] {
+        bed.dst.set_latency(op, SLOW);
+    }
+    for op in [
+        FakeOp::CreateSnapshot,
+        FakeOp::Hold,
+        FakeOp::DestroySnapshot,
+    ] {
+        bed.src.set_latency(op, SLOW);
+    }
+    let started = tokio::time::Instant::now();
+    let (mut conn, receiver) = bed.connect().await;
+    bed.src.write_file(&bed.source, "f", b"1");
+    bed.cycle(&mut conn).await.unwrap();
+    bed.src.write_file(&bed.source, "f", b"2");
+    let second = bed.cycle(&mut conn).await.unwrap();
+    bye(conn, receiver).await;
+    // The slow calls really ran, each far beyond every timeout (partly at once: the receiver
+    // prunes while the sender settles).
+    assert!(started.elapsed() >= SLOW * 6, "{:?}", started.elapsed());
+    let on_target = Bed::guids(&bed.dst, &bed.target()).await;
+    assert_eq!(
+        on_target,
+        [(second.snapshot.short_name().to_owned(), second.guid)]
+    );
+    assert_eq!(bed.dst.files(&bed.target())["f"], b"2");
+    let on_source = Bed::guids(&bed.src, &bed.source).await;
+    assert_eq!(
+        on_source,
+        [(second.snapshot.short_name().to_owned(), second.guid)]
+    );
 }

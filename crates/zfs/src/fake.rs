@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 
@@ -65,6 +66,7 @@ struct State {
     counter: u64,
     clock: u64,
     faults: HashMap<FakeOp, Vec<String>>,
+    latency: HashMap<FakeOp, Duration>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -151,6 +153,19 @@ impl FakeZfs {
             .entry(op)
             .or_default()
             .push(stderr.to_owned());
+    }
+
+    /// Makes every later call of `op` take `latency` first (tokio's clock: tests with paused
+    /// time run it at once), as a slow pool or a long `zfs receive` would.
+    pub fn set_latency(&self, op: FakeOp, latency: Duration) {
+        self.lock().latency.insert(op, latency);
+    }
+
+    async fn work(&self, op: FakeOp) {
+        let latency = self.lock().latency.get(&op).copied();
+        if let Some(latency) = latency {
+            tokio::time::sleep(latency).await;
+        }
     }
 
     /// The user holds on a snapshot, whatever the dialect.
@@ -270,6 +285,7 @@ impl Zfs for FakeZfs {
         dataset: &DatasetName,
         recursive: bool,
     ) -> Result<Vec<SnapshotInfo>, ZfsError> {
+        self.work(FakeOp::ListSnapshots).await;
         let mut state = self.lock();
         let args = ["get", "guid", dataset.as_str()];
         state.take_fault(FakeOp::ListSnapshots, &args)?;
@@ -296,6 +312,7 @@ impl Zfs for FakeZfs {
         snapshot: &SnapshotName,
         recursive: bool,
     ) -> Result<(), ZfsError> {
+        self.work(FakeOp::CreateSnapshot).await;
         let mut state = self.lock();
         let args = ["snapshot", snapshot.as_str()];
         state.take_fault(FakeOp::CreateSnapshot, &args)?;
@@ -338,6 +355,7 @@ impl Zfs for FakeZfs {
     }
 
     async fn destroy_snapshot(&self, snapshot: &SnapshotName) -> Result<(), ZfsError> {
+        self.work(FakeOp::DestroySnapshot).await;
         let mut state = self.lock();
         let args = ["destroy", snapshot.as_str()];
         state.take_fault(FakeOp::DestroySnapshot, &args)?;
@@ -389,6 +407,7 @@ impl Zfs for FakeZfs {
     }
 
     async fn hold(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<(), ZfsError> {
+        self.work(FakeOp::Hold).await;
         let mut state = self.lock();
         let args = ["hold", tag.as_str(), snapshot.as_str()];
         state.take_fault(FakeOp::Hold, &args)?;
@@ -403,6 +422,7 @@ impl Zfs for FakeZfs {
     }
 
     async fn release(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<(), ZfsError> {
+        self.work(FakeOp::Release).await;
         let mut state = self.lock();
         let args = ["release", tag.as_str(), snapshot.as_str()];
         state.take_fault(FakeOp::Release, &args)?;
@@ -473,6 +493,7 @@ impl Zfs for FakeZfs {
         property: &PropertyName,
         value: &str,
     ) -> Result<(), ZfsError> {
+        self.work(FakeOp::SetProperty).await;
         let mut state = self.lock();
         let name = object.object_name();
         let args = ["set", property.as_str(), name];
@@ -491,6 +512,7 @@ impl Zfs for FakeZfs {
         properties: &[(PropertyName, String)],
         parents: bool,
     ) -> Result<(), ZfsError> {
+        self.work(FakeOp::CreateDataset).await;
         let mut state = self.lock();
         let args = ["create", dataset.as_str()];
         state.take_fault(FakeOp::CreateDataset, &args)?;
@@ -669,6 +691,7 @@ impl Zfs for FakeZfs {
         Ok(ReceiveSink::new(
             Box::pin(writer),
             Box::pin(async move {
+                fake.work(FakeOp::Receive).await;
                 let bytes = std::mem::take(&mut *buffer.lock().unwrap_or_else(|p| p.into_inner()));
                 fake.apply_stream(&request, &bytes)
             }),

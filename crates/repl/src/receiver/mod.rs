@@ -236,7 +236,7 @@ where
             }
             ReceiverEvent::StateRequested { target } => {
                 let dataset = resolve(conn, policy, &target).await?;
-                match target_state(zfs, &dataset, &target).await {
+                match conn.drive_while(target_state(zfs, &dataset, &target)).await {
                     Ok(state) => conn.session.send_state(state)?,
                     Err(err) => {
                         conn.session
@@ -251,7 +251,7 @@ where
             }
             ReceiverEvent::AbortResumeRequested { target } => {
                 let dataset = resolve(conn, policy, &target).await?;
-                let outcome = abort_resume(zfs, policy, &dataset).await;
+                let outcome = conn.drive_while(abort_resume(zfs, policy, &dataset)).await;
                 info!(peer = %policy.peer, target = %dataset, ?outcome, "abort-resume requested");
                 conn.session.abort_resume_result(outcome)?;
             }
@@ -420,13 +420,13 @@ where
         )?;
         return Ok(());
     };
-    if let Err((code, message)) = check_offer(zfs, &dataset, &offer).await {
+    if let Err((code, message)) = conn.drive_while(check_offer(zfs, &dataset, &offer)).await {
         info!(peer = %policy.peer, target = %dataset, %code, %message, "offer refused");
         policy.metrics.refused(&policy.peer, &offer.target);
         conn.session.refuse(code, message)?;
         return Ok(());
     }
-    let before = match Before::record(zfs, &dataset).await {
+    let before = match conn.drive_while(Before::record(zfs, &dataset)).await {
         Ok(before) => before,
         Err(err) => {
             policy.metrics.refused(&policy.peer, &offer.target);
@@ -437,7 +437,10 @@ where
             return Ok(());
         }
     };
-    if let Err(err) = ensure_parents(zfs, &policy.root, &dataset).await {
+    if let Err(err) = conn
+        .drive_while(ensure_parents(zfs, &policy.root, &dataset))
+        .await
+    {
         policy.metrics.refused(&policy.peer, &offer.target);
         conn.session.refuse(
             RefusalCode::NotPermitted,
@@ -456,7 +459,8 @@ where
     let outcome = match pump(zfs, conn, spec).await {
         Ok(outcome) => outcome,
         Err(err) => {
-            // Cut link or a peer's error frame: nothing it sent stays but a resumable state.
+            // Cut link or a peer's error frame (no connection left to drive): nothing it sent
+            // stays but a resumable state.
             undo(zfs, &policy.peer, &dataset, &before, Partial::Keep).await;
             return Err(err);
         }
@@ -468,9 +472,15 @@ where
         Pumped::Refused(message) => Err((FailureCode::StreamRefused, message, Partial::Discard)),
         Pumped::Received { bytes, summary } => {
             received = bytes;
-            finalize(zfs, &dataset, &snapshot, offer.guid, summary.as_ref())
-                .await
-                .map_err(|(code, message)| (code, message, Partial::Discard))
+            conn.drive_while(finalize(
+                zfs,
+                &dataset,
+                &snapshot,
+                offer.guid,
+                summary.as_ref(),
+            ))
+            .await
+            .map_err(|(code, message)| (code, message, Partial::Discard))
         }
     };
     match verdict {
@@ -487,15 +497,19 @@ where
             if let Some(retention) = &policy.retention {
                 // Answer first, then prune while still holding the target's lock.
                 let flushed = conn.flush().await;
-                prune_target(zfs, policy, retention, &dataset, SystemTime::now()).await;
+                let prune = prune_target(zfs, policy, retention, &dataset, SystemTime::now());
+                conn.drive_while(prune).await;
                 flushed?;
             }
         }
         Err((code, message, partial)) => {
             warn!(peer = %policy.peer, target = %dataset, %code, %message, "transfer failed");
-            undo(zfs, &policy.peer, &dataset, &before, partial).await;
             policy.metrics.failed(&policy.peer, &offer.target);
+            // Answer first: the session then drains the rest of a refused stream. The peer's
+            // next request is served only after the undo.
             conn.session.failed(code, message)?;
+            conn.drive_while(undo(zfs, &policy.peer, &dataset, &before, partial))
+                .await;
         }
     }
     Ok(())

@@ -98,7 +98,7 @@ where
                 let Some(sink) = sink else {
                     unreachable!("feed() started zfs receive")
                 };
-                return Ok(match sink.finish().await {
+                return Ok(match conn.drive_while(sink.finish()).await {
                     Ok(()) => Pumped::Received { bytes, summary },
                     Err(err) => Pumped::Failed(classify_failure(&err)),
                 });
