@@ -477,7 +477,7 @@ fn newest_common(source: &DatasetName, target: &DatasetName) -> (String, u64) {
 /// The feature flags of a stream's first BEGIN record (`drr_versioninfo` above the header type),
 /// in the byte order the magic says.
 fn begin_features(stream: &[u8]) -> u64 {
-    const MAGIC: u64 = 0x2F5b_acbac;
+    const MAGIC: u64 = 0x2F5B_ACBAC;
     let word = |at: usize, le: bool| {
         let bytes: [u8; 8] = stream[at..at + 8].try_into().unwrap();
         if le {
@@ -719,22 +719,26 @@ async fn unverified_transfers_leave_the_target_as_it_was() {
         })
         .await;
 
-        // An increment of the existing target: afterwards it has its old snapshots only.
-        write_file(&base, "f", &pseudo_random_bytes(i as u64 + 10, 100 << 10));
-        let snapshot = format!("h{i}");
-        zfs(&["snapshot", &format!("{base}@{snapshot}")]);
+        // A `-I` package of two new snapshots on the existing target: afterwards it has its
+        // old snapshots only (both new ones destroyed, the base rolled back).
         let (from, from_guid) = newest_common(&base, &bed.target("base"));
-        let name = format!("increment, {slug}");
+        for part in ["a", "b"] {
+            let data = pseudo_random_bytes(i as u64 + 10, 100 << 10);
+            write_file(&base, part, &data);
+            zfs(&["snapshot", &format!("{base}@h{i}{part}")]);
+        }
+        let snapshot = format!("h{i}b");
+        let name = format!("-I increment, {slug}");
         bed.attempt(Attempt {
             name: &name,
             offer: offer(
                 "base",
                 &snapshot,
                 guid(&format!("{base}@{snapshot}")),
-                incremental(&from, from_guid, false),
+                incremental(&from, from_guid, true),
             ),
             stream: zfs_send(&[
-                "-i",
+                "-I",
                 &format!("{base}@{from}"),
                 &format!("{base}@{snapshot}"),
             ]),
@@ -786,6 +790,21 @@ async fn streams_of_another_shape_than_offered_are_refused() {
         name: "full stream whose GUID is not the offer's",
         offer: offer("guid", "1", guid(&x2), StreamKind::Full),
         stream: zfs_send(&[&x1]),
+        ending: StreamEnding::Honest,
+        expect: Expect::Failed(REFUSED),
+        lands: Lands::Nothing,
+        honest_source: &x,
+    })
+    .await;
+
+    // The offered stream with another stream after it (zfs receive would stop after the first
+    // and leave the rest unread, unchecked).
+    let mut concatenated = zfs_send(&[&x1]);
+    concatenated.extend(zfs_send(&["-i", &x1, &x2]));
+    bed.attempt(Attempt {
+        name: "full stream followed by a second stream",
+        offer: offer("concat", "1", guid(&x1), StreamKind::Full),
+        stream: concatenated,
         ending: StreamEnding::Honest,
         expect: Expect::Failed(REFUSED),
         lands: Lands::Nothing,
