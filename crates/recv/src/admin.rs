@@ -1,4 +1,5 @@
-//! The administrative commands of zrep-recv: `init`, `pair`, `issue`, `peers`, `revoke`.
+//! The administrative commands of zrep-recv: `init`, `pair`, `issue`, `peers`, `revoke`, and
+//! `check` (which `serve` runs before it starts).
 //!
 //! Each works on files only (the CA, the configuration, the peers registry); a running
 //! `zrep-recv serve` notices registry changes within a second, so nothing needs a restart.
@@ -11,14 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
+use zrep_tls::pki_types::{CertificateDer, PrivateKeyDer};
 use zrep_tls::{
     CertificateAuthority, DEFAULT_CA_TTL, DEFAULT_SERVER_TTL, Fingerprint, Overwrite, PairingToken,
-    PeerIdentity, PeerName, load_certs, write_cert_file,
+    PeerIdentity, PeerName, TlsError, load_certs, load_private_key, write_cert_file,
 };
 use zrep_zfs::DatasetName;
 
-use crate::config::RecvConfig;
-use crate::registry::{IssuedCert, Pairing, Registry, RegistryFile};
+use crate::config::{RecvConfig, RootClaim, RootOverlap, RootSource, find_overlaps};
+use crate::registry::{IssuedCert, Pairing, Registry, RegistryError, RegistryFile};
 
 /// Default lifetime of a pairing token.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -331,6 +333,531 @@ pub fn revoke(config: &RecvConfig, name: &PeerName) -> anyhow::Result<()> {
         .context("updating the peers registry")?
 }
 
+/// A setting of recv.toml that names a certificate or key file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// `cert`: the server certificate chain.
+    Cert,
+    /// `key`: the server's private key.
+    Key,
+    /// `ca`: the CA certificate.
+    Ca,
+    /// `ca-key`: the CA's private key.
+    CaKey,
+}
+
+impl Setting {
+    /// What the file should be, for "point it at ...".
+    fn what(self) -> &'static str {
+        match self {
+            Setting::Cert => "this receiver's certificate (PEM)",
+            Setting::Key => "the private key of that certificate (PEM)",
+            Setting::Ca => "this receiver's CA certificate (PEM, ca.pem of `zrep-recv init`)",
+            Setting::CaKey => "the CA's private key (PEM, ca.key of `zrep-recv init`)",
+        }
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Setting::Cert => "cert",
+            Setting::Key => "key",
+            Setting::Ca => "ca",
+            Setting::CaKey => "ca-key",
+        })
+    }
+}
+
+/// One thing [`check`] found broken: a message of one line that names the file (or the peers)
+/// and says what to do. `serve` refuses to start with the same messages.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Problem {
+    /// A certificate or key file cannot be read.
+    #[error("{setting} = {}: cannot read it: {cause}; point `{setting}` in recv.toml at {}", path.display(), setting.what())]
+    Unreadable {
+        /// Which setting names the file.
+        setting: Setting,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
+    /// The file holds no PEM certificate or key, or malformed PEM.
+    #[error("{setting} = {}: {found}; point `{setting}` in recv.toml at {}", path.display(), setting.what())]
+    NotPem {
+        /// Which setting names the file.
+        setting: Setting,
+        /// The file.
+        path: PathBuf,
+        /// What is in it instead.
+        found: String,
+    },
+    /// The file's certificate or key cannot be used.
+    #[error("{setting} = {}: unusable: {reason}; point `{setting}` in recv.toml at {}", path.display(), setting.what())]
+    Unusable {
+        /// Which setting names the file.
+        setting: Setting,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The server key is not the key of the server certificate.
+    #[error("key = {} is not the key of cert = {}; point `key` at the private key that certificate was issued for (or issue a new certificate for this key)", key.display(), cert.display())]
+    KeyMismatch {
+        /// The key file.
+        key: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+    },
+    /// The CA key is not the key of the CA certificate.
+    #[error("ca-key = {} is not the key of ca = {}; point `ca-key` at the key of this CA (ca.key next to ca.pem of `zrep-recv init`)", ca_key.display(), ca.display())]
+    CaKeyMismatch {
+        /// The key file.
+        ca_key: PathBuf,
+        /// The CA certificate file.
+        ca: PathBuf,
+    },
+    /// `ca` holds a certificate that is not a CA.
+    #[error("ca = {}: {subject:?} is not a CA certificate; point `ca` at {}", ca.display(), Setting::Ca.what())]
+    NotCa {
+        /// The file.
+        ca: PathBuf,
+        /// The certificate's subject.
+        subject: String,
+    },
+    /// The server certificate does not verify against the CA (another issuer, expired, ...).
+    #[error("cert = {} does not verify against ca = {}: {reason}; senders would refuse it: {remedy}", cert.display(), ca.display())]
+    NotIssuedByCa {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The CA certificate file.
+        ca: PathBuf,
+        /// What the verifier said.
+        reason: String,
+        /// What to do about it.
+        remedy: &'static str,
+    },
+    /// The state directory is missing or not a directory.
+    #[error("state-dir = {}: {reason}; create it or point `state-dir` in recv.toml at the directory that holds peers.toml", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// peers.toml cannot be read.
+    #[error(
+        "{cause}; make it readable for the user zrep-recv runs as (zrep-recv writes it with mode 0600)"
+    )]
+    RegistryUnreadable {
+        /// The registry's error (names the file).
+        cause: RegistryError,
+    },
+    /// peers.toml is not a valid registry.
+    #[error(
+        "{cause}; repair the file by hand or restore it from a backup (zrep-recv writes it; `zrep-recv peers` reads it)"
+    )]
+    RegistryInvalid {
+        /// The registry's error (names the file).
+        cause: RegistryError,
+    },
+    /// Two peers' roots are equal or nested.
+    #[error(transparent)]
+    Overlap(#[from] RootOverlap),
+    /// A name is both a static peer and a registered (non-revoked) one.
+    #[error(
+        "peer {name} is a static [[peer]] in recv.toml (root {static_root}) and registered in peers.toml (root {root}); the registered entry wins: remove [[peer]] {name} from recv.toml"
+    )]
+    StaticAndRegistered {
+        /// The peer.
+        name: PeerName,
+        /// Its root in recv.toml.
+        static_root: DatasetName,
+        /// Its root in peers.toml.
+        root: String,
+    },
+}
+
+/// `zrep-recv check` (and the start of `serve`): opens every certificate and key, checks that
+/// each key belongs to its certificate and that the server certificate verifies against the CA,
+/// that the state directory exists and peers.toml (if there is one) parses, and that no two
+/// peers' roots overlap, static or registered. Returns what it found, to print, or every
+/// problem.
+pub fn check(config: &RecvConfig) -> Result<String, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut out = String::new();
+    let _ = writeln!(out, "listen {}", config.listen);
+    match config.metrics_listen {
+        Some(addr) => _ = writeln!(out, "metrics-listen {addr}"),
+        None => _ = writeln!(out, "metrics-listen off"),
+    }
+    let provider = zrep_tls::rustls::crypto::aws_lc_rs::default_provider();
+    let ca = read_certs(Setting::Ca, &config.ca)
+        .map_err(|p| problems.push(p))
+        .ok();
+    let chain = read_certs(Setting::Cert, &config.cert)
+        .map_err(|p| problems.push(p))
+        .ok();
+    let key = read_key(Setting::Key, &config.key)
+        .map_err(|p| problems.push(p))
+        .ok();
+    let names =
+        chain.as_ref().and_then(
+            |chain| match zrep_tls::pairing::certificate_names(&chain[0]) {
+                Ok(names) if names.is_empty() => {
+                    problems.push(Problem::Unusable {
+                        setting: Setting::Cert,
+                        path: config.cert.clone(),
+                        reason: "the certificate has no subjectAltName, senders cannot verify it"
+                            .into(),
+                    });
+                    None
+                }
+                Ok(names) => Some(names),
+                Err(err) => {
+                    problems.push(Problem::Unusable {
+                        setting: Setting::Cert,
+                        path: config.cert.clone(),
+                        reason: err.to_string(),
+                    });
+                    None
+                }
+            },
+        );
+    if let (Some(chain), Some(ca_certs), Some(names)) = (&chain, &ca, &names) {
+        match verify_server_cert(&provider, chain, ca_certs, &names[0]) {
+            Ok(()) => {
+                _ = writeln!(
+                    out,
+                    "cert {}: {}; issued by the CA, valid now",
+                    config.cert.display(),
+                    names.join(", ")
+                )
+            }
+            Err((reason, remedy)) => problems.push(Problem::NotIssuedByCa {
+                cert: config.cert.clone(),
+                ca: config.ca.clone(),
+                reason,
+                remedy,
+            }),
+        }
+    }
+    if let (Some(chain), Some(key)) = (&chain, key) {
+        match check_key_matches(&provider, chain, key) {
+            Ok(()) => _ = writeln!(out, "key {}: the certificate's key", config.key.display()),
+            Err(KeyCheck::Mismatch) => problems.push(Problem::KeyMismatch {
+                key: config.key.clone(),
+                cert: config.cert.clone(),
+            }),
+            Err(KeyCheck::Unusable(reason)) => problems.push(Problem::Unusable {
+                setting: Setting::Key,
+                path: config.key.clone(),
+                reason,
+            }),
+        }
+    }
+    if let Some(ca_certs) = &ca {
+        let _ = writeln!(
+            out,
+            "ca {}: SHA-256 {}",
+            config.ca.display(),
+            Fingerprint::of_cert(&ca_certs[0])
+        );
+    }
+    match &config.ca_key {
+        Some(path) => match read_key(Setting::CaKey, path) {
+            Ok(key) => {
+                if let Some(ca_certs) = &ca {
+                    match CertificateAuthority::from_der(ca_certs[0].clone(), &key) {
+                        Ok(_) => {
+                            _ = writeln!(
+                                out,
+                                "ca-key {}: the CA's key; pairing, issue and renewal on",
+                                path.display()
+                            )
+                        }
+                        Err(err) => problems.push(ca_problem(config, path, err)),
+                    }
+                }
+            }
+            Err(problem) => problems.push(problem),
+        },
+        None => _ = writeln!(out, "ca-key none: pairing, issue and renewal off"),
+    }
+    let registry = check_state_dir(config, &mut out)
+        .map_err(|p| problems.push(p))
+        .ok();
+    if let Some(registry) = registry {
+        let now = SystemTime::now();
+        list_peers(config, &registry, now, &mut out);
+        for peer in registry.peers.iter().filter(|p| !p.revoked) {
+            if let Some(static_root) = config.peers.get(&peer.name) {
+                problems.push(Problem::StaticAndRegistered {
+                    name: peer.name.clone(),
+                    static_root: static_root.clone(),
+                    root: peer.root.clone(),
+                });
+            }
+        }
+        problems.extend(
+            config
+                .registry_overlaps(&registry, now)
+                .into_iter()
+                .map(Problem::from),
+        );
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Why a key does not do for its certificate.
+enum KeyCheck {
+    Mismatch,
+    Unusable(String),
+}
+
+/// With the key loader `serve` uses (rustls), so every key type it takes passes here too.
+fn check_key_matches(
+    provider: &zrep_tls::rustls::crypto::CryptoProvider,
+    chain: &[CertificateDer<'static>],
+    key: PrivateKeyDer<'static>,
+) -> Result<(), KeyCheck> {
+    use zrep_tls::rustls::{Error, InconsistentKeys, sign::CertifiedKey};
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| KeyCheck::Unusable(e.to_string()))?;
+    match CertifiedKey::new(chain.to_vec(), signing).keys_match() {
+        // rustls cannot compare some key types; it accepts them, and so does this check.
+        Ok(()) | Err(Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(()),
+        Err(Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(KeyCheck::Mismatch),
+        Err(err) => Err(KeyCheck::Unusable(err.to_string())),
+    }
+}
+
+/// Verifies the server certificate as a sender does: against the CA, for `name` (its first
+/// subjectAltName), now. On failure: the reason and what to do.
+fn verify_server_cert(
+    provider: &zrep_tls::rustls::crypto::CryptoProvider,
+    chain: &[CertificateDer<'static>],
+    ca_certs: &[CertificateDer<'static>],
+    name: &str,
+) -> Result<(), (String, &'static str)> {
+    use zrep_tls::pki_types::{ServerName, UnixTime};
+    use zrep_tls::rustls::client::WebPkiServerVerifier;
+    use zrep_tls::rustls::client::danger::ServerCertVerifier;
+    use zrep_tls::rustls::{CertificateError, Error, RootCertStore};
+    const REISSUE: &str =
+        "issue it from this CA (`zrep-recv init` does) or point `ca` at its issuer";
+    let mut roots = RootCertStore::empty();
+    for cert in ca_certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| (format!("the CA certificate is unusable: {e}"), REISSUE))?;
+    }
+    let verifier = WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::new(provider.clone()),
+    )
+    .build()
+    .map_err(|e| (e.to_string(), REISSUE))?;
+    let server_name =
+        ServerName::try_from(name.to_owned()).map_err(|e| (e.to_string(), REISSUE))?;
+    match verifier.verify_server_cert(&chain[0], &chain[1..], &server_name, &[], UnixTime::now()) {
+        Ok(_) => Ok(()),
+        Err(Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => Err((
+            "it has expired".into(),
+            "issue a new server certificate from the CA",
+        )),
+        Err(Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        )) => Err((
+            "it is not valid yet".into(),
+            "check this host's clock, or issue a new server certificate from the CA",
+        )),
+        Err(Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        )) => Err(("this CA did not issue it".into(), REISSUE)),
+        Err(err) => Err((err.to_string(), REISSUE)),
+    }
+}
+
+fn read_certs(setting: Setting, path: &Path) -> Result<Vec<CertificateDer<'static>>, Problem> {
+    load_certs(path).map_err(|err| file_problem(setting, path, err))
+}
+
+fn read_key(setting: Setting, path: &Path) -> Result<PrivateKeyDer<'static>, Problem> {
+    load_private_key(path).map_err(|err| file_problem(setting, path, err))
+}
+
+/// A loading error of zrep-tls as a [`Problem`]: each names the file once and its cause once.
+fn file_problem(setting: Setting, path: &Path, err: TlsError) -> Problem {
+    match err {
+        TlsError::Read { path, source } => Problem::Unreadable {
+            setting,
+            path,
+            cause: source,
+        },
+        TlsError::Pem { path, source } => Problem::NotPem {
+            setting,
+            path,
+            found: format!("malformed PEM ({})", pem_error(&source)),
+        },
+        TlsError::NoCertificate { path } => Problem::NotPem {
+            setting,
+            path,
+            found: "no PEM certificate in it".into(),
+        },
+        TlsError::NoPrivateKey { path } => Problem::NotPem {
+            setting,
+            path,
+            found: "no PEM private key (PKCS#8, SEC1 or PKCS#1) in it".into(),
+        },
+        other => Problem::Unusable {
+            setting,
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// The PEM decoder shows the lines it means as byte arrays; an admin wants to read them.
+fn pem_error(err: &zrep_tls::pki_types::pem::Error) -> String {
+    use zrep_tls::pki_types::pem::Error;
+    match err {
+        Error::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(end_marker);
+            format!("no line \"-----END {}-----\"", label.trim())
+        }
+        Error::IllegalSectionStart { line } => format!(
+            "bad section start {:?}",
+            String::from_utf8_lossy(line).trim()
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn ca_problem(config: &RecvConfig, ca_key: &Path, err: TlsError) -> Problem {
+    match err {
+        TlsError::CaKeyMismatch => Problem::CaKeyMismatch {
+            ca_key: ca_key.to_owned(),
+            ca: config.ca.clone(),
+        },
+        TlsError::NotCa { subject } => Problem::NotCa {
+            ca: config.ca.clone(),
+            subject,
+        },
+        TlsError::PrivateKey { reason } => Problem::Unusable {
+            setting: Setting::CaKey,
+            path: ca_key.to_owned(),
+            reason,
+        },
+        other => Problem::Unusable {
+            setting: Setting::Ca,
+            path: config.ca.clone(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// The state directory must exist; peers.toml in it may be absent (no registered peers).
+fn check_state_dir(config: &RecvConfig, out: &mut String) -> Result<Registry, Problem> {
+    let dir = &config.state_dir;
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(Problem::StateDir {
+                path: dir.clone(),
+                reason: "not a directory".into(),
+            });
+        }
+        Err(err) => {
+            return Err(Problem::StateDir {
+                path: dir.clone(),
+                reason: err.to_string(),
+            });
+        }
+    }
+    let file = RegistryFile::new(dir);
+    let present = file.path().exists();
+    let registry = file.load().map_err(|cause| match cause {
+        RegistryError::Invalid { .. } => Problem::RegistryInvalid { cause },
+        _ => Problem::RegistryUnreadable { cause },
+    })?;
+    if present {
+        let _ = writeln!(
+            out,
+            "state-dir {}: {}: peers {}, pairings {}",
+            dir.display(),
+            file.path().display(),
+            registry.peers.len(),
+            registry.pairings.len()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "state-dir {}: no peers.toml yet (no registered peers)",
+            dir.display()
+        );
+    }
+    Ok(registry)
+}
+
+/// One line per peer (static, registered, revoked), pending pairing and `[keep]` entry.
+fn list_peers(config: &RecvConfig, registry: &Registry, now: SystemTime, out: &mut String) {
+    let keep = |name: &PeerName| match config.retention.get(name) {
+        Some(r) if r.prefix == zrep_repl::naming::DEFAULT_PREFIX => format!("keep {}", r.keep),
+        Some(r) => format!("keep {} (prefix {})", r.keep, r.prefix),
+        None => "keep all".to_owned(),
+    };
+    for (name, root) in &config.peers {
+        let state = match registry.peer(name) {
+            None => "static",
+            Some(p) if p.revoked => "static, revoked in peers.toml",
+            Some(_) => "static, overridden by peers.toml",
+        };
+        let _ = writeln!(out, "peer {name} ({state}) root {root} {}", keep(name));
+    }
+    for peer in &registry.peers {
+        let state = if peer.revoked {
+            "revoked"
+        } else {
+            "registered"
+        };
+        let name = &peer.name;
+        let _ = writeln!(
+            out,
+            "peer {name} ({state}) root {} {}",
+            peer.root,
+            keep(name)
+        );
+    }
+    for pairing in &registry.pairings {
+        if pairing.used.is_none() && pairing.expires > now {
+            let _ = writeln!(
+                out,
+                "pairing {} (pending until {}) root {}",
+                pairing.name,
+                humantime_serde::re::humantime::format_rfc3339_seconds(pairing.expires),
+                pairing.root
+            );
+        }
+    }
+    for name in config.retention.keys() {
+        if !config.peers.contains_key(name) && registry.peer(name).is_none() {
+            let _ = writeln!(out, "{} for {name}, not a peer yet", keep(name));
+        }
+    }
+}
+
 /// The name senders should verify this receiver's certificate against: its first
 /// subjectAltName.
 pub fn server_name(config: &RecvConfig) -> anyhow::Result<String> {
@@ -388,24 +915,19 @@ fn check_new_peer(
     if registry.peer(name).is_some_and(|p| !p.revoked) {
         bail!("peer {name} is already paired; `zrep-recv revoke {name}` first to pair it anew");
     }
-    let pending = registry
-        .pairings
-        .iter()
-        .filter(|p| p.used.is_none() && p.expires > now && p.name != *name)
-        .map(|p| (&p.name, p.root.as_str()));
-    let statics = config.peers.iter().map(|(n, r)| (n, r.as_str()));
-    for (other, other_root) in registry.active_roots().chain(pending).chain(statics) {
-        if other == name {
-            continue;
-        }
-        let Ok(other_root) = DatasetName::parse(other_root) else {
-            continue;
-        };
-        if root.is_within(&other_root) || other_root.is_within(root) {
-            bail!(
-                "root {root} overlaps {other_root} of peer {other}; each peer needs its own subtree"
-            );
-        }
+    // Another pending pairing for the same name is replaced by this one: not a competitor.
+    let mut claims: Vec<RootClaim> = registry
+        .root_claims(now)
+        .into_iter()
+        .filter(|c| c.peer != *name)
+        .collect();
+    claims.extend(config.static_claims(registry));
+    claims.push(RootClaim::new(name.clone(), root.clone(), RootSource::New));
+    if let Some(overlap) = find_overlaps(&claims)
+        .into_iter()
+        .find(|o| o.involves(name))
+    {
+        bail!(overlap);
     }
     Ok(())
 }

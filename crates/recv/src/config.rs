@@ -1,15 +1,18 @@
 //! `recv.toml`, parsed once into typed values. Relative paths are relative to the file.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use zrep_repl::receiver::Retention;
 use zrep_repl::retention::{KeepPolicy, parse_grid};
 use zrep_tls::PeerName;
 use zrep_zfs::DatasetName;
+
+use crate::registry::Registry;
 
 pub use zrep_cli::ConfigError;
 
@@ -136,7 +139,11 @@ impl RecvConfig {
         if raw.max_connections == 0 {
             return Err(invalid("max-connections must be at least 1".into()));
         }
-        let base = path.parent().unwrap_or(Path::new("."));
+        // `recv.toml` alone has the parent "", which no file operation accepts as a directory.
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         if raw.peer_cert_ttl < Duration::from_secs(60) {
             return Err(invalid("peer-cert-ttl must be at least 1 minute".into()));
         }
@@ -160,13 +167,6 @@ impl RecvConfig {
                     "root of peer {name} is the pool {root}; give each peer a dataset below the pool"
                 )));
             }
-            for (other, other_root) in &peers {
-                if root.is_within(other_root) || other_root.is_within(&root) {
-                    return Err(invalid(format!(
-                        "roots of peers {other} ({other_root}) and {name} ({root}) overlap; each peer needs its own subtree"
-                    )));
-                }
-            }
             if peers.insert(name.clone(), root).is_some() {
                 return Err(invalid(format!("peer {name} is listed twice")));
             }
@@ -184,6 +184,13 @@ impl RecvConfig {
                     },
                 );
             }
+        }
+        let statics: Vec<RootClaim> = peers
+            .iter()
+            .map(|(name, root)| RootClaim::new(name.clone(), root.clone(), RootSource::Static))
+            .collect();
+        if let Some(overlap) = find_overlaps(&statics).into_iter().next() {
+            return Err(invalid(overlap.to_string()));
         }
         // `[keep]`: retention by peer name, also for peers registered by pairing.
         for (name, keep) in raw.keep {
@@ -222,6 +229,165 @@ impl RecvConfig {
             retention,
             metrics_listen,
         })
+    }
+}
+
+/// Where a claim on a root comes from. Roots of peers may not overlap across all of them: a
+/// peer confined to `backup/a` must never receive into (or below) another peer's root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RootSource {
+    /// A peer `zrep-recv pair` or `issue` is about to register.
+    New,
+    /// A `[[peer]]` of recv.toml.
+    Static,
+    /// An unused, unexpired pairing in peers.toml: its root is taken when the token is used.
+    Pending,
+    /// A registered (paired or issued), non-revoked peer in peers.toml.
+    Registered,
+}
+
+/// One peer's claim on a root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootClaim {
+    /// The peer.
+    pub peer: PeerName,
+    /// Its root.
+    pub root: DatasetName,
+    /// Where the claim comes from.
+    pub source: RootSource,
+}
+
+impl RootClaim {
+    /// A claim of `peer` on `root`.
+    pub fn new(peer: PeerName, root: DatasetName, source: RootSource) -> Self {
+        Self { peer, root, source }
+    }
+}
+
+impl fmt::Display for RootClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let peer = &self.peer;
+        match self.source {
+            RootSource::New => write!(f, "new peer {peer}"),
+            RootSource::Static => write!(f, "static peer {peer} in recv.toml"),
+            RootSource::Pending => write!(f, "pending pairing for {peer} in peers.toml"),
+            RootSource::Registered => write!(f, "registered peer {peer} in peers.toml"),
+        }
+    }
+}
+
+/// Two peers whose roots are equal or nested. `subject` is the claim to change: a new peer,
+/// else a static peer (recv.toml is what an admin edits), else the nested one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("root {} of {subject} overlaps root {} of {other} ({}); each peer needs its own subtree: {}",
+    subject.root, other.root, self.relation(), self.remedy())]
+pub struct RootOverlap {
+    /// The claim the message asks to change.
+    pub subject: RootClaim,
+    /// The claim it collides with.
+    pub other: RootClaim,
+}
+
+impl RootOverlap {
+    /// Whether `peer` is one of the two.
+    pub fn involves(&self, peer: &PeerName) -> bool {
+        self.subject.peer == *peer || self.other.peer == *peer
+    }
+
+    fn relation(&self) -> &'static str {
+        let (s, o) = (&self.subject.root, &self.other.root);
+        if s == o {
+            "the same"
+        } else if s.is_within(o) {
+            "inside it"
+        } else {
+            "contains it"
+        }
+    }
+
+    fn remedy(&self) -> String {
+        let (s, o) = (&self.subject.peer, &self.other.peer);
+        match (self.subject.source, self.other.source) {
+            (RootSource::New, _) => format!("choose another --root for {s}"),
+            (RootSource::Static, RootSource::Registered) => {
+                format!("give [[peer]] {s} in recv.toml another root, or `zrep-recv revoke {o}`")
+            }
+            (RootSource::Static, RootSource::Pending) => format!(
+                "give [[peer]] {s} in recv.toml another root, or `zrep-recv pair --name {o}` again with another --root"
+            ),
+            (RootSource::Static, _) => format!("give [[peer]] {s} in recv.toml another root"),
+            (RootSource::Pending, _) => {
+                format!("`zrep-recv pair --name {s}` again with another --root")
+            }
+            (RootSource::Registered, _) => {
+                format!("`zrep-recv revoke {s}`, then pair it again with another --root")
+            }
+        }
+    }
+}
+
+/// Every overlap among `claims`, each nested (or equal) claim reported once, against the
+/// innermost other peer's claim that holds it; claims of the same peer never collide. Sorting by
+/// path components puts every claim right after the claims that hold it, so one pass over a
+/// stack of open ancestors finds them all: O(n log n), also for thousands of peers.
+///
+/// `recv.toml` (static peers among themselves), `pair`/`issue` (a new peer against everything)
+/// and `check`/`serve` (static against registered and pending) all decide with this.
+pub fn find_overlaps(claims: &[RootClaim]) -> Vec<RootOverlap> {
+    let mut sorted: Vec<&RootClaim> = claims.iter().collect();
+    sorted.sort_by(|a, b| {
+        a.root
+            .as_str()
+            .split('/')
+            .cmp(b.root.as_str().split('/'))
+            .then(a.source.cmp(&b.source))
+            .then(a.peer.cmp(&b.peer))
+    });
+    let mut open: Vec<&RootClaim> = Vec::new();
+    let mut overlaps = Vec::new();
+    for claim in sorted {
+        while open.last().is_some_and(|o| !claim.root.is_within(&o.root)) {
+            open.pop();
+        }
+        if let Some(holder) = open.iter().rev().find(|o| o.peer != claim.peer) {
+            overlaps.push(oriented(claim, holder));
+        }
+        open.push(claim);
+    }
+    overlaps
+}
+
+impl RecvConfig {
+    /// The static peers' claims, without those a peers.toml entry of the same name overrides
+    /// (a registry entry wins over recv.toml, revoked or not).
+    pub fn static_claims(&self, registry: &Registry) -> Vec<RootClaim> {
+        self.peers
+            .iter()
+            .filter(|(name, _)| registry.peer(name).is_none())
+            .map(|(name, root)| RootClaim::new(name.clone(), root.clone(), RootSource::Static))
+            .collect()
+    }
+
+    /// Overlaps between the static peers and the registered peers and pending pairings of
+    /// `registry` (and among those): what `check` and `serve` refuse.
+    pub fn registry_overlaps(&self, registry: &Registry, now: SystemTime) -> Vec<RootOverlap> {
+        let mut claims = self.static_claims(registry);
+        claims.extend(registry.root_claims(now));
+        find_overlaps(&claims)
+    }
+}
+
+/// Orients a colliding pair so the message asks to change the claim an admin can change.
+fn oriented(nested: &RootClaim, holder: &RootClaim) -> RootOverlap {
+    // The nested one is the subject unless the holder ranks first (New < Static < ...).
+    let (subject, other) = if holder.source < nested.source {
+        (holder, nested)
+    } else {
+        (nested, holder)
+    };
+    RootOverlap {
+        subject: subject.clone(),
+        other: other.clone(),
     }
 }
 
@@ -293,7 +459,10 @@ root = "backup/nas2"
                 EXAMPLE.replace("idle-timeout", "idle-timout"),
                 "unknown field",
             ),
-            (EXAMPLE.replace("backup/nas2", "backup/nas1/x"), "overlap"),
+            (
+                EXAMPLE.replace("backup/nas2", "backup/nas1/x"),
+                "root backup/nas1/x of static peer nas2 in recv.toml overlaps root backup/nas1 of static peer nas1 in recv.toml (inside it); each peer needs its own subtree: give [[peer]] nas2 in recv.toml another root",
+            ),
             (EXAMPLE.replace("backup/nas2", "backup"), "is the pool"),
             (EXAMPLE.replace("\"nas2\"", "\"nas 2\""), "peer name"),
             (
@@ -311,6 +480,75 @@ root = "backup/nas2"
             assert!(err.to_string().contains(want), "{err} lacks {want:?}");
         }
     }
+    fn claim(peer: &str, root: &str, source: RootSource) -> RootClaim {
+        RootClaim::new(
+            PeerName::new(peer).unwrap(),
+            DatasetName::parse(root).unwrap(),
+            source,
+        )
+    }
+
+    #[test]
+    fn overlaps_are_found_across_sources() {
+        use RootSource::*;
+        let claims = [
+            claim("nas1", "backup/nas1", Static),
+            claim("nas2", "backup/nas1/sub", Registered),
+            // A sibling whose name sorts between `backup/nas1` and `backup/nas1/...` as a string.
+            claim("nas3", "backup/nas1-x", Pending),
+            claim("nas4", "backup/nas1-x", Static),
+            claim("nas5", "backup/other", Registered),
+        ];
+        let found: Vec<String> = find_overlaps(&claims)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "root backup/nas1 of static peer nas1 in recv.toml overlaps root backup/nas1/sub of registered peer nas2 in peers.toml (contains it); each peer needs its own subtree: give [[peer]] nas1 in recv.toml another root, or `zrep-recv revoke nas2`",
+                "root backup/nas1-x of static peer nas4 in recv.toml overlaps root backup/nas1-x of pending pairing for nas3 in peers.toml (the same); each peer needs its own subtree: give [[peer]] nas4 in recv.toml another root, or `zrep-recv pair --name nas3` again with another --root",
+            ]
+        );
+        // A new peer is always the one asked to move; claims of one peer never collide.
+        let claims = [
+            claim("nas1", "backup/a/b", Registered),
+            claim("nas1", "backup/a", Pending),
+            claim("nas9", "backup/a", New),
+        ];
+        let found = find_overlaps(&claims);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().all(|o| o.subject.source == New), "{found:?}");
+        assert_eq!(
+            found[0].to_string(),
+            "root backup/a of new peer nas9 overlaps root backup/a of pending pairing for nas1 in peers.toml (the same); each peer needs its own subtree: choose another --root for nas9"
+        );
+    }
+
+    /// The sorted single pass finds an overlap exactly when some pair of claims overlaps.
+    #[test]
+    fn overlap_pass_agrees_with_all_pairs() {
+        let roots = [
+            "p/a", "p/a/b", "p/a/b/c", "p/a-b", "p/a/c", "p/ab", "p/b", "p/b/a", "p/a.b/c",
+        ];
+        // Every subset of four roots, each under its own peer.
+        for mask in 0u32..(1 << roots.len()) {
+            if mask.count_ones() > 4 {
+                continue;
+            }
+            let claims: Vec<RootClaim> = (0..roots.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| claim(&format!("n{i}"), roots[i], RootSource::Registered))
+                .collect();
+            let any = claims.iter().enumerate().any(|(i, a)| {
+                claims[i + 1..]
+                    .iter()
+                    .any(|b| a.root.is_within(&b.root) || b.root.is_within(&a.root))
+            });
+            assert_eq!(!find_overlaps(&claims).is_empty(), any, "{claims:?}");
+        }
+    }
+
     /// The configuration documented in README.md is one this version accepts.
     #[test]
     fn readme_example_parses() {

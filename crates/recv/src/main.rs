@@ -40,7 +40,10 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Check a configuration file and print the peers it maps.
+    /// Check a configuration: open every certificate and key (each key must belong to its
+    /// certificate, the server certificate must verify against the CA), the state directory and
+    /// peers.toml, and refuse overlapping peer roots; then list listen addresses, peers (static and
+    /// registered) with their roots and retention. Exit status 2 if anything is broken.
     Check {
         #[command(flatten)]
         config: ConfigArg,
@@ -204,14 +207,23 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let result = match cli.command {
-        Command::Check { .. } => {
-            println!("listen {}", config.listen);
-            for (peer, root) in &config.peers {
-                println!("peer {peer} -> {root}");
+    // `serve` refuses what `check` refuses, with the same messages, before it binds anything.
+    if matches!(cli.command, Command::Check { .. } | Command::Serve { .. }) {
+        match admin::check(&config) {
+            Ok(found) if matches!(cli.command, Command::Check { .. }) => {
+                print!("{found}");
+                return ExitCode::SUCCESS;
             }
-            Ok(())
+            Ok(_) => {}
+            Err(problems) => {
+                for problem in &problems {
+                    eprintln!("{NAME}: {problem}");
+                }
+                return ExitCode::from(EXIT_CONFIG);
+            }
         }
+    }
+    let result = match cli.command {
         Command::Serve { .. } => serve(config),
         Command::Pair {
             name, root, ttl, ..
@@ -254,6 +266,7 @@ fn main() -> ExitCode {
             println!("revoked {name}: new connections are refused, running sessions end");
         }),
         Command::Init { .. }
+        | Command::Check { .. }
         | Command::Completions { .. }
         | Command::Man
         | Command::Status { .. } => {
@@ -277,8 +290,26 @@ fn parse_root(root: &str) -> anyhow::Result<DatasetName> {
 }
 
 fn fail(err: &anyhow::Error) -> ExitCode {
-    eprintln!("zrep-recv: {err:#}");
+    eprintln!("{NAME}: {}", one_line(err));
     ExitCode::from(EXIT_FAILED)
+}
+
+/// An error and its causes on one line (`{:#}`), without a cause the message before it already
+/// ends with: some library errors print their source themselves, and "No such file or
+/// directory (os error 2)" twice says nothing more.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn run_status(path: &std::path::Path, json: bool) -> ExitCode {
@@ -313,7 +344,7 @@ fn run_status(path: &std::path::Path, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("{NAME}: {err:#}");
+            eprintln!("{NAME}: {}", one_line(&err));
             ExitCode::from(EXIT_FAILED)
         }
     }

@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use zrep_tls::{Fingerprint, PeerIdentity, PeerName, StoredKey};
 use zrep_zfs::DatasetName;
 
+use crate::config::{RootClaim, RootSource};
+
 /// File name of the registry inside the state directory.
 pub const REGISTRY_FILE: &str = "peers.toml";
 /// File name of the lock that serialises changes.
@@ -220,6 +222,28 @@ impl Registry {
             .map(|p| (&p.name, p.root.as_str()))
     }
 
+    /// The roots this registry claims at `now`: registered non-revoked peers, and unused,
+    /// unexpired pairings (their root is taken once the token is used). For
+    /// [`crate::config::find_overlaps`].
+    pub fn root_claims(&self, now: SystemTime) -> Vec<RootClaim> {
+        let registered = self
+            .active_roots()
+            .map(|(name, root)| (name, root, RootSource::Registered));
+        let pending = self
+            .pairings
+            .iter()
+            .filter(|p| p.used.is_none() && p.expires > now)
+            .map(|p| (&p.name, p.root.as_str(), RootSource::Pending));
+        registered
+            .chain(pending)
+            // Roots were validated on load; a registry built in memory may hold anything.
+            .filter_map(|(name, root, source)| {
+                let root = DatasetName::parse(root).ok()?;
+                Some(RootClaim::new(name.clone(), root, source))
+            })
+            .collect()
+    }
+
     /// Drops what no longer matters at `now`: expired certificates (TLS refuses them anyway)
     /// and pairings past their expiry by more than [`PAIRING_RETENTION`].
     pub fn prune(&mut self, now: SystemTime) {
@@ -287,7 +311,7 @@ impl RegistryFile {
         };
         let registry: Registry = toml::from_str(&text).map_err(|e| RegistryError::Invalid {
             path: self.path.clone(),
-            message: e.to_string(),
+            message: one_line_toml_error(&text, &e),
         })?;
         registry
             .validate()
@@ -365,6 +389,21 @@ impl RegistryFile {
             path: path.to_owned(),
             source,
         }
+    }
+}
+
+/// The TOML parser's message is several lines (the offending line with a caret under it); a
+/// log line or an error of `check` wants one: where, and what.
+fn one_line_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim().replace('\n', "; ");
+    match err.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 
