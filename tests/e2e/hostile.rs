@@ -657,55 +657,59 @@ async fn clone_streams_are_refused() {
     bed.finish();
 }
 
+/// Endings after a whole, plain stream that must not leave anything behind, and what the
+/// hostile client is answered.
+const UNVERIFIED: [(StreamEnding, &str, Expect); 6] = [
+    (
+        StreamEnding::WrongChecksum,
+        "wrong checksum",
+        Expect::PeerError("stream-corrupt"),
+    ),
+    (
+        StreamEnding::WrongLength,
+        "wrong byte count",
+        Expect::PeerError("stream-corrupt"),
+    ),
+    (
+        StreamEnding::Abort,
+        "stream abort after the whole stream",
+        Expect::Failed("aborted"),
+    ),
+    (
+        StreamEnding::CutBeforeEnd,
+        "connection cut after the whole stream, before the end",
+        Expect::NoAnswer,
+    ),
+    (
+        StreamEnding::CutAfterEnd,
+        "connection cut right after the end, before the answer",
+        Expect::NoAnswer,
+    ),
+    (
+        StreamEnding::ErrorFrame,
+        "error frame after the whole stream",
+        Expect::NoAnswer,
+    ),
+];
+
+/// A verified end may have been committed before the cut; nothing else may land.
+fn lands_after(ending: StreamEnding) -> Lands {
+    if ending == StreamEnding::CutAfterEnd {
+        Lands::NothingOrCommitted
+    } else {
+        Lands::Nothing
+    }
+}
+
 #[tokio::test]
-async fn unverified_transfers_leave_the_target_as_it_was() {
-    let mut bed = Bed::new("hl", &[]);
+async fn unverified_full_streams_leave_no_dataset() {
+    let mut bed = Bed::new("hf", &[]);
     let full = bed.source("full");
     write_file(&full, "data", &pseudo_random_bytes(3, 200 << 10));
     zfs(&["snapshot", &format!("{full}@f")]);
     let full_guid = guid(&format!("{full}@f"));
     let full_stream = zfs_send(&[&format!("{full}@f")]);
-    let base = bed.src.dataset("base");
-    for (i, (ending, slug, expect)) in [
-        (
-            StreamEnding::WrongChecksum,
-            "wrong checksum",
-            Expect::PeerError("stream-corrupt"),
-        ),
-        (
-            StreamEnding::WrongLength,
-            "wrong byte count",
-            Expect::PeerError("stream-corrupt"),
-        ),
-        (
-            StreamEnding::Abort,
-            "stream abort after the whole stream",
-            Expect::Failed("aborted"),
-        ),
-        (
-            StreamEnding::CutBeforeEnd,
-            "connection cut after the whole stream, before the end",
-            Expect::NoAnswer,
-        ),
-        (
-            StreamEnding::CutAfterEnd,
-            "connection cut right after the end, before the answer",
-            Expect::NoAnswer,
-        ),
-        (
-            StreamEnding::ErrorFrame,
-            "error frame after the whole stream",
-            Expect::NoAnswer,
-        ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let lands = if ending == StreamEnding::CutAfterEnd {
-            Lands::NothingOrCommitted
-        } else {
-            Lands::Nothing
-        };
+    for (i, (ending, slug, expect)) in UNVERIFIED.into_iter().enumerate() {
         // A full stream to a new target: afterwards the target must not exist.
         let name = format!("full stream, {slug}");
         bed.attempt(Attempt {
@@ -714,11 +718,19 @@ async fn unverified_transfers_leave_the_target_as_it_was() {
             stream: full_stream.clone(),
             ending,
             expect,
-            lands,
+            lands: lands_after(ending),
             honest_source: &full,
         })
         .await;
+    }
+    bed.finish();
+}
 
+#[tokio::test]
+async fn unverified_increments_leave_the_target_as_it_was() {
+    let mut bed = Bed::new("hi", &[]);
+    let base = bed.src.dataset("base");
+    for (i, (ending, slug, expect)) in UNVERIFIED.into_iter().enumerate() {
         // A `-I` package of two new snapshots on the existing target: afterwards it has its
         // old snapshots only (both new ones destroyed, the base rolled back).
         let (from, from_guid) = newest_common(&base, &bed.target("base"));
@@ -744,7 +756,7 @@ async fn unverified_transfers_leave_the_target_as_it_was() {
             ]),
             ending,
             expect,
-            lands,
+            lands: lands_after(ending),
             honest_source: &base,
         })
         .await;
