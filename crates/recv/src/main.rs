@@ -349,3 +349,25 @@ fn run_status(path: &std::path::Path, json: bool) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cause the message before it already ends with is printed once; others are chained.
+    #[test]
+    fn one_line_prints_each_cause_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let err = zrep_tls::TlsError::Read {
+            path: "x.pem".into(),
+            source: io,
+        };
+        let err = anyhow::Error::from(err).context("loading the server certificate");
+        assert_eq!(
+            one_line(&err),
+            "loading the server certificate: cannot read x.pem: entity not found"
+        );
+        let err = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_line(&err), "outer: inner");
+    }
+}
