@@ -29,6 +29,10 @@ struct RawConfig {
     peer_cert_ttl: Duration,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    #[serde(default = "default_max_unauthenticated")]
+    max_unauthenticated: usize,
+    #[serde(default = "default_max_unauthenticated_per_ip")]
+    max_unauthenticated_per_ip: usize,
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     handshake_timeout: Duration,
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
@@ -75,6 +79,16 @@ fn default_peer_cert_ttl() -> Duration {
 fn default_max_connections() -> usize {
     16
 }
+/// Connections before their hello (and pairing sessions) are cheap, short and capped so that
+/// the process stays far below the usual 1024 open files whatever arrives: 256 honest
+/// handshakes at the same instant would already be a large fleet, each takes milliseconds.
+fn default_max_unauthenticated() -> usize {
+    256
+}
+/// Room for several senders behind one NAT address connecting at the same moment.
+fn default_max_unauthenticated_per_ip() -> usize {
+    16
+}
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -103,9 +117,15 @@ pub struct RecvConfig {
     pub state_dir: PathBuf,
     /// Lifetime of peer certificates issued by pairing, `issue` and renewal.
     pub peer_cert_ttl: Duration,
-    /// At most this many connections at once; more wait in the kernel's backlog.
+    /// At most this many authenticated sessions at once; one more is answered with a `busy`
+    /// error.
     pub max_connections: usize,
-    /// Limit for the TLS handshake and the protocol hello.
+    /// At most this many connections that have not authenticated (before their hello, and
+    /// pairing sessions) at once; they never take a slot of `max_connections`.
+    pub max_unauthenticated: usize,
+    /// At most this many of those from one IPv4 address or IPv6 /64.
+    pub max_unauthenticated_per_ip: usize,
+    /// Limit from TCP accept until the protocol hellos crossed (TLS handshake included).
     pub handshake_timeout: Duration,
     /// A peer silent for this long (no frame, not even a heartbeat) is disconnected.
     pub idle_timeout: Duration,
@@ -138,6 +158,15 @@ impl RecvConfig {
         })?;
         if raw.max_connections == 0 {
             return Err(invalid("max-connections must be at least 1".into()));
+        }
+        if raw.max_unauthenticated == 0 || raw.max_unauthenticated_per_ip == 0 {
+            return Err(invalid(
+                "max-unauthenticated and max-unauthenticated-per-ip must be at least 1 (no sender could connect)"
+                    .into(),
+            ));
+        }
+        if raw.handshake_timeout.is_zero() {
+            return Err(invalid("handshake-timeout must be longer than 0s".into()));
         }
         // `recv.toml` alone has the parent "", which no file operation accepts as a directory.
         let base = path
@@ -222,6 +251,8 @@ impl RecvConfig {
                 .map_or_else(|| base.to_owned(), |d| base.join(d)),
             peer_cert_ttl: raw.peer_cert_ttl,
             max_connections: raw.max_connections,
+            max_unauthenticated: raw.max_unauthenticated,
+            max_unauthenticated_per_ip: raw.max_unauthenticated_per_ip,
             handshake_timeout: raw.handshake_timeout,
             idle_timeout: raw.idle_timeout,
             receive_timeout: raw.receive_timeout,
@@ -417,6 +448,8 @@ root = "backup/nas2"
         assert_eq!(config.cert, Path::new("/etc/zrep/backup1.pem"));
         assert_eq!(config.idle_timeout, Duration::from_secs(30));
         assert_eq!(config.max_connections, 16);
+        assert_eq!(config.max_unauthenticated, 256);
+        assert_eq!(config.max_unauthenticated_per_ip, 16);
         let nas1 = PeerName::new("nas1").unwrap();
         assert_eq!(config.peers[&nas1].as_str(), "backup/nas1");
         assert!(config.retention.is_empty());
@@ -473,6 +506,21 @@ root = "backup/nas2"
             (
                 EXAMPLE.replace("idle-timeout", "metrics-listen = \"x\"\nidle-timeout"),
                 "metrics-listen",
+            ),
+            (
+                EXAMPLE.replace(
+                    "idle-timeout",
+                    "max-unauthenticated-per-ip = 0\nidle-timeout",
+                ),
+                "max-unauthenticated-per-ip must be at least 1",
+            ),
+            (
+                EXAMPLE.replace("idle-timeout", "max-unauthenticated = 0\nidle-timeout"),
+                "max-unauthenticated and",
+            ),
+            (
+                EXAMPLE.replace("idle-timeout", "handshake-timeout = \"0s\"\nidle-timeout"),
+                "handshake-timeout must be longer",
             ),
         ];
         for (text, want) in cases {

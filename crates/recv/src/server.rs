@@ -1,6 +1,14 @@
-//! The listener: TLS 1.3 with optional client certificates, one task per connection under a
-//! connection cap.
+//! The listener: TLS 1.3 with optional client certificates, one task per connection.
 //!
+//! - From TCP accept until the protocol hellos crossed (TLS handshake included), a connection
+//!   has `handshake-timeout`, whatever it sends meanwhile; then the session's `idle-timeout`
+//!   applies.
+//! - Connections that have not authenticated (before their hello, and pairing sessions) are
+//!   admitted under their own limits, in all and per address (see [`admission`]); they never
+//!   take one of the `max-connections` slots, which count authenticated sessions only. Accept
+//!   never waits for a slot: excess connections are closed at once, and an authenticated peer
+//!   over capacity is told `busy` in an error frame.
+//! - Refusals are logged one line each up to a rate, then as a summary every 10 s.
 //! - A client **with** a certificate of this receiver's CA is authorized by the peers registry
 //!   (a certificate recorded as issued to its name, not revoked) or, for static `[[peer]]`
 //!   entries of recv.toml, by its name; it is confined to its root and may renew its
@@ -12,6 +20,7 @@
 //! The registry file is re-read when it changes: checked on every new connection and every
 //! second, so `zrep-recv pair`/`revoke` take effect without a restart.
 
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -39,14 +48,38 @@ use zrep_zfs::{DatasetName, SystemZfs, SystemZfsConfig, Zfs};
 use crate::config::RecvConfig;
 use crate::registry::{IssuedCert, Registry, RegistryFile, Stamp, Verdict};
 
+mod admission;
+
+use admission::{Admission, Limits, Refusal, RefusalLog, Refused, Ticket};
+
 /// How long running sessions may finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How often the registry file is checked for changes (besides on every new connection).
 const REGISTRY_POLL: Duration = Duration::from_secs(1);
+/// Refusals beyond a few per window are logged as one summary per window.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+/// A pairing session (no client certificate) may last this many handshake timeouts from accept.
+const PAIRING_TIMEOUTS: u32 = 3;
+/// Limit for telling a connection why it is closed (error frame, then linger): a peer that does
+/// not read cannot hold it open longer.
+const CLOSE_LIMIT: Duration = Duration::from_secs(3);
+/// Open files an authenticated session may use besides its socket (`zfs receive` and its pipes),
+/// and those of the process itself, for the check of the open-files limit at start.
+const FILES_PER_SESSION: usize = 4;
+const FILES_BASE: usize = 64;
 
 /// Test hook (see `ReceiverPolicy::drop_next_commit_answer`): set to `1` to drop the first
 /// commit answer after a verified receive.
 pub const DROP_COMMIT_ANSWER_ENV: &str = "ZREP_TEST_DROP_COMMIT_ANSWER";
+
+/// Test builds only: set to `1` to let streams reach `zfs receive` uninspected (the tests
+/// show that the receive options alone keep forged properties out). Ignored in release builds.
+pub const DANGER_SKIP_STREAM_INSPECTION_ENV: &str = "ZREP_DANGER_SKIP_STREAM_CHECK";
+
+fn danger_skip_stream_inspection() -> bool {
+    cfg!(debug_assertions)
+        && std::env::var(DANGER_SKIP_STREAM_INSPECTION_ENV).is_ok_and(|v| v == "1")
+}
 
 /// Serves until SIGINT or SIGTERM.
 pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
@@ -73,6 +106,19 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
         None => None,
     };
     let registry = Arc::new(LiveRegistry::open(RegistryFile::new(&config.state_dir))?);
+    let registered = registry.current();
+    let roots: Vec<(String, DatasetName)> = config
+        .peers
+        .iter()
+        .map(|(name, root)| (name.to_string(), root.clone()))
+        .chain(registered.peers.iter().filter_map(|peer| {
+            let root = DatasetName::parse(&peer.root).ok()?;
+            Some((peer.name.to_string(), root))
+        }))
+        .collect();
+    zrep_repl::receiver::seal_roots(&zfs, roots)
+        .await
+        .context("sealing the peer roots (read-only, unmounted)")?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -103,8 +149,15 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
         ca,
         registry,
         metrics: ReceiverMetrics::default(),
+        admission: Admission::new(Limits {
+            total: config.max_unauthenticated,
+            per_source: config.max_unauthenticated_per_ip,
+        }),
+        refusals: RefusalLog::default(),
+        slots: Arc::new(Semaphore::new(config.max_connections)),
         config,
     });
+    check_open_files(&shared.config);
     if let Some(addr) = shared.config.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -115,15 +168,22 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
             crate::metrics::render(&metrics)
         }));
     }
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let summaries = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REFUSAL_WINDOW);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Some(summary) = shared.refusals.take_summary() {
+                    warn!(window = ?REFUSAL_WINDOW, "{summary}");
+                }
+            }
+        })
+    };
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
-        // Wait for a free slot first, so excess connections wait in the kernel's backlog.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.context("connection slots closed")?,
-            () = &mut shutdown => break,
-        };
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -136,18 +196,23 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
             },
             () = &mut shutdown => break,
         };
+        let accepted = Instant::now();
+        // Never wait here: admitted or closed at once, so the loop keeps up with any flood.
+        let ticket = match shared.admission.admit(addr.ip()) {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                drop(stream);
+                shared.refused_at_accept(refused, addr);
+                continue;
+            }
+        };
         let shared = shared.clone();
         let span = info_span!("conn", %addr);
-        tasks.spawn(
-            async move {
-                shared.handle(stream).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        tasks.spawn(async move { shared.handle(stream, ticket, accepted).await }.instrument(span));
         while tasks.try_join_next().is_some() {}
     }
     poller.abort();
+    summaries.abort();
     info!(running = tasks.len(), "shutting down");
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
@@ -207,26 +272,164 @@ struct Shared {
     ca: Option<CertificateAuthority>,
     registry: Arc<LiveRegistry>,
     metrics: ReceiverMetrics,
+    /// Connections that have not authenticated.
+    admission: Admission,
+    refusals: RefusalLog,
+    /// One per authenticated session (`max-connections`).
+    slots: Arc<Semaphore>,
     config: RecvConfig,
+}
+
+/// A connection whose hellos crossed.
+enum Opened {
+    /// With a verified client certificate (not yet authorized).
+    Peer(RecvConn, PeerIdentity),
+    /// Without a client certificate: pairing only; the TLS exporter binds the enrolment.
+    Pairing(RecvConn, [u8; 32]),
 }
 
 type Tls = zrep_tls::tokio_rustls::server::TlsStream<TcpStream>;
 type RecvConn = Connection<ReceiverSession, tokio::io::ReadHalf<Tls>, tokio::io::WriteHalf<Tls>>;
 
 impl Shared {
-    async fn handle(&self, stream: TcpStream) {
-        let config = &self.config;
+    /// One admitted connection, from accept to the end; `ticket` holds its place among the
+    /// unauthenticated ones until it authenticates.
+    async fn handle(&self, stream: TcpStream, mut ticket: Ticket, accepted: Instant) {
         let _ = stream.set_nodelay(true);
-        let accepted =
-            tokio::time::timeout(config.handshake_timeout, self.acceptor.accept_any(stream)).await;
-        match accepted {
-            Ok(Ok((tls, Some(identity)))) => self.peer_session(tls, identity).await,
-            Ok(Ok((tls, None))) => {
-                let span = info_span!("pairing");
-                self.pairing_session(tls).instrument(span).await;
+        let limit = self.config.handshake_timeout;
+        let deadline = tokio::time::Instant::from_std(accepted + limit);
+        let opened = tokio::select! {
+            opened = self.open(stream, deadline) => opened,
+            () = ticket.displaced() => return self.displaced(),
+        };
+        match opened {
+            Some(Opened::Peer(conn, identity)) => self.peer_session(conn, identity, ticket).await,
+            Some(Opened::Pairing(conn, exporter)) => {
+                let limit = limit * PAIRING_TIMEOUTS;
+                let deadline = tokio::time::Instant::from_std(accepted + limit);
+                let pairing =
+                    tokio::time::timeout_at(deadline, self.pairing_session(conn, &exporter));
+                async {
+                    tokio::select! {
+                        finished = pairing => {
+                            if finished.is_err() && self.refusals.note(Refusal::TimedOut) {
+                                warn!(after = ?limit, "pairing session timed out");
+                            }
+                        }
+                        () = ticket.displaced() => self.displaced(),
+                    }
+                }
+                .instrument(info_span!("pairing"))
+                .await;
             }
-            Ok(Err(err)) => warn!(cause = %err, "TLS handshake refused"),
-            Err(_) => warn!(after = ?config.handshake_timeout, "TLS handshake timed out"),
+            None => {}
+        }
+    }
+
+    /// The TLS handshake and the hellos, by `deadline`; `None` if the connection is done (the
+    /// reason is logged).
+    async fn open(&self, stream: TcpStream, deadline: tokio::time::Instant) -> Option<Opened> {
+        let limit = self.config.handshake_timeout;
+        let accepted = tokio::time::timeout_at(deadline, self.acceptor.accept_any(stream)).await;
+        let (tls, identity) = match accepted {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(err)) => {
+                if self.refusals.note(Refusal::Failed) {
+                    warn!(cause = %err, "TLS handshake refused");
+                }
+                return None;
+            }
+            Err(_) => {
+                if self.refusals.note(Refusal::TimedOut) {
+                    warn!(after = ?limit, "TLS handshake timed out (handshake-timeout): connection closed");
+                }
+                return None;
+            }
+        };
+        let mut session_config = self.session_config();
+        let (session, exporter) = match &identity {
+            Some(_) => {
+                session_config.features = session_config.features.with_renew(self.ca.is_some());
+                (ReceiverSession::new(session_config, Duration::ZERO), None)
+            }
+            None => {
+                let exporter = match server_exporter(tls.get_ref().1) {
+                    Ok(exporter) => exporter,
+                    Err(err) => {
+                        warn!(cause = %err, "no TLS exporter");
+                        return None;
+                    }
+                };
+                session_config.features = Features::new().with_enroll(true);
+                let session = ReceiverSession::new_pairing_only(session_config, Duration::ZERO);
+                (session, Some(exporter))
+            }
+        };
+        let mut conn = self.connection(tls, session);
+        match tokio::time::timeout_at(deadline, conn.next_event()).await {
+            Ok(Ok(ReceiverEvent::Negotiated(n))) => {
+                debug!(version = n.version, software = %n.peer.software, "negotiated");
+            }
+            Ok(Ok(event)) => {
+                debug!(?event, "connection ended before the hello");
+                return None;
+            }
+            Ok(Err(err)) => {
+                if self.refusals.note(Refusal::Failed) {
+                    warn!(cause = %err, "hello failed");
+                }
+                return None;
+            }
+            Err(_) => {
+                if self.refusals.note(Refusal::TimedOut) {
+                    warn!(after = ?limit, "no hello within handshake-timeout: connection closed");
+                }
+                conn.session.error(
+                    ErrorCode::Timeout,
+                    format!("no hello within {limit:?} of connecting (handshake-timeout)"),
+                );
+                let _ = tokio::time::timeout(CLOSE_LIMIT, conn.flush()).await;
+                return None;
+            }
+        }
+        Some(match (identity, exporter) {
+            (Some(identity), _) => Opened::Peer(conn, identity),
+            (None, Some(exporter)) => Opened::Pairing(conn, exporter),
+            // The exporter is made exactly for connections without identity.
+            (None, None) => return None,
+        })
+    }
+
+    fn displaced(&self) {
+        if self.refusals.note(Refusal::Displaced) {
+            warn!(
+                limit = self.config.max_unauthenticated,
+                "unauthenticated connection closed: max-unauthenticated reached, its place went to a newer one from a less represented address"
+            );
+        }
+    }
+
+    fn refused_at_accept(&self, refused: Refused, addr: SocketAddr) {
+        let config = &self.config;
+        match refused {
+            Refused::PerSource => {
+                if self.refusals.note(Refusal::PerSource) {
+                    warn!(
+                        %addr,
+                        limit = config.max_unauthenticated_per_ip,
+                        "connection refused: too many unauthenticated connections from this address (max-unauthenticated-per-ip)"
+                    );
+                }
+            }
+            Refused::Total => {
+                if self.refusals.note(Refusal::Total) {
+                    warn!(
+                        %addr,
+                        limit = config.max_unauthenticated,
+                        "connection refused: too many unauthenticated connections (max-unauthenticated), and this address holds its share"
+                    );
+                }
+            }
         }
     }
 
@@ -243,15 +446,11 @@ impl Shared {
 
     /// A client with a verified certificate: authorize, then serve until it is done or loses
     /// its authorization.
-    async fn peer_session(&self, tls: Tls, identity: PeerIdentity) {
+    async fn peer_session(&self, mut conn: RecvConn, identity: PeerIdentity, ticket: Ticket) {
         let config = &self.config;
         let peer = identity.name.clone();
         let span = info_span!("peer", peer = %peer);
         async {
-            let mut session_config = self.session_config();
-            session_config.features = session_config.features.with_renew(self.ca.is_some());
-            let session = ReceiverSession::new(session_config, Duration::ZERO);
-            let mut conn = self.connection(tls, session);
             let static_root = config.peers.get(&peer);
             // Subscribe before deciding, so a change right after the decision is not missed.
             self.registry.refresh();
@@ -261,14 +460,23 @@ impl Shared {
                 Verdict::Allowed(root) => root,
                 Verdict::Refused(reason) => {
                     warn!(fingerprint = %identity.fingerprint, %reason, "peer refused");
-                    // Let the hellos cross first, so the peer reads our reason as a protocol
-                    // error.
-                    let _ = tokio::time::timeout(config.handshake_timeout, conn.next_event()).await;
-                    conn.session.error(ErrorCode::NotAuthorized, reason);
-                    conn.shutdown().await;
+                    // The hellos crossed, so the peer reads our reason as a protocol error.
+                    close_with(&mut conn, ErrorCode::NotAuthorized, reason).await;
                     return;
                 }
             };
+            let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+                let max = config.max_connections;
+                warn!(max_connections = max, "peer refused: busy");
+                // No busy code among the error codes; `internal` with a message that says it.
+                let message = format!(
+                    "busy: this receiver already serves {max} sessions (max-connections); try again later"
+                );
+                close_with(&mut conn, ErrorCode::Internal, message).await;
+                return;
+            };
+            // Authenticated: from now on it counts against max-connections only.
+            drop(ticket);
             info!(root = %root, "peer connected");
             let policy = ReceiverPolicy {
                 peer: peer.to_string(),
@@ -278,6 +486,7 @@ impl Shared {
                 drop_next_commit_answer: self.drop_commit.clone(),
                 retention: config.retention.get(&peer).cloned(),
                 metrics: self.metrics.clone(),
+                danger_skip_stream_inspection: danger_skip_stream_inspection(),
             };
             let renewal = PeerRenewal {
                 shared: self,
@@ -315,65 +524,47 @@ impl Shared {
         .await;
     }
 
-    /// A client without certificate: the enrolment exchange and nothing else.
-    async fn pairing_session(&self, tls: Tls) {
-        let exporter = match server_exporter(tls.get_ref().1) {
-            Ok(exporter) => exporter,
-            Err(err) => {
-                warn!(cause = %err, "no TLS exporter");
-                return;
-            }
-        };
-        let mut session_config = self.session_config();
-        session_config.features = Features::new().with_enroll(true);
-        let session = ReceiverSession::new_pairing_only(session_config, Duration::ZERO);
-        let mut conn = self.connection(tls, session);
-        let work = async {
-            loop {
-                match conn.next_event().await {
-                    Ok(ReceiverEvent::Negotiated(_)) => {}
-                    Ok(ReceiverEvent::EnrollRequested(request)) => {
-                        match self.enroll(&request, &exporter) {
-                            Ok(enrolment) => {
-                                info!(peer = %enrolment.peer, root = %enrolment.root, "peer paired");
-                                if conn.session.enrolled(enrolment).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(reason) => {
-                                warn!(token = format_args!("{:016x}", request.token_id), %reason, "pairing refused");
-                                let _ = conn.session.refuse_enrollment(reason);
-                                conn.shutdown().await;
+    /// A client without certificate, after the hellos: the enrolment exchange and nothing else.
+    async fn pairing_session(&self, mut conn: RecvConn, exporter: &[u8; 32]) {
+        loop {
+            match conn.next_event().await {
+                Ok(ReceiverEvent::EnrollRequested(request)) => {
+                    match self.enroll(&request, exporter) {
+                        Ok(enrolment) => {
+                            info!(peer = %enrolment.peer, root = %enrolment.root, "peer paired");
+                            if conn.session.enrolled(enrolment).is_err() {
                                 return;
                             }
                         }
-                    }
-                    Ok(ReceiverEvent::Bye) => {
-                        conn.shutdown().await;
-                        return;
-                    }
-                    Ok(other) => {
-                        debug!(event = ?other, "pairing session ended");
-                        return;
-                    }
-                    Err(TransportError::Protocol(ProtoError::PairingOnly { frame })) => {
-                        warn!(
-                            frame,
-                            "refused: a connection without client certificate may only pair"
-                        );
-                        conn.shutdown().await;
-                        return;
-                    }
-                    Err(err) => {
-                        debug!(cause = %err, "pairing session ended");
-                        return;
+                        Err(reason) => {
+                            warn!(token = format_args!("{:016x}", request.token_id), %reason, "pairing refused");
+                            let _ = conn.session.refuse_enrollment(reason);
+                            conn.shutdown().await;
+                            return;
+                        }
                     }
                 }
+                Ok(ReceiverEvent::Bye) => {
+                    conn.shutdown().await;
+                    return;
+                }
+                Ok(other) => {
+                    debug!(event = ?other, "pairing session ended");
+                    return;
+                }
+                Err(TransportError::Protocol(ProtoError::PairingOnly { frame })) => {
+                    warn!(
+                        frame,
+                        "refused: a connection without client certificate may only pair"
+                    );
+                    conn.shutdown().await;
+                    return;
+                }
+                Err(err) => {
+                    debug!(cause = %err, "pairing session ended");
+                    return;
+                }
             }
-        };
-        let limit = self.config.handshake_timeout * 3;
-        if tokio::time::timeout(limit, work).await.is_err() {
-            warn!(after = ?limit, "pairing session timed out");
         }
     }
 
@@ -507,6 +698,41 @@ impl Renewal for PeerRenewal<'_> {
     fn renew(&self, csr: &[u8]) -> Result<Vec<u8>, String> {
         self.shared.renew(self.identity, csr)
     }
+}
+
+/// Sends an error frame and closes, within [`CLOSE_LIMIT`].
+async fn close_with(conn: &mut RecvConn, code: ErrorCode, message: String) {
+    conn.session.error(code, message);
+    let _ = tokio::time::timeout(CLOSE_LIMIT, conn.shutdown()).await;
+}
+
+/// Warns at start if the open-files limit is below what the configured limits may use, so the
+/// operator learns it now, not as accept failures under load.
+fn check_open_files(config: &RecvConfig) {
+    let Some(limit) = open_files_limit() else {
+        return;
+    };
+    let need = config.max_unauthenticated + config.max_connections * FILES_PER_SESSION + FILES_BASE;
+    if limit < need as u64 {
+        warn!(
+            limit,
+            need,
+            "the open-files limit is below what max-unauthenticated and max-connections may use; raise it (LimitNOFILE, ulimit -n) or lower them"
+        );
+    } else {
+        debug!(limit, need, "open-files limit");
+    }
+}
+
+/// The soft limit of open files, from /proc (Linux; `None` elsewhere or when unlimited).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -1,0 +1,623 @@
+//! Availability: connections that have not authenticated (idle TCP, TLS without a client
+//! certificate, TLS with a valid certificate that never says hello) cannot keep an honest peer
+//! out, and are closed after handshake-timeout whatever they send.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use zrep_e2e::{DatasetSpec, Receiver, SenderConfig, binary, certs_dir, snapshots, time_scale};
+use zrep_tls::{Connector, rustls};
+use zrep_zfs::DatasetName;
+use zrep_zfs::testbed::{TestPool, pseudo_random_bytes, write_file};
+
+/// How long a flood connection waits after the receiver closed it before it opens a new one.
+const RENEW: Duration = Duration::from_millis(500);
+/// The flood's source addresses (all loopback on Linux); the honest sender comes from 127.0.0.1.
+const FLOOD_SOURCES: u8 = 20;
+/// Flood connections per source address, 10 more than the receiver's per-address limit.
+const PER_SOURCE: usize = 60;
+/// The receiver's limits in this test: every flood address gets its 50, the total is full.
+const MAX_UNAUTHENTICATED: u64 = 1000;
+const MAX_PER_IP: u64 = 50;
+/// Refusals the receiver logs one by one per 10 s window before it summarises.
+const LINES_PER_WINDOW: usize = 10;
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// TCP only, never a byte.
+    Tcp,
+    /// TLS without a client certificate (as for pairing), then silence.
+    TlsAnonymous,
+    /// TLS with nas1's valid certificate, then silence (no hello).
+    TlsNas1,
+}
+
+/// Client TLS configurations of the flood.
+#[derive(Clone)]
+struct Connectors {
+    anonymous: Connector,
+    nas1: Connector,
+}
+
+impl Connectors {
+    fn new() -> Self {
+        let certs = certs_dir();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in zrep_tls::load_certs(&certs.join("ca.pem")).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        let anonymous = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let nas1 = zrep_tls::client_config_from_files(
+            &certs.join("ca.pem"),
+            &certs.join("nas1.pem"),
+            &certs.join("nas1.key"),
+        )
+        .unwrap();
+        Self {
+            anonymous: Connector::new(Arc::new(anonymous)),
+            nas1: Connector::new(nas1),
+        }
+    }
+}
+
+/// What the flood saw.
+#[derive(Default)]
+struct FloodStats {
+    /// Flood slots that connected at least once.
+    started: AtomicU64,
+    /// TCP connections made.
+    connects: AtomicU64,
+    /// Connections open right now (connected, not yet closed by the receiver).
+    open: AtomicU64,
+    /// Most connections open at once.
+    peak_open: AtomicU64,
+    /// TLS handshakes that completed.
+    tls_done: AtomicU64,
+    /// Connections past their TLS handshake (if any), waiting in silence right now.
+    holding: AtomicU64,
+}
+
+/// Decrements `open` when a connection ends.
+struct Open<'a>(&'a FloodStats);
+
+impl<'a> Open<'a> {
+    fn new(stats: &'a FloodStats) -> Self {
+        let now = stats.open.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.peak_open.fetch_max(now, Ordering::SeqCst);
+        stats.connects.fetch_add(1, Ordering::SeqCst);
+        Self(stats)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Flood connections in their own runtime (one worker thread), renewed when the receiver
+/// closes them, until dropped.
+struct Flood {
+    runtime: Option<tokio::runtime::Runtime>,
+    stats: Arc<FloodStats>,
+    slots: u64,
+}
+
+impl Flood {
+    fn start(port: u16) -> Flood {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let stats = Arc::new(FloodStats::default());
+        let connectors = Connectors::new();
+        let mut slots = 0;
+        for source in 2..2 + FLOOD_SOURCES {
+            let source = Ipv4Addr::new(127, 0, 0, source);
+            for i in 0..PER_SOURCE {
+                // Per address: 40% idle TCP, 30% anonymous TLS, 30% TLS with a valid
+                // certificate.
+                let kind = match i % 10 {
+                    0..=3 => Kind::Tcp,
+                    4..=6 => Kind::TlsAnonymous,
+                    _ => Kind::TlsNas1,
+                };
+                runtime.spawn(slot(kind, source, port, connectors.clone(), stats.clone()));
+                slots += 1;
+            }
+        }
+        Flood {
+            runtime: Some(runtime),
+            stats,
+            slots,
+        }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// One flood slot: connect from `source`, do what `kind` says, hold until the receiver closes,
+/// wait [`RENEW`], again.
+async fn slot(
+    kind: Kind,
+    source: Ipv4Addr,
+    port: u16,
+    connectors: Connectors,
+    stats: Arc<FloodStats>,
+) {
+    let mut first = true;
+    loop {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).unwrap();
+        if let Ok(mut tcp) = socket
+            .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .await
+        {
+            let _open = Open::new(&stats);
+            if first {
+                stats.started.fetch_add(1, Ordering::SeqCst);
+                first = false;
+            }
+            let connector = match kind {
+                Kind::Tcp => None,
+                Kind::TlsAnonymous => Some(&connectors.anonymous),
+                Kind::TlsNas1 => Some(&connectors.nas1),
+            };
+            match connector {
+                None => hold(&mut tcp, &stats).await,
+                Some(connector) => {
+                    if let Ok(mut tls) = connector.connect("backup1", tcp).await {
+                        stats.tls_done.fetch_add(1, Ordering::SeqCst);
+                        hold(&mut tls, &stats).await;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(RENEW).await;
+    }
+}
+
+/// [`read_until_closed`], counted in `holding` meanwhile.
+async fn hold(stream: &mut (impl AsyncRead + Unpin), stats: &FloodStats) {
+    stats.holding.fetch_add(1, Ordering::SeqCst);
+    read_until_closed(stream).await;
+    stats.holding.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Reads (and discards) until the other side closes; what arrived.
+async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn count(log: &str, what: &str) -> usize {
+    log.lines().filter(|l| l.contains(what)).count()
+}
+
+/// One honest `zrep-send once`, timed from its start.
+#[derive(Debug)]
+struct Timing {
+    /// Until the receiver logged `peer connected` (TCP, TLS, hello, authorized).
+    connected: Duration,
+    /// Until the receiver logged `receiving` (the replication started).
+    receiving: Duration,
+    /// Until it exited.
+    total: Duration,
+}
+
+impl std::fmt::Display for Timing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "connected {:?}, receiving {:?}, done {:?}",
+            self.connected, self.receiving, self.total
+        )
+    }
+}
+
+/// Runs `zrep-send once` and times it by the receiver's log lines.
+fn timed_once(config: &SenderConfig, receiver: &Receiver) -> Timing {
+    const CONNECTED: &str = "peer connected";
+    const RECEIVING: &str = " receiving ";
+    let log = receiver.log_text();
+    let (connected_before, receiving_before) = (count(&log, CONNECTED), count(&log, RECEIVING));
+    let start = Instant::now();
+    let child = Command::new(binary("zrep-send"))
+        .args(["once", "--config"])
+        .arg(&config.path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = std::thread::spawn(move || child.wait_with_output().unwrap());
+    let (mut connected, mut receiving) = (None, None);
+    loop {
+        let finished = output.is_finished();
+        let log = receiver.log_text();
+        if connected.is_none() && count(&log, CONNECTED) > connected_before {
+            connected = Some(start.elapsed());
+        }
+        if receiving.is_none() && count(&log, RECEIVING) > receiving_before {
+            receiving = Some(start.elapsed());
+        }
+        if finished || receiving.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let output = output.join().unwrap();
+    let total = start.elapsed();
+    let (Some(connected), Some(receiving)) = (connected, receiving) else {
+        panic!(
+            "the replication never started\nstdout:\n{}\nstderr:\n{}\nreceiver log (tail):\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            tail(&receiver.log_text(), 30)
+        )
+    };
+    assert!(
+        output.status.success(),
+        "zrep-send once failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Timing {
+        connected,
+        receiving,
+        total,
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Two `yes >/dev/null`, killed on drop: both cores busy.
+struct BusyCores(Vec<std::process::Child>);
+
+impl BusyCores {
+    fn start() -> Self {
+        Self(
+            (0..2)
+                .map(|_| Command::new("yes").stdout(Stdio::null()).spawn().unwrap())
+                .collect(),
+        )
+    }
+}
+
+impl Drop for BusyCores {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The target's newest snapshot is the source's newest, by name and GUID.
+fn assert_replicated(source: &DatasetName, target: &DatasetName) {
+    let newest = snapshots(source).last().cloned().unwrap();
+    assert_eq!(snapshots(target).last(), Some(&newest), "{target}");
+}
+
+#[test]
+fn flood_of_unauthenticated_connections_does_not_keep_an_honest_peer_out() {
+    let open_files = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let soft: u64 = open_files
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(
+        soft >= 2048,
+        "the flood needs more than 1,000 open files; this process may have {soft} (ulimit -n 4096)"
+    );
+    let scale = time_scale();
+    let src = TestPool::create("avsrc");
+    let dst = TestPool::create("avdst");
+    let root = dst.dataset("nas1");
+    let sources: Vec<DatasetName> = ["quiet", "quietbusy", "flood", "busy"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let ds = src.create_dataset(name);
+            write_file(&ds, "f", &pseudo_random_bytes(i as u64, 1 << 20));
+            ds
+        })
+        .collect();
+    // 1,000 unauthenticated connections at once, 50 per address; the default handshake-timeout
+    // (10 s) keeps them open through the honest runs (the other test covers the timeout).
+    let receiver = Receiver::start_full(
+        &format!(
+            "max-unauthenticated = {MAX_UNAUTHENTICATED}\nmax-unauthenticated-per-ip = {MAX_PER_IP}"
+        ),
+        &[("nas1", &root, "")],
+        &[("RUST_LOG", "info")],
+    );
+    let started = Instant::now();
+    let config =
+        |ds: &DatasetName| SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(ds)]);
+    let rss_before = rss_kib(receiver.pid());
+
+    // References: the same replication without the flood, on an idle and on a busy machine.
+    let quiet = timed_once(&config(&sources[0]), &receiver);
+    assert_replicated(&sources[0], &dst.dataset("nas1/quiet"));
+    let quiet_busy = {
+        let _busy = BusyCores::start();
+        timed_once(&config(&sources[1]), &receiver)
+    };
+    assert_replicated(&sources[1], &dst.dataset("nas1/quietbusy"));
+
+    let flood = Flood::start(receiver.port);
+    let spin_up = Instant::now();
+    // The receiver holds its 1,000; the other 200 are refused at once and come back.
+    while flood.stats.started.load(Ordering::SeqCst) < flood.slots
+        || flood.stats.holding.load(Ordering::SeqCst) < MAX_UNAUTHENTICATED
+    {
+        assert!(
+            spin_up.elapsed() < Duration::from_secs(20),
+            "{} of {} flood slots connected, {} holding",
+            flood.stats.started.load(Ordering::SeqCst),
+            flood.slots,
+            flood.stats.holding.load(Ordering::SeqCst),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "flood: {} slots from {FLOOD_SOURCES} addresses connected in {:?}, {} connections held open in silence, {} TLS handshakes done",
+        flood.slots,
+        spin_up.elapsed(),
+        flood.stats.holding.load(Ordering::SeqCst),
+        flood.stats.tls_done.load(Ordering::SeqCst),
+    );
+
+    let open_before = flood.stats.holding.load(Ordering::SeqCst);
+    let flooded = timed_once(&config(&sources[2]), &receiver);
+    assert_replicated(&sources[2], &dst.dataset("nas1/flood"));
+    let (busy_open, busy) = {
+        let _busy = BusyCores::start();
+        let open = flood.stats.holding.load(Ordering::SeqCst);
+        (open, timed_once(&config(&sources[3]), &receiver))
+    };
+    assert_replicated(&sources[3], &dst.dataset("nas1/busy"));
+    let rss_after = rss_kib(receiver.pid());
+    println!("honest peer, from the start of zrep-send once:");
+    println!("  no flood:                                     {quiet}");
+    println!("  no flood, both cores busy:                    {quiet_busy}");
+    println!("  {open_before} flood connections open:                   {flooded}");
+    println!("  {busy_open} flood connections open, both cores busy:  {busy}");
+    println!(
+        "receiver VmRSS: {rss_before} KiB before the flood, {rss_after} KiB under it (+{} KiB)",
+        rss_after.saturating_sub(rss_before)
+    );
+    // Within 2 s; only where the machine is so loaded that the same replication without the
+    // flood already took more than 1 s to start, within twice that.
+    let limit =
+        |reference: &Timing| Duration::from_secs(2).max(reference.receiving * 2) * scale as u32;
+    assert!(
+        flooded.receiving < limit(&quiet),
+        "under the flood: {flooded}"
+    );
+    assert!(
+        busy.receiving < limit(&quiet_busy),
+        "under the flood, cores busy: {busy}"
+    );
+    // 1,000 pending connections with their TLS and read buffers, nothing per refused one.
+    assert!(
+        rss_after < rss_before + 256 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+
+    // The refusals: a few lines one by one per 10 s window, then summaries.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !receiver
+        .log_text()
+        .contains("unauthenticated connections (")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no summary: {}",
+            tail(&receiver.log_text(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let connects = flood.stats.connects.load(Ordering::SeqCst);
+    let peak = flood.stats.peak_open.load(Ordering::SeqCst);
+    drop(flood);
+    // Windows start with the receiver, a little before `started`.
+    let windows = (started.elapsed() + Duration::from_secs(1)).as_secs() as usize / 10 + 1;
+    let log = receiver.log_text();
+    let summaries: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("unauthenticated connections ("))
+        .collect();
+    let single: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("connection refused: too many")
+                || l.contains("connection closed: max-unauthenticated reached")
+                || l.contains("within handshake-timeout")
+                || l.contains("TLS handshake timed out")
+                || l.contains("TLS handshake refused")
+                || l.contains("hello failed")
+        })
+        .collect();
+    println!(
+        "receiver log: {} refusal lines one by one, {} summaries, for {connects} flood connections (peak {peak} open at once):",
+        single.len(),
+        summaries.len()
+    );
+    for line in single.iter().take(12).chain(&summaries) {
+        println!("  {line}");
+    }
+    assert!(
+        single.len() <= LINES_PER_WINDOW * windows,
+        "{} single lines in {windows} windows",
+        single.len()
+    );
+    assert!(
+        summaries
+            .iter()
+            .any(|l| l.contains("over the per-address limit")),
+        "{summaries:#?}"
+    );
+    let summarised: u64 = summaries
+        .iter()
+        .filter_map(|l| {
+            l.split("refused ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        summarised > 10 * single.len() as u64,
+        "{summarised} refusals summarised"
+    );
+    assert!(!log.contains("peer refused: busy"), "{log}");
+}
+
+/// Connects; the instant is taken before, so the receiver's clock starts later, never earlier.
+async fn connect(port: u16) -> (Instant, TcpStream) {
+    let start = Instant::now();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    (start, tcp)
+}
+
+/// The frames of a byte stream from the receiver: (kind, payload).
+fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= zrep_proto::HEADER_LEN {
+        assert_eq!(&bytes[..4], b"ZREP", "{bytes:02x?}");
+        let kind = bytes[5];
+        let len = u32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let end = zrep_proto::HEADER_LEN + len;
+        out.push((kind, bytes[zrep_proto::HEADER_LEN..end].to_vec()));
+        bytes = &bytes[end..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pre_hello_connections_are_closed_after_handshake_timeout() {
+    let dst = TestPool::create("hsdst");
+    let handshake = Duration::from_secs(2);
+    // idle-timeout is 20 s in the harness: a close at ~2 s is the handshake timeout's doing.
+    let receiver = Receiver::start_full(
+        "handshake-timeout = \"2s\"",
+        &[("nas1", &dst.dataset("nas1"), "")],
+        &[],
+    );
+    let port = receiver.port;
+    let connectors = Connectors::new();
+    let idle = tokio::spawn(async move {
+        let (start, mut tcp) = connect(port).await;
+        read_until_closed(&mut tcp).await;
+        (start.elapsed(), Vec::<u8>::new())
+    });
+    let tls = |connector: Connector, heartbeats: bool| {
+        tokio::spawn(async move {
+            let (start, tcp) = connect(port).await;
+            let mut tls = connector.connect("backup1", tcp).await.unwrap();
+            if heartbeats {
+                // Frames before the hello do not extend the limit.
+                let heartbeat = [0x5a, 0x52, 0x45, 0x50, 1, 4, 0, 0, 0, 0, 0, 0];
+                let (mut reader, mut writer) = tokio::io::split(tls);
+                let beat = async {
+                    loop {
+                        if writer.write_all(&heartbeat).await.is_err()
+                            || writer.flush().await.is_err()
+                        {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                };
+                let got = tokio::select! {
+                    got = read_until_closed(&mut reader) => got,
+                    () = beat => read_until_closed(&mut reader).await,
+                };
+                return (start.elapsed(), got);
+            }
+            let got = read_until_closed(&mut tls).await;
+            (start.elapsed(), got)
+        })
+    };
+    let anonymous = tls(connectors.anonymous.clone(), false);
+    let nas1 = tls(connectors.nas1.clone(), false);
+    let nas1_beating = tls(connectors.nas1.clone(), true);
+
+    let slack = Duration::from_secs(2 * time_scale());
+    let (elapsed, _) = idle.await.unwrap();
+    println!("idle TCP closed after {elapsed:?}");
+    assert!(
+        elapsed >= handshake - Duration::from_millis(50) && elapsed < handshake + slack,
+        "idle TCP: {elapsed:?}"
+    );
+    for (what, task) in [
+        ("TLS without certificate", anonymous),
+        ("TLS as nas1", nas1),
+        ("TLS as nas1 with heartbeats", nas1_beating),
+    ] {
+        let (elapsed, got) = task.await.unwrap();
+        println!("{what}, no hello: closed after {elapsed:?}");
+        assert!(
+            elapsed >= handshake - Duration::from_millis(50) && elapsed < handshake + slack,
+            "{what}: {elapsed:?}"
+        );
+        // The receiver's hello, then ERROR `timeout` saying why.
+        let frames = frames(&got);
+        assert_eq!(frames.len(), 2, "{what}: {frames:?}");
+        assert_eq!(frames[0].0, 1, "{what}: hello first");
+        let (kind, payload) = &frames[1];
+        assert_eq!(*kind, 5, "{what}: an error frame");
+        let code = u16::from_be_bytes([payload[0], payload[1]]);
+        assert_eq!(code, zrep_proto::ErrorCode::Timeout.code(), "{what}");
+        let message = String::from_utf8_lossy(&payload[10..]);
+        assert_eq!(
+            message, "no hello within 2s of connecting (handshake-timeout)",
+            "{what}"
+        );
+    }
+    let log = receiver.log_text();
+    assert!(log.contains("TLS handshake timed out"), "{log}");
+    assert_eq!(
+        log.matches("no hello within handshake-timeout").count(),
+        3,
+        "{log}"
+    );
+}
