@@ -4,6 +4,7 @@
 // A failed unwrap is a failed test, with the value in the message.
 #![allow(clippy::unwrap_used)]
 
+mod availability;
 mod check;
 mod daemon;
 mod openzfs;
