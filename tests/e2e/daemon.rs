@@ -222,7 +222,14 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
         receiver.log_text()
     );
     let after = snapshots(&target);
-    assert_eq!(after.last(), snapshots(&source).last());
+    let on_source = snapshots(&source);
+    // A stop that cut a cycle may leave that cycle's snapshot on the source only.
+    let newest = on_source.len() - 1;
+    let expected = &on_source[newest.saturating_sub(stopped)..];
+    assert!(
+        after.last().is_some_and(|last| expected.contains(last)),
+        "target {after:?}, source {on_source:?}\n{out}"
+    );
     assert!(after.len() > before.len());
 }
 

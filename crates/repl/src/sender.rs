@@ -268,8 +268,7 @@ where
             target,
             "the interrupted stream's snapshot is gone; discarding the partial receive"
         );
-        conn.session.abort_resume(target)?;
-        return match conn.next_event().await? {
+        return match ask(conn, |session| session.abort_resume(target)).await? {
             SenderEvent::AbortResumeAnswered {
                 outcome: AbortResumeOutcome::Discarded | AbortResumeOutcome::NothingToDiscard,
                 ..
@@ -449,11 +448,29 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    conn.session.request_state(target)?;
-    match conn.next_event().await? {
+    match ask(conn, |session| session.request_state(target)).await? {
         SenderEvent::State(state) => Ok(state),
         other => Err(unexpected(other)),
     }
+}
+
+/// Makes a request and waits for its answer. What the connection produced while local work ran
+/// comes first: after the peer's error frame the session takes no request.
+async fn ask<R, W>(
+    conn: &mut Connection<SenderSession, R, W>,
+    request: impl FnOnce(&mut SenderSession) -> Result<(), zrep_proto::UsageError>,
+) -> Result<SenderEvent, ReplicationError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match conn.take_stashed() {
+        Some(Ok(event)) => return Err(unexpected(event)),
+        Some(Err(err)) => return Err(err.into()),
+        None => {}
+    }
+    request(&mut conn.session)?;
+    Ok(conn.next_event().await?)
 }
 
 fn unexpected(event: SenderEvent) -> ReplicationError {
@@ -495,8 +512,7 @@ where
             });
         }
     };
-    conn.session.offer_transfer(offer)?;
-    match conn.next_event().await? {
+    match ask(conn, |session| session.offer_transfer(offer)).await? {
         SenderEvent::Accepted => {}
         other => return Err(unexpected(other)),
     }
@@ -599,7 +615,7 @@ async fn settle<Z: Zfs>(
     match zfs.hold(tag, &base.name).await {
         Ok(()) => {}
         // Already held by us (a cycle that found the target up to date).
-        Err(err) if is_duplicate_hold(&err) => {}
+        Err(ZfsError::AlreadyExists { .. }) => {}
         Err(err) => return Err(ReplicationError::zfs(format!("holding {}", base.name))(err)),
     }
     let snapshots = zfs
@@ -617,7 +633,7 @@ async fn settle<Z: Zfs>(
     for snap in &older {
         match zfs.release(tag, &snap.name).await {
             Ok(()) => debug!(snapshot = %snap.name, "released the previous base"),
-            Err(err) if is_missing_hold(&err) => {}
+            Err(ZfsError::NoSuchHold { .. }) => {}
             Err(err) => warn!(snapshot = %snap.name, cause = %err, "could not release hold"),
         }
     }
@@ -680,15 +696,4 @@ async fn bookmark_base<Z: Zfs>(zfs: &Z, job: &DatasetJob, base: &SnapshotInfo) {
             warn!(bookmark = %old.name, cause = %err, "could not drop an old bookmark");
         }
     }
-}
-
-fn is_duplicate_hold(err: &ZfsError) -> bool {
-    err.failure()
-        .is_some_and(|f| f.stderr.contains("tag already exists"))
-}
-
-fn is_missing_hold(err: &ZfsError) -> bool {
-    err.failure().is_some_and(|f| {
-        f.stderr.contains("no such tag") || f.stderr.contains("reference not found")
-    })
 }

@@ -234,6 +234,13 @@ where
         work.await
     }
 
+    /// What the connection produced while [`Connection::drive_while`] ran local work, if
+    /// anything: a side about to make a request checks here first, since after the peer's error
+    /// frame the session takes none.
+    pub fn take_stashed(&mut self) -> Option<Result<S::Event, TransportError>> {
+        self.stashed.take()
+    }
+
     /// Waits for the session's next event or for `other`, whichever comes first. Reading is
     /// cancel-safe, so nothing the peer sent is lost when `other` wins.
     pub async fn next_event_or<T>(

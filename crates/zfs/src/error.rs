@@ -84,6 +84,18 @@ pub enum ZfsError {
         /// The failed command.
         failure: CommandFailure,
     },
+    /// The pool ran out of space (a receive, a snapshot, a property).
+    #[error("{failure}")]
+    NoSpace {
+        /// The failed command.
+        failure: CommandFailure,
+    },
+    /// A release named a hold tag the snapshot does not have.
+    #[error("{failure}")]
+    NoSuchHold {
+        /// The failed command.
+        failure: CommandFailure,
+    },
     /// Any other failure of a command.
     #[error("{failure}")]
     Failed {
@@ -133,6 +145,8 @@ impl ZfsError {
             | Self::InvalidStream { failure }
             | Self::Busy { failure }
             | Self::AlreadyExists { failure }
+            | Self::NoSpace { failure }
+            | Self::NoSuchHold { failure }
             | Self::Failed { failure } => Some(failure),
             _ => None,
         }
@@ -148,7 +162,12 @@ impl ZfsError {
             .collect::<Vec<_>>()
             .join(" ");
         let has = |phrase: &str| text.contains(phrase);
-        if has("has been modified") {
+        if has("out of space") || has("no space left") {
+            Self::NoSpace { failure }
+        } else if has("no such tag") || has("reference not found") {
+            // zfs-fuse says "no such tag on this dataset", OpenZFS "reference not found".
+            Self::NoSuchHold { failure }
+        } else if has("has been modified") {
             Self::DestinationModified { failure }
         } else if has("contains partially-complete state") {
             // OpenZFS: a plain receive into a target that holds a cut `receive -s`.
@@ -272,6 +291,14 @@ mod tests {
             ),
             ("cannot open 'p/nope': dataset does not exist", "NotFound"),
             ("cannot destroy snapshot p/a@s: dataset is busy", "Busy"),
+            (
+                "cannot receive new filesystem stream: out of space",
+                "NoSpace",
+            ),
+            (
+                "cannot release hold from snapshot 'p/d@s': no such tag on this dataset",
+                "NoSuchHold",
+            ),
             ("something else", "Failed"),
         ];
         // OpenZFS 2.3.2, as `scripts/test-openzfs` saw them.
@@ -340,6 +367,14 @@ mod tests {
             (
                 "'p/d' does not have any resumable receive state to abort",
                 "Failed",
+            ),
+            (
+                "cannot receive incremental stream: No space left on device",
+                "NoSpace",
+            ),
+            (
+                "cannot release hold from snapshot 'p/d@s1': reference not found",
+                "NoSuchHold",
             ),
         ];
         let cases = cases.into_iter().chain(openzfs);

@@ -1259,7 +1259,7 @@ mod tests {
         );
         assert!(matches!(
             fake.create_snapshot(&s2, false).await,
-            Err(ZfsError::Failed { .. })
+            Err(ZfsError::NoSpace { .. })
         ));
         fake.create_snapshot(&s2, false).await.unwrap();
     }

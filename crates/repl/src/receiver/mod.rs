@@ -672,10 +672,9 @@ async fn ensure_parents<Z: Zfs>(
 
 fn classify_failure(err: &ZfsError) -> (FailureCode, String) {
     let text = err.to_string();
-    let code = if text.contains("out of space") || text.contains("No space left") {
-        FailureCode::NoSpace
-    } else {
-        FailureCode::ZfsReceive
+    let code = match err {
+        ZfsError::NoSpace { .. } => FailureCode::NoSpace,
+        _ => FailureCode::ZfsReceive,
     };
     let hint = match err {
         ZfsError::DestinationModified { .. } => {
