@@ -16,17 +16,23 @@ fuzz_target!(|data: &[u8]| {
     let [flags, piece, stream @ ..] = data else {
         return;
     };
-    // GUIDs taken from the stream's first BEGIN when there is one, so the checks past the chain
-    // rules are reached; otherwise fixed.
+    // GUIDs and the snapshot name taken from the stream's first BEGIN when there is one, so
+    // recorded streams get past their BEGIN and the fuzzer reaches the record checks.
     let guid = |at: usize| {
         stream
             .get(at..at + 8)
             .map_or(1, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     };
+    let name = stream.get(56..RECORD_LEN.min(stream.len())).unwrap_or(&[]);
+    let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+    let short = name
+        .iter()
+        .position(|&b| b == b'@')
+        .map_or(&[][..], |at| &name[at + 1..]);
     let expect = StreamExpectation {
         from_guid: (flags & 1 != 0).then(|| guid(48)),
         to_guid: guid(40),
-        to_snapshot: "s".to_owned(),
+        to_snapshot: String::from_utf8_lossy(short).into_owned(),
         raw: flags & 2 != 0,
         resuming: flags & 4 != 0,
         intermediates: flags & 8 != 0,
