@@ -278,18 +278,28 @@ where
             ReceiverEvent::PeerError { code, message } => {
                 return Err(ServeError::Peer { code, message });
             }
-            other => {
-                conn.session.error(
-                    ErrorCode::ProtocolViolation,
-                    format!("unexpected {other:?} outside a transfer"),
-                );
-                conn.shutdown().await;
-                return Err(ServeError::Peer {
-                    code: ErrorCode::ProtocolViolation,
-                    message: "unexpected event".into(),
-                });
-            }
+            other => return Err(violation(conn, &other, "outside a transfer").await),
         }
+    }
+}
+
+/// Closes the session after an event the protocol does not allow `context`.
+async fn violation<R, W>(
+    conn: &mut Connection<ReceiverSession, R, W>,
+    event: &ReceiverEvent,
+    context: &str,
+) -> ServeError
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let message = format!("unexpected {event:?} {context}");
+    conn.session
+        .error(ErrorCode::ProtocolViolation, message.clone());
+    conn.shutdown().await;
+    ServeError::Peer {
+        code: ErrorCode::ProtocolViolation,
+        message,
     }
 }
 
@@ -395,59 +405,20 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let dataset = match target_dataset(&policy.root, &offer.target) {
-        Ok(dataset) => dataset,
-        Err(reason) => {
+    let Accepted {
+        dataset,
+        snapshot,
+        before,
+        _guard,
+    } = match accept(zfs, conn, policy, &offer).await {
+        Ok(accepted) => accepted,
+        Err((code, message)) => {
+            info!(peer = %policy.peer, target = %offer.target, %code, %message, "offer refused");
             policy.metrics.refused(&policy.peer, &offer.target);
-            conn.session.refuse(RefusalCode::InvalidName, reason)?;
+            conn.session.refuse(code, message)?;
             return Ok(());
         }
     };
-    let snapshot = match dataset.snapshot(&offer.snapshot) {
-        Ok(snapshot) => snapshot,
-        Err(err) => {
-            policy.metrics.refused(&policy.peer, &offer.target);
-            conn.session
-                .refuse(RefusalCode::InvalidName, err.to_string())?;
-            return Ok(());
-        }
-    };
-    let Some(_guard) = policy.locks.try_lock(&dataset) else {
-        policy.metrics.refused(&policy.peer, &offer.target);
-        conn.session.refuse(
-            RefusalCode::Busy,
-            format!("another transfer to {} is running", offer.target),
-        )?;
-        return Ok(());
-    };
-    if let Err((code, message)) = conn.drive_while(check_offer(zfs, &dataset, &offer)).await {
-        info!(peer = %policy.peer, target = %dataset, %code, %message, "offer refused");
-        policy.metrics.refused(&policy.peer, &offer.target);
-        conn.session.refuse(code, message)?;
-        return Ok(());
-    }
-    let before = match conn.drive_while(Before::record(zfs, &dataset)).await {
-        Ok(before) => before,
-        Err(err) => {
-            policy.metrics.refused(&policy.peer, &offer.target);
-            conn.session.refuse(
-                RefusalCode::NotPermitted,
-                format!("reading the target: {err}"),
-            )?;
-            return Ok(());
-        }
-    };
-    if let Err(err) = conn
-        .drive_while(ensure_parents(zfs, &policy.root, &dataset))
-        .await
-    {
-        policy.metrics.refused(&policy.peer, &offer.target);
-        conn.session.refuse(
-            RefusalCode::NotPermitted,
-            format!("cannot create parents: {err}"),
-        )?;
-        return Ok(());
-    }
     conn.session.accept()?;
     info!(peer = %policy.peer, target = %dataset, snapshot = %offer.snapshot, "receiving");
     let spec = PumpSpec {
@@ -513,6 +484,64 @@ where
         }
     }
     Ok(())
+}
+
+/// An offer the receiver takes: its target, locked until the transfer is answered.
+struct Accepted {
+    dataset: DatasetName,
+    snapshot: SnapshotName,
+    /// The target before the transfer, to undo it by.
+    before: Before,
+    _guard: TargetGuard,
+}
+
+/// Checks an offer against the names, the lock and the target, and creates missing parents.
+async fn accept<Z, R, W>(
+    zfs: &Z,
+    conn: &mut Connection<ReceiverSession, R, W>,
+    policy: &ReceiverPolicy,
+    offer: &TransferOffer,
+) -> Result<Accepted, (RefusalCode, String)>
+where
+    Z: Zfs,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let dataset = target_dataset(&policy.root, &offer.target)
+        .map_err(|reason| (RefusalCode::InvalidName, reason))?;
+    let snapshot = dataset
+        .snapshot(&offer.snapshot)
+        .map_err(|err| (RefusalCode::InvalidName, err.to_string()))?;
+    let guard = policy.locks.try_lock(&dataset).ok_or_else(|| {
+        (
+            RefusalCode::Busy,
+            format!("another transfer to {} is running", offer.target),
+        )
+    })?;
+    conn.drive_while(check_offer(zfs, &dataset, offer)).await?;
+    let before = conn
+        .drive_while(Before::record(zfs, &dataset))
+        .await
+        .map_err(|err| {
+            (
+                RefusalCode::NotPermitted,
+                format!("reading the target: {err}"),
+            )
+        })?;
+    conn.drive_while(ensure_parents(zfs, &policy.root, &dataset))
+        .await
+        .map_err(|err| {
+            (
+                RefusalCode::NotPermitted,
+                format!("cannot create parents: {err}"),
+            )
+        })?;
+    Ok(Accepted {
+        dataset,
+        snapshot,
+        before,
+        _guard: guard,
+    })
 }
 
 /// The only stream the offer, as checked against the target, lets through.

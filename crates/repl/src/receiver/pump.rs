@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
-use zrep_proto::{ErrorCode, FailureCode, ReceiverEvent, ReceiverSession};
+use zrep_proto::{FailureCode, ReceiverEvent, ReceiverSession};
 use zrep_zfs::received::untrusted_receive;
 use zrep_zfs::stream::{
     ObjectKind, RECORD_LEN, StreamExpectation, StreamInspector, StreamRefusal, StreamSummary,
 };
 use zrep_zfs::{DatasetKind, DatasetName, ReceiveSink, Zfs};
 
-use super::{ServeError, classify_failure};
+use super::{ServeError, classify_failure, violation};
 use crate::transport::Connection;
 
 /// How a pumped stream ended, short of a lost connection (an `Err` of [`pump`]).
@@ -114,15 +114,7 @@ where
             }
             other => {
                 finish_quietly(sink).await;
-                conn.session.error(
-                    ErrorCode::ProtocolViolation,
-                    format!("unexpected {other:?} during a stream"),
-                );
-                conn.shutdown().await;
-                return Err(ServeError::Peer {
-                    code: ErrorCode::ProtocolViolation,
-                    message: "unexpected event during a stream".into(),
-                });
+                return Err(violation(conn, &other, "during a stream").await);
             }
         }
     }
