@@ -404,6 +404,105 @@ fn openzfs_2_3_streams() {
     check_openzfs_streams(&fx);
 }
 
+/// `stream` (little-endian) as a big-endian sender writes it: every integer field of every
+/// record header swapped by its width (payloads are opaque bytes and stay).
+fn to_big_endian(stream: &[u8]) -> Vec<u8> {
+    let mut out = stream.to_vec();
+    let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4"));
+    let le64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
+    let mut at = 0;
+    while at + RECORD_LEN <= stream.len() {
+        let r = &stream[at..at + RECORD_LEN];
+        let record_type = le32(r, 0);
+        // (offset, width) of the integer fields after the type and payload length.
+        let mut fields: Vec<(usize, usize)> = vec![(0, 4), (4, 4)];
+        let u64s = |list: &[usize]| list.iter().map(|&o| (o, 8)).collect::<Vec<_>>();
+        let payload = match record_type {
+            0 => {
+                fields.extend(u64s(&[8, 16, 24, 40, 48]));
+                fields.extend([(32, 4), (36, 4)]);
+                u64::from(le32(r, 4))
+            }
+            1 => {
+                fields.extend(u64s(&[8, 40, 56]));
+                fields.extend([(16, 4), (20, 4), (24, 4), (28, 4), (36, 4)]);
+                let (bonus, raw) = (u64::from(le32(r, 28)), u64::from(le32(r, 36)));
+                if raw != 0 { raw } else { bonus.div_ceil(8) * 8 }
+            }
+            3 => {
+                fields.extend(u64s(&[8, 24, 32, 40, 56, 64, 72, 80, 88, 96]));
+                fields.extend([(16, 4), (20, 4)]);
+                if r[50] != 0 { le64(r, 96) } else { le64(r, 32) }
+            }
+            7 => {
+                fields.extend(u64s(&[8, 16, 24, 40]));
+                fields.push((88, 4));
+                let c = le64(r, 40);
+                if c != 0 { c } else { le64(r, 16) }
+            }
+            8 => {
+                fields.extend(u64s(&[8, 16, 24, 32]));
+                fields.extend([(48, 4), (52, 4)]);
+                u64::from(le32(r, 52)).div_ceil(8) * 8
+            }
+            9 => {
+                fields.extend(u64s(&[8, 16, 24]));
+                0
+            }
+            2 | 4 | 5 | 6 | 10 => {
+                fields.extend(u64s(&[8, 16, 24, 32, 40, 48, 56, 64]));
+                0
+            }
+            other => panic!("record type {other} at {at}"),
+        };
+        if record_type != 0 {
+            fields.extend(u64s(&[280, 288, 296, 304]));
+        }
+        for (offset, width) in fields {
+            out[at + offset..at + offset + width].reverse();
+        }
+        at += RECORD_LEN + payload as usize;
+    }
+    assert_eq!(at, stream.len(), "walked the whole stream");
+    out
+}
+
+#[test]
+fn big_endian_senders() {
+    let fx = Fixtures::load("openzfs-2.3");
+    let mut package = fx.expect(Some("fs@s1"), "fs@s3");
+    package.intermediates = true;
+    let mut raw = fx.expect(None, "big@b1");
+    raw.raw = true;
+    let mut resumed = fx.expect(None, "res@x1");
+    resumed.resuming = true;
+    for (name, expect) in [
+        ("incr-I", package),
+        ("compressed-all", raw),
+        ("large-dnode", fx.expect(None, "dn@d1")),
+        ("resumed", resumed),
+    ] {
+        let little = fx.stream(name);
+        let big = to_big_endian(&little);
+        assert_ne!(big, little);
+        let begin = BeginRecord::parse(&big).expect("BEGIN");
+        assert_eq!(begin.byte_order, zrep_zfs::stream::ByteOrder::Big);
+        assert_eq!(
+            (begin.to_guid, begin.features, begin.payload_len),
+            {
+                let le = BeginRecord::parse(&little).expect("BEGIN");
+                (le.to_guid, le.features, le.payload_len)
+            },
+            "{name}"
+        );
+        assert_eq!(
+            ok(inspect(&big, &expect)),
+            ok(inspect(&little, &expect)),
+            "{name}"
+        );
+    }
+}
+
 mod mutations {
     use proptest::prelude::*;
 
