@@ -1,6 +1,8 @@
-//! zrep-send: the push agent on the primary. The binary is a thin shell over [`once::run_once`];
-//! configuration lives in [`config`].
+//! zrep-send: the push agent on the primary. The [`agent::Agent`] does the work of `once` and
+//! `run`; [`once`] and [`daemon`] wire it to the system (ZFS, TLS, signals, metrics) for the
+//! binary, a thin shell over them; configuration lives in [`config`].
 
+pub mod agent;
 pub mod config;
 pub mod daemon;
 pub mod once;

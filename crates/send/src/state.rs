@@ -157,16 +157,16 @@ impl StateDir {
     }
 }
 
-/// Records the outcome of one dataset's cycle in the state directory of `config`. A state file
-/// that cannot be written costs monitoring, not the replication: warn.
+/// Records the outcome of one dataset's cycle, ended at `now`, in the state directory of
+/// `config`. A state file that cannot be written costs monitoring, not the replication: warn.
 pub fn record<E: std::fmt::Display>(
     config: &SendConfig,
     dataset: &DatasetConfig,
     outcome: Result<&Replicated, E>,
+    now: SystemTime,
 ) {
     let dir = StateDir::new(&config.state_dir);
     let target = dataset.target.as_str();
-    let now = SystemTime::now();
     let written = match outcome {
         Ok(done) => dir.record_success(&dataset.source, target, &dataset.prefix, done, now),
         Err(error) => dir.record_failure(&dataset.source, target, &error.to_string(), now),
@@ -176,25 +176,19 @@ pub fn record<E: std::fmt::Display>(
     }
 }
 
-/// Takes the lock of `dataset`, or prints why not (one `NOT replicated` line) and returns
-/// `None`.
-pub fn lock(config: &SendConfig, dataset: &DatasetConfig) -> Option<std::fs::File> {
+/// Takes the lock of `dataset`, or says why not (for its `NOT replicated` line).
+pub fn try_lock(config: &SendConfig, dataset: &DatasetConfig) -> Result<std::fs::File, String> {
     let dir = StateDir::new(&config.state_dir);
-    let why = match dir.try_lock(&dataset.source) {
-        Ok(Some(lock)) => return Some(lock),
-        Ok(None) => {
-            "another zrep-send (a running `zrep-send run`, or `once`) is replicating it".to_owned()
-        }
-        Err(err) => format!(
+    match dir.try_lock(&dataset.source) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(
+            "another zrep-send (a running `zrep-send run`, or `once`) is replicating it".to_owned(),
+        ),
+        Err(err) => Err(format!(
             "cannot take its lock in {}: {err}",
             config.state_dir.display()
-        ),
-    };
-    println!(
-        "{} NOT replicated to {}: {why}",
-        dataset.source, config.receiver
-    );
-    None
+        )),
+    }
 }
 
 /// Seconds since the Unix epoch.

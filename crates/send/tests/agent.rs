@@ -1,0 +1,417 @@
+//! The agent of `once` and `run` against FakeZfs and an in-memory receiver
+//! (`zrep_repl::receiver::serve` over `tokio::io::duplex`), with paused time: schedules,
+//! backoff and shutdown are checked in virtual seconds, without sockets or processes.
+
+// A failed unwrap is a failed test, with the value in the message.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::io::DuplexStream;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep};
+use zrep_proto::{ReceiverSession, SessionConfig};
+use zrep_repl::receiver::{ReceiverPolicy, ServeError, TargetLocks, serve};
+use zrep_repl::transport::Connection;
+use zrep_send::agent::{Agent, BACKOFF_MAX, Connect, RunOutcome};
+use zrep_send::config::SendConfig;
+use zrep_send::state::{DatasetState, StateDir};
+use zrep_tls::{CertificateAuthority, DEFAULT_CA_TTL, write_cert_file};
+use zrep_zfs::fake::FakeZfs;
+use zrep_zfs::{Capabilities, DatasetName, Guid, Zfs};
+
+const RECEIVER: &str = "backup.test:7711";
+/// The wall clock at virtual time zero.
+const EPOCH_SECS: u64 = 1_795_000_000;
+
+/// A receiver session's task.
+type Served = JoinHandle<Result<(), ServeError>>;
+
+/// A receiver in memory: each connection is a duplex pipe served by `serve` on its own task.
+#[derive(Clone)]
+struct MemReceiver {
+    dst: FakeZfs,
+    root: DatasetName,
+    locks: TargetLocks,
+    /// This many more connection attempts are refused.
+    refuse: Arc<AtomicUsize>,
+    /// When each attempt was made (virtual time).
+    attempts: Arc<Mutex<Vec<Instant>>>,
+    sessions: Arc<Mutex<Vec<Served>>>,
+}
+
+impl Connect for MemReceiver {
+    type Stream = DuplexStream;
+
+    async fn connect(&self) -> anyhow::Result<DuplexStream> {
+        self.attempts.lock().unwrap().push(Instant::now());
+        let refused = self
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refused {
+            anyhow::bail!("connecting to {RECEIVER}: Connection refused (os error 111)");
+        }
+        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        let (reader, writer) = tokio::io::split(theirs);
+        let policy = ReceiverPolicy {
+            peer: "nas1".into(),
+            root: self.root.clone(),
+            write_timeout: Duration::from_secs(10),
+            locks: self.locks.clone(),
+            drop_next_commit_answer: Arc::new(AtomicBool::new(false)),
+            retention: None,
+            metrics: Default::default(),
+            danger_skip_stream_inspection: false,
+        };
+        let dst = self.dst.clone();
+        let session = tokio::spawn(async move {
+            let session = ReceiverSession::new(SessionConfig::default(), Duration::ZERO);
+            let mut conn = Connection::new(
+                session,
+                reader,
+                writer,
+                std::time::Instant::now(),
+                Duration::from_secs(10),
+            );
+            serve(&dst, &mut conn, &policy).await
+        });
+        self.sessions.lock().unwrap().push(session);
+        Ok(ours)
+    }
+}
+
+impl MemReceiver {
+    fn attempts(&self) -> Vec<Instant> {
+        self.attempts.lock().unwrap().clone()
+    }
+
+    /// How each session served so far ended (all must have ended).
+    async fn ended(&self) -> Vec<Result<(), ServeError>> {
+        let sessions: Vec<_> = self.sessions.lock().unwrap().drain(..).collect();
+        let mut ends = Vec::new();
+        for session in sessions {
+            ends.push(session.await.unwrap());
+        }
+        ends
+    }
+}
+
+struct Bed {
+    dir: tempfile::TempDir,
+    src: FakeZfs,
+    receiver: MemReceiver,
+    lines: Arc<Mutex<Vec<String>>>,
+    start: Instant,
+}
+
+impl Bed {
+    /// Datasets `tank/<name>` with a file each; a receiver with root `backup/nas1`.
+    async fn new(names: &[&str]) -> Self {
+        let src = FakeZfs::new(Capabilities::legacy());
+        let dst = FakeZfs::new(Capabilities::legacy());
+        let pool = src.create_pool("tank");
+        for name in names {
+            let dataset = pool.child(name).unwrap();
+            src.create_dataset(&dataset, &[], true).await.unwrap();
+            src.write_file(&dataset, "data", name.as_bytes());
+        }
+        let backup = dst.create_pool("backup");
+        let dir = tempfile::tempdir().unwrap();
+        // A certificate far from renewal: renewal is checked and not due.
+        let ca = CertificateAuthority::generate("zrep CA", DEFAULT_CA_TTL).unwrap();
+        let cert = ca
+            .issue_peer_cert(&"nas1".parse().unwrap(), Duration::from_secs(365 * 86_400))
+            .unwrap();
+        write_cert_file(&dir.path().join("sender.pem"), cert.cert_pem()).unwrap();
+        Self {
+            dir,
+            src,
+            receiver: MemReceiver {
+                dst,
+                root: backup.child("nas1").unwrap(),
+                locks: TargetLocks::default(),
+                refuse: Arc::default(),
+                attempts: Arc::default(),
+                sessions: Arc::default(),
+            },
+            lines: Arc::default(),
+            start: Instant::now(),
+        }
+    }
+
+    fn config(&self, interval: &str, names: &[&str]) -> SendConfig {
+        self.config_with(interval, names, "")
+    }
+
+    /// With `extra` top-level settings.
+    fn config_with(&self, interval: &str, names: &[&str], extra: &str) -> SendConfig {
+        let mut text = format!(
+            "receiver = \"{RECEIVER}\"\nserver-name = \"backup1\"\ncert = \"sender.pem\"\n\
+             key = \"sender.key\"\nca = \"ca.pem\"\ninterval = \"{interval}\"\n{extra}\n"
+        );
+        for name in names {
+            text.push_str(&format!("[[dataset]]\nsource = \"tank/{name}\"\n"));
+        }
+        SendConfig::parse(&text, &self.dir.path().join("send.toml")).unwrap()
+    }
+
+    fn agent(&self, config: SendConfig) -> Agent<FakeZfs, MemReceiver> {
+        let lines = self.lines.clone();
+        let start = self.start;
+        Agent::new(config, self.src.clone(), self.receiver.clone())
+            .with_output(Arc::new(move |line| {
+                lines.lock().unwrap().push(line.to_owned())
+            }))
+            .with_clock(Arc::new(move || {
+                UNIX_EPOCH + Duration::from_secs(EPOCH_SECS) + start.elapsed()
+            }))
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn state(&self, name: &str) -> DatasetState {
+        StateDir::new(self.dir.path())
+            .load(&source(name))
+            .unwrap()
+            .unwrap_or_else(|| panic!("no state recorded for {name}"))
+    }
+
+    fn target(&self, name: &str) -> DatasetName {
+        self.receiver.root.child(name).unwrap()
+    }
+
+    /// Short names and GUIDs of the snapshots of `tank/<name>` on the receiver (none if the
+    /// target does not exist).
+    async fn received(&self, name: &str) -> Vec<(String, Guid)> {
+        snapshots(&self.receiver.dst, &self.target(name)).await
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+fn source(name: &str) -> DatasetName {
+    DatasetName::parse(&format!("tank/{name}")).unwrap()
+}
+
+async fn snapshots(zfs: &FakeZfs, dataset: &DatasetName) -> Vec<(String, Guid)> {
+    if !zfs.exists(dataset).await.unwrap() {
+        return Vec::new();
+    }
+    zfs.list_snapshots(dataset, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name.short_name().to_owned(), s.guid))
+        .collect()
+}
+
+/// The name zrep gives the snapshot of a cycle at virtual second `t`.
+fn snapshot_at(t: u64) -> String {
+    zrep_repl::naming::snapshot_short_name("zrep", UNIX_EPOCH + Duration::from_secs(EPOCH_SECS + t))
+}
+
+#[tokio::test(start_paused = true)]
+async fn once_over_two_datasets_replicates_both_and_records_state() {
+    let bed = Bed::new(&["a", "b"]).await;
+    let agent = bed.agent(bed.config("1h", &["a", "b"]));
+    assert_eq!(agent.once().await, RunOutcome::AllReplicated);
+
+    let snapshot = snapshot_at(0);
+    let lines = bed.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (line, name) in lines.iter().zip(["a", "b"]) {
+        let head = format!("tank/{name}@{snapshot} replicated to {RECEIVER} (");
+        assert!(line.starts_with(&head), "{line}");
+        assert!(line.contains(", full, "), "{line}");
+    }
+    for name in ["a", "b"] {
+        let sent = snapshots(&bed.src, &source(name)).await;
+        assert_eq!(bed.received(name).await, sent);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            bed.receiver.dst.files(&bed.target(name)),
+            bed.src.files(&source(name))
+        );
+        let state = bed.state(name);
+        assert_eq!(state.source, format!("tank/{name}"));
+        assert_eq!(state.target, name);
+        assert_eq!(state.last_snapshot.as_deref(), Some(snapshot.as_str()));
+        assert_eq!(state.last_guid, Some(sent[0].1.0));
+        assert_eq!(state.last_success, Some(EPOCH_SECS));
+        assert_eq!(state.last_snapshot_time, Some(EPOCH_SECS));
+        assert_eq!(state.last_error, None);
+        assert!(state.bytes > 0 && state.wire_bytes > 0, "{state:?}");
+    }
+    // Both over one session, ended with Bye (the receiver's serve returns Ok only then).
+    assert_eq!(bed.receiver.attempts().len(), 1);
+    let ends = bed.receiver.ended().await;
+    assert!(matches!(ends[..], [Ok(())]), "{ends:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn once_reports_a_receiver_that_is_gone_per_dataset() {
+    let bed = Bed::new(&["a", "b"]).await;
+    bed.receiver.refuse.store(usize::MAX, Ordering::SeqCst);
+    let agent = bed.agent(bed.config("1h", &["a", "b"]));
+    assert_eq!(agent.once().await, RunOutcome::SomeFailed);
+    let why = format!("connecting to {RECEIVER}: Connection refused (os error 111)");
+    assert_eq!(
+        bed.lines(),
+        [
+            format!("tank/a NOT replicated to {RECEIVER}: {why}"),
+            format!("tank/b NOT replicated to {RECEIVER}: {why}"),
+        ]
+    );
+    // Each dataset tried once, no backoff in `once`.
+    assert_eq!(bed.receiver.attempts().len(), 2);
+    assert_eq!(bed.elapsed(), Duration::ZERO);
+    for name in ["a", "b"] {
+        let state = bed.state(name);
+        assert_eq!(state.last_error.as_deref(), Some(why.as_str()));
+        assert_eq!(state.last_attempt, Some(EPOCH_SECS));
+        assert_eq!(state.last_success, None);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_at_an_interval_does_n_cycles_in_n_intervals_over_one_session() {
+    // 150 s between cycles is more than the receiver's 60 s idle limit: the session survives
+    // only on the heartbeats sent while idle.
+    const INTERVAL: u64 = 150;
+    const CYCLES: u64 = 4;
+    let bed = Bed::new(&["a"]).await;
+    let agent = bed.agent(bed.config(&format!("{INTERVAL}s"), &["a"]));
+    let stop = Duration::from_secs(CYCLES * INTERVAL - 1);
+    agent.run(sleep(stop), None).await;
+    assert_eq!(bed.elapsed(), stop, "stops when told");
+
+    let expected: Vec<String> = (0..CYCLES).map(|i| snapshot_at(i * INTERVAL)).collect();
+    let received = bed.received("a").await;
+    let names: Vec<&str> = received.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, expected);
+    let lines = bed.lines();
+    assert_eq!(lines.len(), CYCLES as usize, "{lines:?}");
+    assert!(
+        lines[1].contains(&format!("-I from @{}", expected[0])),
+        "{lines:?}"
+    );
+    let state = bed.state("a");
+    assert_eq!(
+        state.last_snapshot.as_deref(),
+        expected.last().map(String::as_str)
+    );
+    assert_eq!(
+        state.last_success,
+        Some(EPOCH_SECS + (CYCLES - 1) * INTERVAL)
+    );
+    assert_eq!(state.last_guid, Some(received.last().unwrap().1.0));
+    assert_eq!(
+        bed.receiver.attempts().len(),
+        1,
+        "one session for all cycles"
+    );
+    let ends = bed.receiver.ended().await;
+    assert!(matches!(ends[..], [Ok(())]), "{ends:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_backs_off_while_the_receiver_is_gone_and_reconnects_when_it_returns() {
+    const REFUSED: usize = 9;
+    let bed = Bed::new(&["a"]).await;
+    bed.receiver.refuse.store(REFUSED, Ordering::SeqCst);
+    let agent = bed.agent(bed.config("1h", &["a"]));
+    let while_gone = async {
+        sleep(Duration::from_secs(100)).await;
+        let state = bed.state("a");
+        assert_eq!(
+            state.last_error.as_deref(),
+            Some("connecting to backup.test:7711: Connection refused (os error 111)")
+        );
+        assert_eq!(state.last_success, None);
+        assert!(bed.received("a").await.is_empty());
+    };
+    tokio::join!(agent.run(sleep(Duration::from_secs(600)), None), while_gone);
+
+    let attempts = bed.receiver.attempts();
+    assert_eq!(attempts.len(), REFUSED + 1, "{attempts:?}");
+    assert_eq!(attempts[0], bed.start, "the first attempt at once");
+    for (i, pair) in attempts.windows(2).enumerate() {
+        let base = Duration::from_secs(1 << i).min(BACKOFF_MAX).as_secs_f64();
+        let gap = (pair[1] - pair[0]).as_secs_f64();
+        assert!(
+            gap >= 0.75 * base && gap < 1.25 * base,
+            "retry {}: {gap} s, expected {base} s ± 25 %",
+            i + 1
+        );
+    }
+    // Reconnected: the cycle ran at once, and the next one is an hour later.
+    let back = attempts[REFUSED] - bed.start;
+    let received = bed.received("a").await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].0, snapshot_at(back.as_secs()));
+    let state = bed.state("a");
+    assert_eq!(state.last_error, None);
+    assert_eq!(state.last_guid, Some(received[0].1.0));
+    let ends = bed.receiver.ended().await;
+    assert!(matches!(ends[..], [Ok(())]), "{ends:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_between_cycles_ends_the_session_with_bye() {
+    let bed = Bed::new(&["a"]).await;
+    let agent = bed.agent(bed.config("60s", &["a"]));
+    agent.run(sleep(Duration::from_secs(30)), None).await;
+    // At once: no linger, since the receiver closes on our Bye.
+    assert_eq!(bed.elapsed(), Duration::from_secs(30));
+    assert_eq!(bed.received("a").await.len(), 1);
+    assert_eq!(bed.lines().len(), 1);
+    assert_eq!(bed.state("a").last_error, None);
+    let ends = bed.receiver.ended().await;
+    assert!(matches!(ends[..], [Ok(())]), "{ends:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_mid_transfer_aborts_it_and_records_it() {
+    let bed = Bed::new(&["a"]).await;
+    // 4 MiB that do not compress, at 100 kB/s: about 40 s of stream, cut at 5 s.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    bed.src.write_file(&source("a"), "noise", &noise);
+    let agent = bed.agent(bed.config_with("1h", &["a"], "bandwidth-limit = \"100kB/s\""));
+    agent.run(sleep(Duration::from_secs(5)), None).await;
+    assert_eq!(
+        bed.elapsed(),
+        Duration::from_secs(5),
+        "aborted, not awaited"
+    );
+    assert_eq!(
+        bed.lines(),
+        [format!(
+            "tank/a NOT replicated to {RECEIVER}: aborted by shutdown"
+        )]
+    );
+    let state = bed.state("a");
+    assert_eq!(state.last_error.as_deref(), Some("aborted by shutdown"));
+    assert_eq!(state.last_attempt, Some(EPOCH_SECS + 5));
+    assert_eq!(state.last_success, None);
+    // The receiver saw the connection cut (no Bye) and kept nothing of the stream.
+    let ends = bed.receiver.ended().await;
+    assert!(matches!(ends[..], [Err(_)]), "{ends:?}");
+    assert!(bed.received("a").await.is_empty());
+    // The source keeps the cycle's snapshot for the next start.
+    assert_eq!(snapshots(&bed.src, &source("a")).await.len(), 1);
+}
