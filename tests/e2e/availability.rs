@@ -621,3 +621,56 @@ async fn pre_hello_connections_are_closed_after_handshake_timeout() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authenticated_peer_over_max_connections_is_told_busy_at_once() {
+    let src = TestPool::create("bysrc");
+    let dst = TestPool::create("bydst");
+    let source = src.create_dataset("data");
+    write_file(&source, "f", b"payload");
+    let receiver = Receiver::start_full(
+        "max-connections = 1",
+        &[("nas1", &dst.dataset("nas1"), "")],
+        &[],
+    );
+    let certs = certs_dir();
+    let holder = zrep_e2e::client_session(
+        &certs.join("ca.pem"),
+        &certs.join("nas1.pem"),
+        &certs.join("nas1.key"),
+        "backup1",
+        receiver.port,
+    )
+    .await;
+    // The one slot is taken: zrep-send is answered at once, not left waiting.
+    let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
+    let started = Instant::now();
+    let refused = tokio::task::block_in_place(|| config.once());
+    let elapsed = started.elapsed();
+    refused.expect_code(1);
+    let output = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(
+        output.contains(
+            "busy: all 1 session slots of this receiver (max-connections) are in use; try again later"
+        ),
+        "{output}"
+    );
+    println!("refused as busy after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(10 * time_scale()),
+        "{elapsed:?}"
+    );
+    assert!(receiver.log_text().contains("peer refused: busy"));
+    // The slot is free again once the session ends.
+    drop(holder);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let run = loop {
+        let run = tokio::task::block_in_place(|| config.once());
+        if run.code == Some(0) || Instant::now() > deadline {
+            break run;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    run.expect_code(0);
+    assert_replicated(&source, &dst.dataset("nas1/data"));
+}

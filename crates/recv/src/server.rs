@@ -470,7 +470,7 @@ impl Shared {
                 warn!(max_connections = max, "peer refused: busy");
                 // No busy code among the error codes; `internal` with a message that says it.
                 let message = format!(
-                    "busy: this receiver already serves {max} sessions (max-connections); try again later"
+                    "busy: all {max} session slots of this receiver (max-connections) are in use; try again later"
                 );
                 close_with(&mut conn, ErrorCode::Internal, message).await;
                 return;
