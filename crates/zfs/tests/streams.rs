@@ -1,5 +1,5 @@
-//! The stream inspector on send streams recorded from real ZFS (zfs-fuse 0.7, OpenZFS 2.3 and
-//! 2.1; `scripts/record-streams` regenerates them): each parses to the verdict the receiver needs.
+//! The stream inspector on send streams recorded from real ZFS (zfs-fuse 0.7, OpenZFS 2.3.2 and
+//! 2.1.11; `scripts/record-streams` regenerates them): each parses to the verdict the receiver needs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -401,6 +401,12 @@ fn check_openzfs_streams(fx: &Fixtures) {
 #[test]
 fn openzfs_2_3_streams() {
     let fx = Fixtures::load("openzfs-2.3");
+    check_openzfs_streams(&fx);
+}
+
+#[test]
+fn openzfs_2_1_streams() {
+    let fx = Fixtures::load("openzfs-2.1");
     check_openzfs_streams(&fx);
 }
 
