@@ -79,22 +79,36 @@ impl Fixtures {
 
 /// Feeds `stream` whole, then in one-byte steps, then in uneven splits, and checks the three
 /// agree; returns the verdict.
+/// Every feed also checks the cleared count against the record boundaries found by `walk`.
 fn inspect(stream: &[u8], expect: &StreamExpectation) -> Result<StreamSummary, StreamRefusal> {
-    let whole = run_split(stream, expect, &[stream.len().max(1)]);
-    let bytewise = run_split(stream, expect, &[1]);
-    let uneven = run_split(stream, expect, &[1, 311, 313, 7, 4096, 2]);
+    let starts: Vec<usize> = walk(stream).into_iter().map(|(at, _)| at).collect();
+    inspect_at(stream, expect, &starts)
+}
+
+/// [`inspect`] with the record offsets given.
+fn inspect_at(
+    stream: &[u8],
+    expect: &StreamExpectation,
+    starts: &[usize],
+) -> Result<StreamSummary, StreamRefusal> {
+    let starts = Some(starts);
+    let whole = run_split(stream, expect, &[stream.len().max(1)], starts);
+    let bytewise = run_split(stream, expect, &[1], starts);
+    let uneven = run_split(stream, expect, &[1, 311, 313, 7, 4096, 2], starts);
     assert_eq!(whole, bytewise, "one-byte feeding changes the verdict");
     assert_eq!(whole, uneven, "uneven feeding changes the verdict");
     whole
 }
 
 /// Feeds `stream` in chunks of the given sizes (cycled), checking the cleared-bytes rule: the
-/// cleared count never falls, never passes the bytes fed, and never covers a byte of a record
-/// header that is still incomplete.
+/// cleared count never falls, never passes the bytes fed, and holds back less than a record.
+/// With the record offsets (`starts`) it must be exact: everything fed, except the bytes of a
+/// record header still incomplete, so no byte of a BEGIN is cleared before it was checked.
 fn run_split(
     stream: &[u8],
     expect: &StreamExpectation,
     sizes: &[usize],
+    starts: Option<&[usize]>,
 ) -> Result<StreamSummary, StreamRefusal> {
     let mut inspector = StreamInspector::new(expect.clone());
     let mut fed = 0usize;
@@ -114,6 +128,14 @@ fn run_split(
                     (fed + n) as u64 - now < RECORD_LEN as u64,
                     "held back a whole record"
                 );
+                if let Some(starts) = starts {
+                    let total = fed + n;
+                    let open = starts
+                        .iter()
+                        .find(|&&at| at < total && total < at + RECORD_LEN);
+                    let exact = open.map_or(total, |&at| at) as u64;
+                    assert_eq!(now, exact, "cleared after {total} bytes");
+                }
                 cleared = now;
             }
             Err(e) => {
@@ -414,6 +436,18 @@ fn openzfs_2_1_streams() {
 /// record header swapped by its width (payloads are opaque bytes and stay).
 fn to_big_endian(stream: &[u8]) -> Vec<u8> {
     let mut out = stream.to_vec();
+    for (at, fields) in walk(stream) {
+        for (offset, width) in fields {
+            out[at + offset..at + offset + width].reverse();
+        }
+    }
+    out
+}
+
+/// The records of a well-formed little-endian stream, told independently of the inspector:
+/// each record's offset and the (offset, width) of its header's integer fields.
+fn walk(stream: &[u8]) -> Vec<(usize, Vec<(usize, usize)>)> {
+    let mut records = Vec::new();
     let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4"));
     let le64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
     let mut at = 0;
@@ -464,13 +498,11 @@ fn to_big_endian(stream: &[u8]) -> Vec<u8> {
         if record_type != 0 {
             fields.extend(u64s(&[280, 288, 296, 304]));
         }
-        for (offset, width) in fields {
-            out[at + offset..at + offset + width].reverse();
-        }
+        records.push((at, fields));
         at += RECORD_LEN + payload as usize;
     }
     assert_eq!(at, stream.len(), "walked the whole stream");
-    out
+    records
 }
 
 #[test]
@@ -501,8 +533,9 @@ fn big_endian_senders() {
             },
             "{name}"
         );
+        let starts: Vec<usize> = walk(&little).into_iter().map(|(at, _)| at).collect();
         assert_eq!(
-            ok(inspect(&big, &expect)),
+            ok(inspect_at(&big, &expect, &starts)),
             ok(inspect(&little, &expect)),
             "{name}"
         );
@@ -610,8 +643,8 @@ mod mutations {
             expect.raw = raw || name == "raw";
             expect.intermediates = intermediates;
             expect.resuming = name == "resumed";
-            let whole = run_split(&stream, &expect, &[stream.len().max(1)]);
-            let split = run_split(&stream, &expect, &sizes);
+            let whole = run_split(&stream, &expect, &[stream.len().max(1)], None);
+            let split = run_split(&stream, &expect, &sizes, None);
             prop_assert_eq!(whole, split);
         }
     }
