@@ -228,6 +228,15 @@ fn open_files_limits() -> (u64, u64) {
     (numbers.next().unwrap(), numbers.next().unwrap())
 }
 
+/// Whether a child process has exited (a zombie until its parent waits, or gone).
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |status| {
+        status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    })
+}
+
 /// VmRSS of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -476,6 +485,28 @@ fn flood_of_unauthenticated_connections_does_not_keep_an_honest_peer_out() {
     }
     let connects = flood.stats.connects.load(Ordering::SeqCst);
     let peak = flood.stats.peak_open.load(Ordering::SeqCst);
+    // SIGTERM with the house full: the unauthenticated connections do not hold up the exit
+    // (they would for up to handshake-timeout, 10 s).
+    let pid = receiver.pid();
+    let holding = flood.stats.holding.load(Ordering::SeqCst);
+    let term = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    while !exited(pid) {
+        assert!(
+            term.elapsed() < Duration::from_secs(5 * scale),
+            "still running {:?} after SIGTERM: {}",
+            term.elapsed(),
+            tail(&receiver.log_text(), 10)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "receiver exited {:?} after SIGTERM, with {holding} flood connections open",
+        term.elapsed()
+    );
     drop(flood);
     // Windows start with the receiver, a little before `started`.
     let windows = (started.elapsed() + Duration::from_secs(1)).as_secs() as usize / 10 + 1;

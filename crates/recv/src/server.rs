@@ -213,6 +213,8 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
     }
     poller.abort();
     summaries.abort();
+    // Connections that have not authenticated end now; sessions get the grace period.
+    shared.admission.close_all();
     info!(running = tasks.len(), "shutting down");
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
@@ -401,7 +403,9 @@ impl Shared {
     }
 
     fn displaced(&self) {
-        if self.refusals.note(Refusal::Displaced) {
+        if self.admission.is_closed() {
+            debug!("unauthenticated connection closed: shutting down");
+        } else if self.refusals.note(Refusal::Displaced) {
             warn!(
                 limit = self.config.max_unauthenticated,
                 "unauthenticated connection closed: max-unauthenticated reached, its place went to a newer one from a less represented address"

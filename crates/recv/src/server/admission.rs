@@ -80,6 +80,8 @@ pub(crate) struct Admission {
 
 #[derive(Debug, Default)]
 struct State {
+    /// Set at shutdown: everyone was displaced, nobody else comes in.
+    closed: bool,
     next_id: u64,
     total: usize,
     /// Per source, its pending connections, oldest first (ids grow with admission).
@@ -105,6 +107,9 @@ impl Admission {
     pub(crate) fn admit(&self, ip: IpAddr) -> Result<Ticket, Refused> {
         let source = Source::of(ip);
         let mut state = lock(&self.state);
+        if state.closed {
+            return Err(Refused::Total);
+        }
         let held = state.sources.get(&source).map_or(0, VecDeque::len);
         if held >= self.limits.per_source {
             return Err(Refused::PerSource);
@@ -140,6 +145,24 @@ impl Admission {
             id,
             displaced,
         })
+    }
+
+    /// At shutdown: tells every admitted connection to close (as if displaced) and admits no
+    /// more, so unauthenticated connections do not delay the exit.
+    pub(crate) fn close_all(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        state.total = 0;
+        for (_, queue) in state.sources.drain() {
+            for pending in queue {
+                let _ = pending.displace.send(());
+            }
+        }
+    }
+
+    /// Whether [`close_all`](Self::close_all) was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.state).closed
     }
 
     /// How many unauthenticated connections are admitted now.
@@ -443,6 +466,20 @@ mod tests {
         assert_eq!(gate.admit(ip("10.0.0.1")).unwrap_err(), Refused::Total);
         assert_eq!(gate.admit(ip("10.0.0.2")).unwrap_err(), Refused::Total);
         assert_eq!(gate.pending(), 4);
+    }
+
+    #[test]
+    fn close_all_displaces_everyone_and_admits_nobody() {
+        let gate = admission(10, 10);
+        let mut a = gate.admit(ip("10.0.0.1")).unwrap();
+        let mut b = gate.admit(ip("10.0.0.2")).unwrap();
+        gate.close_all();
+        assert!(gate.is_closed());
+        assert!(a.is_displaced() && b.is_displaced());
+        assert_eq!(gate.pending(), 0);
+        assert_eq!(gate.admit(ip("10.0.0.3")).unwrap_err(), Refused::Total);
+        drop((a, b));
+        assert_eq!(gate.pending(), 0);
     }
 
     #[tokio::test]
