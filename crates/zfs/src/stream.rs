@@ -15,6 +15,23 @@
 //! type compound with an nvlist payload (empty for a plain `-I`), an END, one substream per
 //! snapshot, and a final END.
 //!
+//! # What is taken
+//!
+//! - A single substream, or (only when the offer has intermediates) a plain `-I` package: one
+//!   with an empty nvlist. Packages with an nvlist (`-R`, `-p`, `-h`), nested packages, clones
+//!   (CLONE flag), and object types other than filesystem and volume are refused.
+//! - Features: SA_SPILL, LARGE_DNODE and LONGNAME (what a plain `zfs send` sets by itself);
+//!   for a raw offer also RAW and what raw implies (COMPRESSED, LZ4, ZSTD, EMBED_DATA,
+//!   LARGE_BLOCKS, LARGE_MICROZAP); for a resumed offer RESUMING, which is then required. Any
+//!   other bit (DEDUP, DEDUPPROPS, REDACTED, HOLDS, unknown ones) is refused.
+//! - The chain: the first substream starts at the offer's origin (GUID 0 for a full stream),
+//!   each next one at the previous one's snapshot, no GUID twice, the last one ends at the
+//!   offer's snapshot (GUID and short name), all name one valid dataset, END records carry
+//!   their BEGIN's GUID, nothing follows the final END.
+//! - Payload lengths are computed as `zfs receive` does and bounded by what ZFS can produce
+//!   (16 MiB blocks, 16 KiB bonus buffers, 112-byte embedded blocks, 1 MiB BEGIN nvlists), so
+//!   the inspector and `zfs receive` always agree on where each record header is.
+//!
 //! Only the current record header is ever buffered; payloads are counted and passed through, so
 //! memory stays bounded whatever the peer sends.
 
