@@ -15,7 +15,7 @@ use tokio::time::{Instant, sleep};
 use zrep_proto::{ReceiverSession, SessionConfig};
 use zrep_repl::receiver::{ReceiverPolicy, ServeError, TargetLocks, serve};
 use zrep_repl::transport::Connection;
-use zrep_send::agent::{Agent, BACKOFF_MAX, Connect, RunOutcome};
+use zrep_send::agent::{Agent, BACKOFF_MAX, Connect, ConnectError, RunOutcome};
 use zrep_send::config::SendConfig;
 use zrep_send::state::{DatasetState, StateDir};
 use zrep_tls::{CertificateAuthority, DEFAULT_CA_TTL, write_cert_file};
@@ -45,14 +45,17 @@ struct MemReceiver {
 impl Connect for MemReceiver {
     type Stream = DuplexStream;
 
-    async fn connect(&self) -> anyhow::Result<DuplexStream> {
+    async fn connect(&self) -> Result<DuplexStream, ConnectError> {
         self.attempts.lock().unwrap().push(Instant::now());
         let refused = self
             .refuse
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         if refused {
-            anyhow::bail!("connecting to {RECEIVER}: Connection refused (os error 111)");
+            return Err(ConnectError::Tcp {
+                receiver: RECEIVER.into(),
+                source: std::io::Error::from_raw_os_error(111),
+            });
         }
         let (ours, theirs) = tokio::io::duplex(256 * 1024);
         let (reader, writer) = tokio::io::split(theirs);
@@ -196,6 +199,14 @@ impl Bed {
     }
 }
 
+/// What a refused connection says (the system's words for ECONNREFUSED).
+fn refused() -> String {
+    format!(
+        "connecting to {RECEIVER}: {}",
+        std::io::Error::from_raw_os_error(111)
+    )
+}
+
 fn source(name: &str) -> DatasetName {
     DatasetName::parse(&format!("tank/{name}")).unwrap()
 }
@@ -261,7 +272,7 @@ async fn once_reports_a_receiver_that_is_gone_per_dataset() {
     bed.receiver.refuse.store(usize::MAX, Ordering::SeqCst);
     let agent = bed.agent(bed.config("1h", &["a", "b"]));
     assert_eq!(agent.once().await, RunOutcome::SomeFailed);
-    let why = format!("connecting to {RECEIVER}: Connection refused (os error 111)");
+    let why = refused();
     assert_eq!(
         bed.lines(),
         [
@@ -330,10 +341,7 @@ async fn run_backs_off_while_the_receiver_is_gone_and_reconnects_when_it_returns
     let while_gone = async {
         sleep(Duration::from_secs(100)).await;
         let state = bed.state("a");
-        assert_eq!(
-            state.last_error.as_deref(),
-            Some("connecting to backup.test:7711: Connection refused (os error 111)")
-        );
+        assert_eq!(state.last_error.as_deref(), Some(refused().as_str()));
         assert_eq!(state.last_success, None);
         assert!(bed.received("a").await.is_empty());
     };

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
@@ -14,6 +13,7 @@ use zrep_repl::transport::Connection;
 use zrep_tls::Connector;
 use zrep_tls::tokio_rustls::client::TlsStream;
 
+use super::error::ConnectError;
 use crate::config::SendConfig;
 
 /// A way to reach the receiver.
@@ -21,8 +21,8 @@ pub trait Connect {
     /// The connected byte stream.
     type Stream: AsyncRead + AsyncWrite + Unpin;
 
-    /// Opens a new stream to the receiver; the error says what failed, for the operator.
-    fn connect(&self) -> impl Future<Output = anyhow::Result<Self::Stream>>;
+    /// Opens a new stream to the receiver.
+    fn connect(&self) -> impl Future<Output = Result<Self::Stream, ConnectError>>;
 }
 
 /// A negotiated session over a [`Connect`]'s stream.
@@ -52,29 +52,37 @@ impl TlsConnect {
     }
 
     /// Reads the certificate, key and CA once, to fail before any work when they are unusable.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub fn check(&self) -> Result<(), ConnectError> {
         self.client_config().map(drop)
     }
 
-    fn client_config(&self) -> anyhow::Result<std::sync::Arc<zrep_tls::rustls::ClientConfig>> {
+    fn client_config(
+        &self,
+    ) -> Result<std::sync::Arc<zrep_tls::rustls::ClientConfig>, ConnectError> {
         zrep_tls::client_config_from_files(&self.ca, &self.cert, &self.key)
-            .context("loading the TLS certificate, key and CA")
+            .map_err(ConnectError::Credentials)
     }
 }
 
 impl Connect for TlsConnect {
     type Stream = TlsStream<TcpStream>;
 
-    async fn connect(&self) -> anyhow::Result<Self::Stream> {
+    async fn connect(&self) -> Result<Self::Stream, ConnectError> {
         let connector = Connector::new(self.client_config()?);
         let tcp = TcpStream::connect(&self.receiver)
             .await
-            .with_context(|| format!("connecting to {}", self.receiver))?;
+            .map_err(|source| ConnectError::Tcp {
+                receiver: self.receiver.clone(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         connector
             .connect(&self.server_name, tcp)
             .await
-            .with_context(|| format!("TLS handshake with {}", self.server_name))
+            .map_err(|source| ConnectError::Handshake {
+                server_name: self.server_name.clone(),
+                source,
+            })
     }
 }
 
@@ -84,7 +92,7 @@ pub(crate) async fn open<C: Connect>(
     receiver: &str,
     connect_timeout: Duration,
     features: zrep_proto::Features,
-) -> anyhow::Result<SenderConn<C::Stream>> {
+) -> Result<SenderConn<C::Stream>, ConnectError> {
     let limit = connect_timeout;
     let work = async {
         let stream = connector.connect().await?;
@@ -105,20 +113,18 @@ pub(crate) async fn open<C: Connect>(
                 info!(version = n.version, peer = %n.peer.software, "session established");
                 Ok(conn)
             }
-            Ok(SenderEvent::PeerError { code, message }) => Err(anyhow!(
-                "the receiver refused the session ({code}): {message}"
-            )),
-            Ok(other) => Err(anyhow!(
-                "unexpected first answer from the receiver: {other:?}"
-            )),
-            // In TLS 1.3 a refused client certificate shows up on the first read.
-            Err(err) => Err(anyhow!("the receiver closed the session: {err}")),
+            Ok(SenderEvent::PeerError { code, message }) => {
+                Err(ConnectError::Refused { code, message })
+            }
+            Ok(other) => Err(ConnectError::Unexpected(format!("{other:?}"))),
+            Err(err) => Err(ConnectError::Closed(err)),
         }
     };
     tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
         warn!(after = ?limit, "connecting timed out");
-        Err(anyhow!(
-            "connecting to {receiver} timed out after {limit:?}"
-        ))
+        Err(ConnectError::TimedOut {
+            receiver: receiver.to_owned(),
+            limit,
+        })
     })
 }

@@ -9,6 +9,7 @@ use zrep_repl::sender::{DatasetJob, replicate};
 use zrep_zfs::Zfs;
 
 use super::connect::{Connect, SenderConn, open};
+use super::error::{ConnectError, chain};
 use super::report::{failure_line, renewal_line, success_line};
 use super::shutdown::{Done, Shutdown};
 use super::{Agent, Mode, RunOutcome};
@@ -76,7 +77,7 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
 
     /// Connects a new session (renewing the certificate when due), or says why not. `None`:
     /// shutdown came first.
-    pub(super) async fn connect(&mut self) -> Option<anyhow::Result<()>> {
+    pub(super) async fn connect(&mut self) -> Option<Result<(), ConnectError>> {
         let agent = self.agent;
         let config = &agent.config;
         let features = zrep_repl::session_features(agent.zfs.capabilities()).with_renew(true);
@@ -138,8 +139,9 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
                     None => return Flow::Stop,
                     Some(Ok(())) => {}
                     Some(Err(err)) => {
-                        self.fail(member, format_args!("{err:#}"));
-                        self.record(member, Err(format!("{err:#}")));
+                        let why = chain(&err);
+                        self.fail(member, &why);
+                        self.record(member, Err(why));
                         continue;
                     }
                 }

@@ -11,6 +11,7 @@ use zrep_zfs::Zfs;
 use super::backoff::Backoff;
 use super::connect::Connect;
 use super::cycle::{Flow, Worker};
+use super::error::chain;
 
 impl<Z: Zfs, C: Connect> Worker<'_, Z, C> {
     /// Runs cycles as they fall due until shutdown.
@@ -57,14 +58,15 @@ impl<Z: Zfs, C: Connect> Worker<'_, Z, C> {
                     Some(Ok(())) => backoff.reset(),
                     Some(Err(err)) => {
                         let delay = backoff.fail();
-                        warn!(cause = %format!("{err:#}"), retry_in = ?delay, "cannot reach the receiver");
+                        let why = chain(&err);
+                        warn!(cause = %why, retry_in = ?delay, "cannot reach the receiver");
                         // Every dataset due before the retry waits for it.
                         let now = Instant::now();
                         let retry = now + delay;
                         for (d, due) in next_due.iter_mut().enumerate() {
                             if *due <= retry {
                                 if *due <= now {
-                                    self.record(&config.datasets[d], Err(format!("{err:#}")));
+                                    self.record(&config.datasets[d], Err(&why));
                                 }
                                 *due = retry;
                             }
