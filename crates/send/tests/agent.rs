@@ -20,7 +20,7 @@ use zrep_send::config::SendConfig;
 use zrep_send::state::{DatasetState, StateDir};
 use zrep_tls::{CertificateAuthority, DEFAULT_CA_TTL, write_cert_file};
 use zrep_zfs::fake::FakeZfs;
-use zrep_zfs::{Capabilities, DatasetName, Guid, Zfs};
+use zrep_zfs::{Capabilities, DatasetName, Guid, RelativeName, Zfs};
 
 const RECEIVER: &str = "backup.test:7711";
 /// The wall clock at virtual time zero.
@@ -185,7 +185,10 @@ impl Bed {
     }
 
     fn target(&self, name: &str) -> DatasetName {
-        self.receiver.root.child(name).unwrap()
+        self.receiver
+            .root
+            .join(&RelativeName::parse(name).unwrap())
+            .unwrap()
     }
 
     /// Short names and GUIDs of the snapshots of `tank/<name>` on the receiver (none if the
@@ -422,4 +425,61 @@ async fn shutdown_mid_transfer_aborts_it_and_records_it() {
     assert!(bed.received("a").await.is_empty());
     // The source keeps the cycle's snapshot for the next start.
     assert_eq!(snapshots(&bed.src, &source("a")).await.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_while_backing_off_stops_at_once() {
+    let bed = Bed::new(&["a"]).await;
+    bed.receiver.refuse.store(usize::MAX, Ordering::SeqCst);
+    let agent = bed.agent(bed.config("1h", &["a"]));
+    // Attempts at about 0, 1, 3, 7 and 15 s; the shutdown at 20 s falls in the wait for the next.
+    agent.run(sleep(Duration::from_secs(20)), None).await;
+    assert_eq!(bed.elapsed(), Duration::from_secs(20));
+    let attempts = bed.receiver.attempts().len();
+    assert!((4..=6).contains(&attempts), "{attempts} attempts");
+    // Nothing on stdout in `run` while the receiver is away: the log says it, the state file
+    // records it.
+    assert_eq!(bed.lines(), Vec::<String>::new());
+    assert_eq!(bed.state("a").last_error, Some(refused()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn once_expands_recursive_datasets_and_skips_a_locked_member() {
+    let bed = Bed::new(&["a"]).await;
+    let child = source("a").child("c").unwrap();
+    bed.src.create_dataset(&child, &[], true).await.unwrap();
+    bed.src.write_file(&child, "data", b"child");
+    let mut config = bed.config("1h", &["a"]);
+    config.datasets[0].recursive = true;
+    let agent = bed.agent(config);
+    let held = StateDir::new(bed.dir.path())
+        .try_lock(&child)
+        .unwrap()
+        .unwrap();
+    assert_eq!(agent.once().await, RunOutcome::SomeFailed);
+    drop(held);
+    let lines = bed.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!("tank/a@{} replicated to ", snapshot_at(0))),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            "tank/a/c NOT replicated to {RECEIVER}: another zrep-send (a running `zrep-send run`, or `once`) is replicating it"
+        )
+    );
+    assert_eq!(bed.received("a").await.len(), 1);
+    assert!(bed.received("a/c").await.is_empty());
+    assert!(
+        bed.src
+            .list_snapshots(&child, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Now free: the next pass replicates the member to the path below the target.
+    assert_eq!(agent.once().await, RunOutcome::AllReplicated);
+    assert_eq!(bed.received("a/c").await, snapshots(&bed.src, &child).await);
 }
