@@ -18,6 +18,7 @@ use crate::config::DatasetConfig;
 /// Whether to go on after a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Flow {
+    /// On to the next dataset.
     Go,
     /// Shutdown: stop at once.
     Stop,
