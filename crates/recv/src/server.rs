@@ -618,6 +618,15 @@ impl Shared {
             if reg.peer(&pairing.name).is_some_and(|p| !p.revoked) {
                 return Err(format!("peer {} was paired meanwhile", pairing.name));
             }
+            // recv.toml may have gained a static peer over this root since `pair` checked.
+            if let Some(overlap) = self
+                .config
+                .registry_overlaps(reg, now)
+                .into_iter()
+                .find(|o| o.involves(&pairing.name))
+            {
+                return Err(overlap.to_string());
+            }
             let root = DatasetName::parse(&pairing.root).map_err(|e| e.to_string())?;
             let signed = ca
                 .sign_peer_csr_der(&request.csr, &pairing.name, self.config.peer_cert_ttl)
