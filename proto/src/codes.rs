@@ -97,6 +97,8 @@ wire_code! {
         /// An enrolment was refused: unknown, expired, already used or wrong pairing token, or
         /// an unusable CSR. Nothing was registered.
         PairingRefused = 10 => "pairing-refused",
+        /// The receiver serves as many authenticated sessions as it allows; try again later.
+        Busy = 11 => "busy",
     }
 }
 

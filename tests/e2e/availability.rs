@@ -703,7 +703,7 @@ async fn authenticated_peer_over_max_connections_is_told_busy_at_once() {
     let output = format!("{}{}", refused.stdout, refused.stderr);
     assert!(
         output.contains(
-            "busy: all 1 session slots of this receiver (max-connections) are in use; try again later"
+            "the receiver ended the session (busy): all 1 session slots of this receiver (max-connections) are in use; try again later"
         ),
         "{output}"
     );

@@ -472,11 +472,10 @@ impl Shared {
             let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
                 let max = config.max_connections;
                 warn!(max_connections = max, "peer refused: busy");
-                // No busy code among the error codes; `internal` with a message that says it.
                 let message = format!(
-                    "busy: all {max} session slots of this receiver (max-connections) are in use; try again later"
+                    "all {max} session slots of this receiver (max-connections) are in use; try again later"
                 );
-                close_with(&mut conn, ErrorCode::Internal, message).await;
+                close_with(&mut conn, ErrorCode::Busy, message).await;
                 return;
             };
             // Authenticated: from now on it counts against max-connections only.
