@@ -69,7 +69,7 @@ const FILES_PER_SESSION: usize = 4;
 const FILES_BASE: usize = 64;
 
 /// Test hook (see `ReceiverPolicy::drop_next_commit_answer`): set to `1` to drop the first
-/// commit answer after a verified receive.
+/// commit answer after a verified receive. Ignored in release builds.
 pub const DROP_COMMIT_ANSWER_ENV: &str = "ZREP_TEST_DROP_COMMIT_ANSWER";
 
 /// Test builds only: set to `1` to let streams reach `zfs receive` uninspected (the tests
@@ -144,7 +144,7 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
         acceptor: Acceptor::new(tls),
         locks: TargetLocks::default(),
         drop_commit: Arc::new(AtomicBool::new(
-            std::env::var(DROP_COMMIT_ANSWER_ENV).is_ok_and(|v| v == "1"),
+            cfg!(debug_assertions) && std::env::var(DROP_COMMIT_ANSWER_ENV).is_ok_and(|v| v == "1"),
         )),
         ca,
         registry,
