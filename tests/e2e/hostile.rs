@@ -264,11 +264,23 @@ impl Bed {
             now = state_of(target);
         }
         if !fits(&now) {
+            let token = resume_token(target).map_or(String::new(), |t| {
+                format!(" (a resumable receive state, token {})", shorten(&t))
+            });
             self.fail(format!(
-                "{}: {target} should be {:?} (before: {before:?}), it is {now:?}",
+                "{}: {target} should be {:?} (before: {before:?}), it is {now:?}{token}",
                 a.name, a.lands
             ));
             return false;
+        }
+        // Every attempt here sent its whole stream: nothing partial is worth keeping either
+        // (OpenZFS hides an interrupted increment's state behind the target's token).
+        if let Some(token) = resume_token(target) {
+            self.fail(format!(
+                "{}: {target} keeps a resumable receive state after its whole stream was sent (token {})",
+                a.name,
+                shorten(&token)
+            ));
         }
         if now.as_ref() != before {
             eprintln!("   {target} committed the offered snapshot: {now:?}");
@@ -433,6 +445,28 @@ fn protection(root: &DatasetName) -> Vec<(String, String, String)> {
         }
     }
     rows
+}
+
+/// The target's `receive_resume_token`, if it exists and has one (zfs-fuse has no such
+/// property: never).
+fn resume_token(target: &DatasetName) -> Option<String> {
+    let out = std::process::Command::new("zfs")
+        .args([
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "receive_resume_token",
+            target.as_str(),
+        ])
+        .output()
+        .ok()?;
+    let value = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && value != "-" && !value.is_empty()).then_some(value)
+}
+
+fn shorten(text: &str) -> String {
+    text.chars().take(24).chain("…".chars()).collect()
 }
 
 /// The target's snapshots, or `None` if it does not exist.
