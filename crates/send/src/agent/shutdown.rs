@@ -82,3 +82,41 @@ impl Stopper {
         let _ = done_rx.recv().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::{Instant, sleep};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_waits_for_every_task_to_finish_its_cleanup() {
+        let stopper = Stopper::new();
+        let start = Instant::now();
+        for cleanup in [3, 7] {
+            let (mut shutdown, done) = stopper.task();
+            tokio::spawn(async move {
+                shutdown.recv().await;
+                // Told at most once, then at once every time.
+                shutdown.recv().await;
+                sleep(Duration::from_secs(cleanup)).await;
+                drop(done);
+            });
+        }
+        sleep(Duration::from_secs(10)).await;
+        stopper.stop().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(17));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_told_before_it_listens_still_hears_it() {
+        let stopper = Stopper::new();
+        let (mut shutdown, _done) = stopper.task();
+        stopper.announce();
+        tokio::time::timeout(Duration::from_secs(1), shutdown.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the announcement was lost"));
+    }
+}
