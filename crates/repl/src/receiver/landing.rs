@@ -96,6 +96,13 @@ pub(super) enum Partial {
     Discard,
 }
 
+impl Partial {
+    /// [`Partial::Keep`], unless the whole stream had arrived.
+    pub(super) fn unless(whole: bool) -> Self {
+        if whole { Self::Discard } else { Self::Keep }
+    }
+}
+
 /// Puts the target back as it was before a transfer that did not commit. Failures are logged:
 /// the transfer has failed already, and the next offer's checks see whatever is left.
 pub(super) async fn undo<Z: Zfs>(

@@ -427,18 +427,18 @@ where
         write_timeout: policy.write_timeout,
         danger_skip_inspection: policy.danger_skip_stream_inspection,
     };
-    let outcome = match pump(zfs, conn, spec).await {
-        Ok(outcome) => outcome,
-        Err(err) => {
-            // Cut link or a peer's error frame (no connection left to drive): nothing it sent
-            // stays but a resumable state.
-            undo(zfs, &policy.peer, &dataset, &before, Partial::Keep).await;
-            return Err(err);
-        }
-    };
+    let outcome = pump(zfs, conn, spec).await;
     let mut received = 0;
     let verdict = match outcome {
-        Pumped::Aborted(message) => Err((FailureCode::Aborted, message, Partial::Keep)),
+        Pumped::Lost { error, whole } => {
+            // No connection left to drive. A resumable state is kept only where something is
+            // left to resume: after the whole stream, it would replay what was never verified.
+            undo(zfs, &policy.peer, &dataset, &before, Partial::unless(whole)).await;
+            return Err(error);
+        }
+        Pumped::Aborted { message, whole } => {
+            Err((FailureCode::Aborted, message, Partial::unless(whole)))
+        }
         Pumped::Failed((code, message)) => Err((code, message, Partial::Keep)),
         Pumped::Refused(message) => Err((FailureCode::StreamRefused, message, Partial::Discard)),
         Pumped::Received { bytes, summary } => {

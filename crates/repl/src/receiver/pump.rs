@@ -21,7 +21,7 @@ use zrep_zfs::{DatasetKind, DatasetName, ReceiveSink, Zfs};
 use super::{ServeError, classify_failure, violation};
 use crate::transport::Connection;
 
-/// How a pumped stream ended, short of a lost connection (an `Err` of [`pump`]).
+/// How a pumped stream ended.
 pub(super) enum Pumped {
     /// The verified stream went whole into `zfs receive`, which succeeded.
     Received {
@@ -33,7 +33,13 @@ pub(super) enum Pumped {
     /// Inspection refused the stream; the refused part never reached `zfs receive`.
     Refused(String),
     /// The sender aborted the stream.
-    Aborted(String),
+    Aborted {
+        message: String,
+        /// The whole stream had arrived: a resumable state would hold nothing left to resume.
+        whole: bool,
+    },
+    /// The connection failed, or the peer ended the session or broke the protocol.
+    Lost { error: ServeError, whole: bool },
     /// `zfs receive` failed, stalled or could not start.
     Failed((FailureCode, String)),
 }
@@ -54,7 +60,7 @@ pub(super) async fn pump<Z, R, W>(
     zfs: &Z,
     conn: &mut Connection<ReceiverSession, R, W>,
     spec: PumpSpec<'_>,
-) -> Result<Pumped, ServeError>
+) -> Pumped
 where
     Z: Zfs,
     R: AsyncRead + Unpin,
@@ -69,52 +75,64 @@ where
                 // End the stream instead of killing zfs receive: with `-s` the part received so
                 // far is kept with a resume token. The held-back last record never reaches it.
                 finish_quietly(sink).await;
-                return Err(err.into());
+                return Pumped::Lost {
+                    error: err.into(),
+                    whole: guard.whole(),
+                };
             }
         };
         match event {
             ReceiverEvent::Data(bytes) => {
                 let admitted = match guard.admit(&bytes) {
                     Ok(admitted) => admitted,
-                    Err(refusal) => return Ok(Pumped::Refused(refusal.to_string())),
+                    Err(refusal) => return Pumped::Refused(refusal.to_string()),
                 };
                 if admitted > 0 {
                     let chunk = guard.take(admitted);
                     if let Err(failed) = feed(zfs, &mut sink, &spec, &guard, &chunk).await {
-                        return Ok(failed);
+                        return failed;
                     }
                 }
             }
             ReceiverEvent::StreamEnded { bytes, .. } => {
                 let summary = match guard.finish() {
                     Ok(summary) => summary,
-                    Err(refusal) => return Ok(Pumped::Refused(refusal.to_string())),
+                    Err(refusal) => return Pumped::Refused(refusal.to_string()),
                 };
                 let rest = guard.take_all();
                 if let Err(failed) = feed(zfs, &mut sink, &spec, &guard, &rest).await {
-                    return Ok(failed);
+                    return failed;
                 }
                 debug!(bytes, "stream ended, waiting for zfs receive");
                 let Some(sink) = sink else {
                     unreachable!("feed() started zfs receive")
                 };
-                return Ok(match conn.drive_while(sink.finish()).await {
+                return match conn.drive_while(sink.finish()).await {
                     Ok(()) => Pumped::Received { bytes, summary },
                     Err(err) => Pumped::Failed(classify_failure(&err)),
-                });
+                };
             }
             ReceiverEvent::StreamAborted { message } => {
                 // As above: a resumable receive keeps what it got.
                 finish_quietly(sink).await;
-                return Ok(Pumped::Aborted(message));
+                return Pumped::Aborted {
+                    message,
+                    whole: guard.whole(),
+                };
             }
             ReceiverEvent::PeerError { code, message } => {
                 finish_quietly(sink).await;
-                return Err(ServeError::Peer { code, message });
+                return Pumped::Lost {
+                    error: ServeError::Peer { code, message },
+                    whole: guard.whole(),
+                };
             }
             other => {
                 finish_quietly(sink).await;
-                return Err(violation(conn, &other, "during a stream").await);
+                return Pumped::Lost {
+                    error: violation(conn, &other, "during a stream").await,
+                    whole: guard.whole(),
+                };
             }
         }
     }
@@ -224,6 +242,11 @@ impl Guard {
             Err(_) if self.skip => Ok(None),
             Err(refusal) => Err(refusal),
         }
+    }
+
+    /// Whether everything up to the stream's final record has arrived.
+    fn whole(&self) -> bool {
+        self.inspector.finish().is_ok()
     }
 
     fn kind(&self) -> Option<ObjectKind> {
