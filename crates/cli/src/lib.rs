@@ -1,6 +1,8 @@
 //! What both zrep programs need around their own logic: reading a TOML configuration with
-//! errors that name the file, setting up logging, and printing completions and man pages
-//! generated from their clap definitions.
+//! errors that name the file, setting up logging, printing completions and man pages
+//! generated from their clap definitions, and serving Prometheus metrics ([`metrics`]).
+
+pub mod metrics;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! zrep-recv's Prometheus metrics: per peer and target, from the sessions' shared counters.
 
-use zrep_repl::metrics::Exposition;
+use zrep_cli::metrics::Exposition;
 use zrep_repl::receiver::{ReceiverMetrics, TargetCounters};
 
 /// Exposition text of every counter.

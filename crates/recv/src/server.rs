@@ -164,7 +164,7 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
             .with_context(|| format!("metrics-listen {addr}"))?;
         info!(addr = %listener.local_addr()?, "metrics listening");
         let metrics = shared.metrics.clone();
-        tokio::spawn(zrep_repl::metrics::serve_metrics(listener, move || {
+        tokio::spawn(zrep_cli::metrics::serve_metrics(listener, move || {
             crate::metrics::render(&metrics)
         }));
     }

@@ -4,7 +4,6 @@
 //! end to end against real ZFS with the same code.
 
 pub mod error;
-pub mod metrics;
 pub mod naming;
 pub mod rate;
 pub mod receiver;

@@ -185,7 +185,7 @@ pub fn prometheus(statuses: &[DatasetStatus]) -> String {
             |s| s.state.as_ref().map(|st| st.duration_secs),
         ),
     ];
-    let mut out = zrep_repl::metrics::Exposition::default();
+    let mut out = zrep_cli::metrics::Exposition::default();
     for (name, help, field) in families {
         out.family(name, "gauge", help);
         for s in statuses {

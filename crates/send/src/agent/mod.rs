@@ -192,7 +192,7 @@ async fn serve_metrics(
     let render =
         move || crate::status::prometheus(&crate::status::evaluate(&config, SystemTime::now()));
     tokio::select! {
-        () = zrep_repl::metrics::serve_metrics(listener, render) => {}
+        () = zrep_cli::metrics::serve_metrics(listener, render) => {}
         () = shutdown.recv() => {}
     }
 }
