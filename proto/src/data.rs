@@ -11,80 +11,11 @@
 use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
 
+pub use crate::codec::{DATA_PREFIX_LEN, MAX_CHUNK};
+use crate::codec::{FrameKind, HEADER_LEN, write_header};
 use crate::error::{ChunkError, DecodeError};
-use crate::frame::{FrameKind, HEADER_LEN, write_header};
-
-/// Largest uncompressed chunk carried by one data frame (1 MiB).
-pub const MAX_CHUNK: usize = 1 << 20;
-
-/// Length of the prefix of a data frame payload: compression code (1) + uncompressed length (4).
-pub const DATA_PREFIX_LEN: usize = 5;
-
-/// Compression of a data chunk (and of a whole stream, in the transfer offer).
-///
-/// On the wire: one byte, `0` = none (stored), `1` = zstd. In the hello features: the names
-/// `"none"` (implied, never listed) and `"zstd"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "u8", into = "u8")]
-#[non_exhaustive]
-pub enum Compression {
-    /// Stored as is.
-    None,
-    /// One zstd frame per chunk.
-    Zstd,
-}
-
-impl Compression {
-    /// The one-byte wire code.
-    pub fn code(self) -> u8 {
-        match self {
-            Self::None => 0,
-            Self::Zstd => 1,
-        }
-    }
-
-    /// The compression with this wire code, if it is assigned.
-    pub fn from_code(code: u8) -> Option<Self> {
-        match code {
-            0 => Some(Self::None),
-            1 => Some(Self::Zstd),
-            _ => None,
-        }
-    }
-
-    /// The name used in the hello feature list.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Zstd => "zstd",
-        }
-    }
-
-    /// The compression with this feature-list name, if known.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "none" => Some(Self::None),
-            "zstd" => Some(Self::Zstd),
-            _ => None,
-        }
-    }
-}
-
-impl TryFrom<u8> for Compression {
-    type Error = DecodeError;
-
-    fn try_from(code: u8) -> Result<Self, Self::Error> {
-        Self::from_code(code).ok_or(DecodeError::UnknownCompression(code))
-    }
-}
-
-impl From<Compression> for u8 {
-    fn from(c: Compression) -> u8 {
-        c.code()
-    }
-}
+pub use crate::types::Compression;
 
 /// One chunk of stream data, as a complete encoded data frame.
 ///

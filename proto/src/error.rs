@@ -18,10 +18,9 @@
 
 use std::time::Duration;
 
+use crate::codec::FrameKind;
 use crate::codes::ErrorCode;
-use crate::data::Compression;
-use crate::frame::FrameKind;
-use crate::handshake::{Role, VersionRange};
+use crate::types::{Compression, Role, VersionRange};
 
 /// The bytes received are not a valid zrep frame. Fatal for the connection.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +92,16 @@ pub enum DecodeError {
         /// Actual body length.
         body: usize,
     },
+}
+
+// Here rather than next to `Compression`, so the types module stays a leaf: this conversion
+// (used by serde and by the data frame decoder) is the one place a shared type meets an error.
+impl TryFrom<u8> for Compression {
+    type Error = DecodeError;
+
+    fn try_from(code: u8) -> Result<Self, Self::Error> {
+        Self::from_code(code).ok_or(DecodeError::UnknownCompression(code))
+    }
 }
 
 /// Encoding a frame failed. Nothing was written.

@@ -14,85 +14,16 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::data::{DATA_PREFIX_LEN, DataChunk, MAX_CHUNK};
+use crate::codec::{BINCODE, write_header};
+pub use crate::codec::{
+    FrameKind, HEADER_LEN, MAGIC, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD, MAX_ERROR_PAYLOAD,
+    MAX_HELLO_PAYLOAD, MAX_PAIRING_PAYLOAD, WIRE_VERSION,
+};
+use crate::data::DataChunk;
 use crate::error::{DecodeError, EncodeError};
 use crate::handshake::Hello;
-use crate::message::{BINCODE, ErrorFrame, Message};
+use crate::message::{ErrorFrame, Message};
 use crate::pairing::PairMessage;
-
-/// The four magic bytes every frame starts with.
-pub const MAGIC: [u8; 4] = *b"ZREP";
-/// The wire (framing) version in every header.
-pub const WIRE_VERSION: u8 = 1;
-/// Length of the fixed frame header.
-pub const HEADER_LEN: usize = 12;
-/// Maximum payload of a hello frame.
-pub const MAX_HELLO_PAYLOAD: usize = 64 * 1024;
-/// Maximum payload of a control frame (fits a state listing of tens of thousands of snapshots).
-pub const MAX_CONTROL_PAYLOAD: usize = 4 * 1024 * 1024;
-/// Maximum payload of a data frame: prefix plus one chunk.
-pub const MAX_DATA_PAYLOAD: usize = DATA_PREFIX_LEN + MAX_CHUNK;
-/// Maximum payload of an error frame.
-pub const MAX_ERROR_PAYLOAD: usize = 64 * 1024;
-/// Maximum payload of a pairing frame (a CSR or a certificate and the CA certificate).
-pub const MAX_PAIRING_PAYLOAD: usize = 64 * 1024;
-
-/// The kind of a frame, from the header's kind byte.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum FrameKind {
-    /// `0x01`: the handshake message, first frame in each direction.
-    Hello,
-    /// `0x02`: one bincode-encoded [`Message`].
-    Control,
-    /// `0x03`: one chunk of stream data.
-    Data,
-    /// `0x04`: liveness signal, empty payload.
-    Heartbeat,
-    /// `0x05`: fatal error; the sender closes the connection after it.
-    Error,
-    /// `0x06`: one bincode-encoded [`PairMessage`] (enrolment, renewal).
-    Pairing,
-}
-
-impl FrameKind {
-    /// The kind code in the header.
-    pub fn code(self) -> u8 {
-        match self {
-            Self::Hello => 0x01,
-            Self::Control => 0x02,
-            Self::Data => 0x03,
-            Self::Heartbeat => 0x04,
-            Self::Error => 0x05,
-            Self::Pairing => 0x06,
-        }
-    }
-
-    /// The kind with this code, if assigned.
-    pub fn from_code(code: u8) -> Option<Self> {
-        match code {
-            0x01 => Some(Self::Hello),
-            0x02 => Some(Self::Control),
-            0x03 => Some(Self::Data),
-            0x04 => Some(Self::Heartbeat),
-            0x05 => Some(Self::Error),
-            0x06 => Some(Self::Pairing),
-            _ => None,
-        }
-    }
-
-    /// Largest payload allowed for this kind.
-    pub fn max_payload(self) -> usize {
-        match self {
-            Self::Hello => MAX_HELLO_PAYLOAD,
-            Self::Control => MAX_CONTROL_PAYLOAD,
-            Self::Data => MAX_DATA_PAYLOAD,
-            Self::Heartbeat => 0,
-            Self::Error => MAX_ERROR_PAYLOAD,
-            Self::Pairing => MAX_PAIRING_PAYLOAD,
-        }
-    }
-}
 
 /// A parsed frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,17 +167,6 @@ pub fn decode(src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
     }))
 }
 
-/// Writes a header for a payload of `len` bytes. Callers guarantee `len` is within the kind's
-/// limit, which is far below `u32::MAX`.
-pub(crate) fn write_header(dst: &mut impl BufMut, kind: FrameKind, len: usize) {
-    debug_assert!(len <= kind.max_payload());
-    dst.put_slice(&MAGIC);
-    dst.put_u8(WIRE_VERSION);
-    dst.put_u8(kind.code());
-    dst.put_u16(0);
-    dst.put_u32(len as u32);
-}
-
 /// Encodes a bincode body after a header, patching the length in afterwards.
 fn encode_body<T: serde::Serialize>(
     dst: &mut BytesMut,
@@ -295,12 +215,14 @@ fn decode_body<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::{DATA_PREFIX_LEN, MAX_CHUNK};
     use crate::codes::{ErrorCode, FailureCode, RefusalCode};
-    use crate::data::{Compression, compress_chunk};
-    use crate::handshake::{Features, Role, VersionRange};
+    use crate::data::compress_chunk;
+    use crate::handshake::Features;
     use crate::message::{
         AbortResumeOutcome, SnapshotInfo, StreamKind, TargetState, TransferOffer,
     };
+    use crate::types::{Compression, Role, VersionRange};
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()

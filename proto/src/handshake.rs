@@ -10,13 +10,13 @@
 //! [`Features::other`] and otherwise ignored, so new capabilities (pairing, new codecs) are added
 //! without changing the hello layout.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::Compression;
 use crate::error::ProtoError;
+use crate::types::Compression;
+pub use crate::types::{Role, VersionRange};
 
 /// The protocol version this crate implements.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -30,82 +30,6 @@ pub const SUPPORTED_VERSIONS: VersionRange = VersionRange {
 /// Longest heartbeat interval taken from a peer's hello when computing its deadline, so a peer
 /// cannot disable our timeout by announcing a huge interval.
 pub const MAX_PEER_HEARTBEAT: Duration = Duration::from_secs(300);
-
-/// An inclusive range of protocol versions. Wire: `min` u16, `max` u16.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct VersionRange {
-    /// Oldest version spoken.
-    pub min: u16,
-    /// Newest version spoken.
-    pub max: u16,
-}
-
-impl VersionRange {
-    /// The range `min..=max`.
-    pub const fn new(min: u16, max: u16) -> Self {
-        Self { min, max }
-    }
-
-    /// The highest version in both ranges, if they overlap (empty ranges overlap nothing).
-    pub fn highest_common(self, other: Self) -> Option<u16> {
-        let low = self.min.max(other.min);
-        let high = self.max.min(other.max);
-        (low <= high && self.min <= self.max && other.min <= other.max).then_some(high)
-    }
-}
-
-impl fmt::Display for VersionRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.min == self.max {
-            write!(f, "version {}", self.min)
-        } else {
-            write!(f, "versions {}..={}", self.min, self.max)
-        }
-    }
-}
-
-/// Which end of a replication link a peer is. Wire: one byte, `1` sender, `2` receiver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(from = "u8", into = "u8")]
-#[non_exhaustive]
-pub enum Role {
-    /// Runs `zfs send`, drives the session.
-    Sender,
-    /// Runs `zfs receive`, answers.
-    Receiver,
-    /// A role code this version does not know.
-    Unknown(u8),
-}
-
-impl From<u8> for Role {
-    fn from(code: u8) -> Self {
-        match code {
-            1 => Self::Sender,
-            2 => Self::Receiver,
-            n => Self::Unknown(n),
-        }
-    }
-}
-
-impl From<Role> for u8 {
-    fn from(role: Role) -> u8 {
-        match role {
-            Role::Sender => 1,
-            Role::Receiver => 2,
-            Role::Unknown(n) => n,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Sender => f.write_str("sender"),
-            Self::Receiver => f.write_str("receiver"),
-            Self::Unknown(n) => write!(f, "unknown({n})"),
-        }
-    }
-}
 
 /// The first frame in each direction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,29 @@
 //! - [`plan`]: pure planning helpers ([`choose_base`]) and light name checks.
 //! - [`SenderSession`] / [`ReceiverSession`]: the state machines.
 //!
+//! # Module map
+//!
+//! Inside the crate the modules form layers; a module imports only from the layers below it,
+//! never from its own layer or above, so there are no import cycles. Three private leaves hold
+//! what several layers share; the public modules re-export their items, so the public paths
+//! (`frame::HEADER_LEN`, `data::Compression`, `handshake::Role`, `message::BINCODE`, ...) name
+//! the same items as before the split.
+//!
+//! ```text
+//! layer  module     imports from (crate modules)
+//!     0  codec      -            magic, header length, frame kinds, MAX_* limits, BINCODE
+//!     0  types      -            Compression, Role, VersionRange
+//!     0  codes      -            error, refusal and failure codes
+//!     0  pairing    -            pairing messages
+//!     1  error      codec codes types
+//!     2  data       codec error types
+//!     2  handshake  error types
+//!     2  message    codec codes types
+//!     3  frame      codec data error handshake message pairing
+//!     3  plan       message
+//!     4  session    codes data error frame handshake message pairing types
+//! ```
+//!
 //! # Driving a session
 //!
 //! Both sessions work the same way:
@@ -41,6 +64,7 @@
 
 #![forbid(unsafe_code)]
 
+mod codec;
 mod codes;
 pub mod data;
 pub mod error;
@@ -50,6 +74,7 @@ pub mod message;
 pub mod pairing;
 pub mod plan;
 mod session;
+mod types;
 
 pub use data::{
     ChunkCompressor, ChunkDecompressor, Compression, DataChunk, MAX_CHUNK, StreamHasher,

@@ -1,29 +1,20 @@
 //! Control messages (the bodies of control frames) and the error frame body.
 //!
 //! All bodies are serde types encoded with one fixed bincode 2 configuration, [`BINCODE`]:
-//! big-endian, fixed-size integers, at most [`MAX_CONTROL_PAYLOAD`] bytes read. With it a `u16`
-//! is 2 bytes, `u32`/enum variant index 4, `u64` and every length 8; a `String` is its length
-//! followed by UTF-8; an `Option` is one byte `0`/`1` followed by the value; a `bool` one byte.
-//! Fields are encoded in declaration order; `PROTOCOL.md` lists them.
+//! big-endian, fixed-size integers, at most
+//! [`MAX_CONTROL_PAYLOAD`](crate::frame::MAX_CONTROL_PAYLOAD) bytes read. With it a `u16` is 2
+//! bytes, `u32`/enum variant index 4, `u64` and every length 8; a `String` is its length followed
+//! by UTF-8; an `Option` is one byte `0`/`1` followed by the value; a `bool` one byte. Fields are
+//! encoded in declaration order; `PROTOCOL.md` lists them.
 //!
 //! Messages are plain data: their field layout is part of the protocol version. New message
 //! variants are only ever appended to [`Message`], so old variant indices never change.
 
-use bincode::config::{BigEndian, Configuration, Fixint, Limit};
 use serde::{Deserialize, Serialize};
 
+pub use crate::codec::{BINCODE, BincodeConfig};
 pub use crate::codes::{ErrorCode, FailureCode, RefusalCode};
-pub use crate::data::Compression;
-use crate::frame::MAX_CONTROL_PAYLOAD;
-
-/// The one bincode configuration used for every hello, control and error body.
-pub type BincodeConfig = Configuration<BigEndian, Fixint, Limit<MAX_CONTROL_PAYLOAD>>;
-
-/// The one bincode configuration used for every hello, control and error body.
-pub const BINCODE: BincodeConfig = bincode::config::standard()
-    .with_big_endian()
-    .with_fixed_int_encoding()
-    .with_limit::<MAX_CONTROL_PAYLOAD>();
+pub use crate::types::Compression;
 
 /// Longest human message carried in an error frame; longer ones are cut (at a char boundary).
 pub const MAX_ERROR_MESSAGE: usize = 8 * 1024;

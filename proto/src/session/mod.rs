@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::data::Compression;
+use crate::codes::ErrorCode;
 use crate::error::{EncodeError, ProtoError, UsageError};
 use crate::frame::Frame;
-use crate::handshake::{
-    Features, Hello, Negotiated, Role, SUPPORTED_VERSIONS, VersionRange, negotiate,
-};
-use crate::message::{ErrorCode, ErrorFrame, Message};
+use crate::handshake::{Features, Hello, Negotiated, SUPPORTED_VERSIONS, negotiate};
+use crate::message::{ErrorFrame, Message};
+use crate::types::{Compression, Role, VersionRange};
 
 mod receiver;
 mod sender;

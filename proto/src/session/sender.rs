@@ -5,15 +5,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::{Core, SessionConfig};
-use crate::data::{Compression, DataChunk, StreamHasher};
+use crate::codes::{ErrorCode, FailureCode, RefusalCode};
+use crate::data::{DataChunk, StreamHasher};
 use crate::error::{ProtoError, UsageError};
 use crate::frame::{Frame, decode};
-use crate::handshake::{Negotiated, Role};
-use crate::message::{
-    AbortResumeOutcome, ErrorCode, FailureCode, Message, RefusalCode, StreamKind, TargetState,
-    TransferOffer,
-};
+use crate::handshake::Negotiated;
+use crate::message::{AbortResumeOutcome, Message, StreamKind, TargetState, TransferOffer};
 use crate::pairing::{EnrollRequest, Enrolment, PairMessage};
+use crate::types::{Compression, Role};
 
 /// What the sender runtime learns from the receiver.
 #[derive(Clone, Debug, PartialEq, Eq)]
