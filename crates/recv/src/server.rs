@@ -35,7 +35,7 @@ use zrep_proto::{
     ReceiverSession, SessionConfig,
 };
 use zrep_repl::receiver::{
-    ReceiverMetrics, ReceiverPolicy, Renewal, TargetLocks, serve_with_renewal,
+    ReceiverMetrics, ReceiverPolicy, Renewal, ServeError, TargetLocks, serve_with_renewal,
 };
 use zrep_repl::transport::{Connection, TransportError};
 use zrep_tls::pairing::server_exporter;
@@ -495,32 +495,29 @@ impl Shared {
                 shared: self,
                 identity: &identity,
             };
-            let withdrawn = async {
+            // A revocation ends the session at a frame boundary: the peer reads why, and a
+            // transfer in flight is undone as any cut one.
+            let (holder, static_root) = (identity.clone(), static_root.cloned());
+            conn.stop_on(async move {
                 loop {
                     if watch.changed().await.is_err() {
                         std::future::pending::<()>().await;
                     }
                     let registry = watch.borrow_and_update().clone();
-                    if let Verdict::Refused(reason) = registry.authorize(&identity, static_root) {
-                        return reason;
+                    if let Verdict::Refused(reason) =
+                        registry.authorize(&holder, static_root.as_ref())
+                    {
+                        warn!(%reason, "authorization withdrawn: ending the session");
+                        return (ErrorCode::NotAuthorized, reason);
                     }
                 }
-            };
-            let outcome = tokio::select! {
-                served = serve_with_renewal(&self.zfs, &mut conn, &policy, Some(&renewal)) => {
-                    Ok(served)
+            });
+            match serve_with_renewal(&self.zfs, &mut conn, &policy, Some(&renewal)).await {
+                Ok(()) => info!("session ended"),
+                Err(ServeError::Transport(TransportError::Stopped { .. })) => {
+                    info!("session ended (authorization withdrawn)");
                 }
-                reason = withdrawn => Err(reason),
-            };
-            match outcome {
-                Ok(Ok(())) => info!("session ended"),
-                Ok(Err(err)) => warn!(cause = %err, "session ended with an error"),
-                Err(reason) => {
-                    // Dropping the session's future above killed any running zfs receive.
-                    warn!(%reason, "authorization withdrawn: session ended");
-                    conn.session.error(ErrorCode::NotAuthorized, reason);
-                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
-                }
+                Err(err) => warn!(cause = %err, "session ended with an error"),
             }
         }
         .instrument(span)

@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use zrep_proto::{ProtoError, ReceiverEvent, ReceiverSession, SenderEvent, SenderSession};
+use zrep_proto::{
+    ErrorCode, ProtoError, ReceiverEvent, ReceiverSession, SenderEvent, SenderSession,
+};
 
 /// How much is read from the connection at once; frames larger than this arrive in pieces.
 const READ_CHUNK: usize = 64 * 1024;
@@ -36,6 +38,24 @@ pub enum TransportError {
     /// The peer broke the protocol or went silent; an error frame was sent if possible.
     #[error("{0}")]
     Protocol(#[from] ProtoError),
+    /// This side ended the session (see [`Connection::stop_on`]); the peer was told why.
+    #[error("session ended ({code}): {message}")]
+    Stopped {
+        /// The code sent to the peer.
+        code: ErrorCode,
+        /// The reason sent to the peer.
+        message: String,
+    },
+}
+
+/// Ends a session from outside at a frame boundary: resolves to the code and reason the peer is
+/// told.
+pub struct StopSignal(std::pin::Pin<Box<dyn Future<Output = (ErrorCode, String)> + Send>>);
+
+impl std::fmt::Debug for StopSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StopSignal")
+    }
 }
 
 /// The session calls shared by both sides.
@@ -58,6 +78,8 @@ pub trait Session {
     fn is_closed(&self) -> bool;
     /// The peer's stated reason, if `event` is its error frame.
     fn peer_error(event: &Self::Event) -> Option<String>;
+    /// See `SenderSession::error`.
+    fn error(&mut self, code: ErrorCode, message: String);
 }
 
 macro_rules! impl_session {
@@ -82,6 +104,9 @@ macro_rules! impl_session {
             }
             fn is_closed(&self) -> bool {
                 <$session>::is_closed(self)
+            }
+            fn error(&mut self, code: ErrorCode, message: String) {
+                <$session>::error(self, code, message)
             }
             fn peer_error(event: &Self::Event) -> Option<String> {
                 match event {
@@ -118,6 +143,7 @@ pub struct Connection<S: Session, R, W> {
     /// What the connection produced while [`Connection::drive_while`] ran local work: handed out
     /// by the next [`Connection::next_event_or`].
     stashed: Option<Result<S::Event, TransportError>>,
+    stop: Option<StopSignal>,
 }
 
 impl<S, R, W> Connection<S, R, W>
@@ -142,7 +168,17 @@ where
             epoch: tokio::time::Instant::now() - epoch.elapsed(),
             write_timeout,
             stashed: None,
+            stop: None,
         }
+    }
+
+    /// Ends the session when `signal` resolves (a revocation, a shutdown): at the next point
+    /// where the connection is driven, never in the middle of a frame, the peer is sent an error
+    /// frame with the signal's code and reason, and the waiting call returns
+    /// [`TransportError::Stopped`]. Local work under [`Connection::drive_while`] still runs to
+    /// its end first.
+    pub fn stop_on(&mut self, signal: impl Future<Output = (ErrorCode, String)> + Send + 'static) {
+        self.stop = Some(StopSignal(Box::pin(signal)));
     }
 
     /// The session clock.
@@ -296,6 +332,18 @@ where
                     }
                 }
                 out = &mut other => return Ok(Either::Other(out)),
+                (code, message) = async {
+                    match self.stop.as_mut() {
+                        Some(signal) => signal.0.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.stop = None;
+                    self.session.error(code, message.clone());
+                    // Telling the peer is a courtesy; the session ends either way.
+                    let _ = self.flush().await;
+                    return Err(TransportError::Stopped { code, message });
+                }
                 () = tokio::time::sleep(deadline) => {
                     let now = self.now();
                     if let Err(err) = self.session.handle_timeout(now) {

@@ -17,7 +17,7 @@ use zrep_proto::{
 use zrep_repl::ReplicationError;
 use zrep_repl::receiver::{ReceiverPolicy, Retention, ServeError, TargetLocks, serve};
 use zrep_repl::sender::{DatasetJob, Replicated, SenderOptions, StreamShape, replicate};
-use zrep_repl::transport::Connection;
+use zrep_repl::transport::{Connection, TransportError};
 use zrep_zfs::fake::{FakeOp, FakeZfs};
 use zrep_zfs::{
     Capabilities, DatasetName, Guid, HoldTag, PropertyName, RelativeName, SnapshotName, Zfs,
@@ -36,6 +36,8 @@ struct Bed {
     /// The receiver's retention for nas1.
     retention: Option<Retention>,
     commit_timeout: Duration,
+    /// Ends the receiver's sessions from outside, as a revocation does.
+    stop: Arc<tokio::sync::Notify>,
 }
 
 impl Bed {
@@ -56,6 +58,7 @@ impl Bed {
             clock: 1_795_000_000,
             retention: None,
             commit_timeout: Duration::from_secs(10),
+            stop: Arc::default(),
         }
     }
 
@@ -103,10 +106,15 @@ impl Bed {
             danger_skip_stream_inspection: false,
         };
         let dst = self.dst.clone();
+        let stop = self.stop.clone();
         let receiver = tokio::spawn(async move {
             let epoch = Instant::now();
             let session = ReceiverSession::new(SessionConfig::default(), Duration::ZERO);
             let mut conn = Connection::new(session, rb, wb, epoch, Duration::from_secs(10));
+            conn.stop_on(async move {
+                stop.notified().await;
+                (ErrorCode::NotAuthorized, "certificate revoked".to_owned())
+            });
             serve(&dst, &mut conn, &policy).await
         });
         let session = SenderSession::new(SessionConfig::default(), Duration::ZERO);
@@ -551,4 +559,34 @@ async fn zfs_slower_than_every_timeout_keeps_both_sessions_alive() {
         on_source,
         [(second.snapshot.short_name().to_owned(), second.guid)]
     );
+}
+
+/// A session ended from outside while `zfs receive` works (a revocation): the sender reads a
+/// whole error frame with the reason (never half a frame, never "bad magic"), and the transfer
+/// is undone, though `zfs receive` finished.
+#[tokio::test(start_paused = true)]
+async fn a_session_stopped_mid_transfer_says_why_and_leaves_nothing() {
+    let mut bed = Bed::new().await;
+    bed.commit_timeout = Duration::from_secs(3600);
+    bed.dst
+        .set_latency(FakeOp::Receive, Duration::from_secs(60));
+    let (mut conn, receiver) = bed.connect().await;
+    bed.src.write_file(&bed.source, "f", b"1");
+    let stop = bed.stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        stop.notify_one();
+    });
+    match bed.cycle(&mut conn).await.unwrap_err() {
+        ReplicationError::PeerError { code, message } => {
+            assert_eq!(code, ErrorCode::NotAuthorized);
+            assert_eq!(message, "certificate revoked");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        receiver.await.unwrap(),
+        Err(ServeError::Transport(TransportError::Stopped { .. }))
+    ));
+    assert!(!bed.dst.exists(&bed.target()).await.unwrap());
 }

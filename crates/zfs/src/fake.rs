@@ -585,6 +585,7 @@ impl Zfs for FakeZfs {
         if request.raw && !self.caps.raw_send {
             return Err(self.unsupported("raw send (`zfs send -w`)"));
         }
+        self.work(FakeOp::Send).await;
         let mut state = self.lock();
         let fault = state.take_fault(FakeOp::Send, &["send"]);
         let stream = match &request.kind {

@@ -236,7 +236,9 @@ where
             }
             ReceiverEvent::StateRequested { target } => {
                 let dataset = resolve(conn, policy, &target).await?;
-                match conn.drive_while(target_state(zfs, &dataset, &target)).await {
+                let state = conn.drive_while(target_state(zfs, &dataset, &target)).await;
+                ended(conn)?;
+                match state {
                     Ok(state) => conn.session.send_state(state)?,
                     Err(err) => {
                         conn.session
@@ -253,6 +255,7 @@ where
                 let dataset = resolve(conn, policy, &target).await?;
                 let outcome = conn.drive_while(abort_resume(zfs, policy, &dataset)).await;
                 info!(peer = %policy.peer, target = %dataset, ?outcome, "abort-resume requested");
+                ended(conn)?;
                 conn.session.abort_resume_result(outcome)?;
             }
             ReceiverEvent::RenewRequested { csr } => {
@@ -281,6 +284,23 @@ where
             other => return Err(violation(conn, &other, "outside a transfer").await),
         }
     }
+}
+
+/// After local work under [`Connection::drive_while`]: if the session ended meanwhile (stopped
+/// from outside, the peer's error frame, a failed connection), why; the caller answers nothing.
+fn ended<R, W>(conn: &mut Connection<ReceiverSession, R, W>) -> Result<(), ServeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if !conn.session.is_closed() {
+        return Ok(());
+    }
+    Err(match conn.take_stashed() {
+        Some(Err(err)) => err.into(),
+        Some(Ok(ReceiverEvent::PeerError { code, message })) => ServeError::Peer { code, message },
+        _ => TransportError::Closed.into(),
+    })
 }
 
 /// Closes the session after an event the protocol does not allow `context`.
@@ -405,12 +425,14 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let accepted = accept(zfs, conn, policy, &offer).await;
+    ended(conn)?;
     let Accepted {
         dataset,
         snapshot,
         before,
         _guard,
-    } = match accept(zfs, conn, policy, &offer).await {
+    } = match accepted {
         Ok(accepted) => accepted,
         Err((code, message)) => {
             info!(peer = %policy.peer, target = %offer.target, %code, %message, "offer refused");
@@ -454,6 +476,12 @@ where
             .map_err(|(code, message)| (code, message, Partial::Discard))
         }
     };
+    if let Err(err) = ended(conn) {
+        // The session ended while ZFS worked: nobody is left to answer, and nothing
+        // unanswered stays.
+        undo(zfs, &policy.peer, &dataset, &before, Partial::Discard).await;
+        return Err(err);
+    }
     match verdict {
         Ok(()) => {
             if policy.drop_next_commit_answer.swap(false, Ordering::SeqCst) {
