@@ -156,10 +156,19 @@ fn temp_sibling(path: &Path) -> Result<PathBuf, TlsError> {
     Ok(path.with_file_name(tmp_name))
 }
 
+/// Warns once per file and mode for the life of the process: a daemon re-reads its key on
+/// every connection, and one line says it all.
 fn warn_if_exposed(path: &Path) {
+    static WARNED: std::sync::Mutex<Vec<(PathBuf, u32)>> = std::sync::Mutex::new(Vec::new());
     if let Ok(meta) = fs::metadata(path) {
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
+            let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = (path.to_owned(), mode);
+            if warned.contains(&seen) {
+                return;
+            }
+            warned.push(seen);
             warn!(
                 path = %path.display(),
                 mode = format_args!("{:o}", mode & 0o777),
