@@ -1,10 +1,11 @@
-//! Operations: completions and man pages generated from the clap definitions, and the systemd
-//! units in dist/systemd naming commands that exist.
+//! Operations: completions and man pages generated from the clap definitions, the systemd
+//! units in dist/systemd naming commands that exist, and errors printed with each cause once.
 
 use std::path::Path;
 use std::process::Command;
 
-use zrep_e2e::binary;
+use zrep_e2e::{DatasetSpec, SenderConfig, binary};
+use zrep_zfs::DatasetName;
 
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(binary(program)).args(args).output().unwrap();
@@ -74,4 +75,49 @@ fn systemd_units_run_existing_commands() {
             assert!(line.contains("Command 'man "), "systemd-analyze: {line}");
         }
     }
+}
+
+/// A missing file is reported on one line that says what was being done and gives the system's
+/// cause once: "No such file or directory (os error 2)" twice says nothing more.
+#[test]
+fn a_missing_file_is_reported_with_its_cause_once() {
+    let missing = tempfile::tempdir().unwrap();
+    let path = missing.path().join("nothing.pem");
+    let out = Command::new(binary("zrep-certs"))
+        .arg("inspect")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "zrep-certs: cannot read {}: No such file or directory (os error 2)\n",
+            path.display()
+        )
+    );
+
+    // zrep-send checks its certificate files (after probing ZFS) before it connects anywhere.
+    let source = DatasetName::parse("nopool/data").unwrap();
+    let config = SenderConfig::new(1, "no-such-identity", &[DatasetSpec::new(&source)]);
+    let out = config.once();
+    out.expect_code(3);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("zrep-send: "))
+        .unwrap_or_else(|| panic!("no error line: {}", out.stderr));
+    assert!(
+        line.starts_with("zrep-send: loading the TLS certificate, key and CA: cannot read "),
+        "{line}"
+    );
+    assert!(line.contains("no-such-identity."), "{line}");
+    assert_eq!(line.matches("os error 2").count(), 1, "{line}");
+    assert_eq!(
+        out.stderr.matches("os error 2").count(),
+        1,
+        "{}",
+        out.stderr
+    );
 }

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("zrep-certs: {err:#}");
+            eprintln!("zrep-certs: {}", zrep_cli::one_line(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 //! What both zrep programs need around their own logic: reading a TOML configuration with
 //! errors that name the file, setting up logging, printing completions and man pages
-//! generated from their clap definitions, and serving Prometheus metrics ([`metrics`]).
+//! generated from their clap definitions, serving Prometheus metrics ([`metrics`]), and printing
+//! an error with its causes on one line ([`one_line`]).
 
 pub mod metrics;
 
@@ -104,6 +105,25 @@ pub fn print_man(command: clap::Command, name: &str) -> ExitCode {
     }
 }
 
+/// `err` and its sources on one line, joined by `: ` ("loading the CA: cannot read ca.pem: No
+/// such file or directory (os error 2)"): the one printer for errors on stderr, in state files
+/// and in logs. zrep's own errors never repeat their source in their message; a cause whose text
+/// the line already ends with is still left out, because some errors of other crates (I/O,
+/// rustls) embed theirs. An `anyhow::Error` is printed with `one_line(err.as_ref())`.
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !said.is_empty() && !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn print_bytes(text: &[u8]) -> ExitCode {
     match std::io::stdout().write_all(text) {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +134,33 @@ fn print_bytes(text: &[u8]) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wrapper that says what was done, around an I/O error, around nothing more.
+    #[derive(Debug, Error)]
+    #[error("reading the key")]
+    struct Doing(#[source] ConfigError);
+
+    /// An error of another crate that embeds its source in its message.
+    #[derive(Debug, Error)]
+    #[error("connection failed: {0}")]
+    struct Embeds(#[source] std::io::Error);
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        let missing = read_config(Path::new("/nonexistent/zrep.toml")).unwrap_err();
+        let text = one_line(&Doing(missing));
+        assert!(
+            text.starts_with("reading the key: cannot read /nonexistent/zrep.toml: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+        let embeds = Embeds(std::io::Error::from_raw_os_error(104));
+        let text = one_line(&embeds);
+        assert!(text.starts_with("connection failed: "), "{text}");
+        assert_eq!(text.matches("os error 104").count(), 1, "{text}");
+        let plain = std::io::Error::from_raw_os_error(2);
+        assert_eq!(one_line(&plain), plain.to_string());
+    }
 
     #[test]
     fn errors_name_the_file() {

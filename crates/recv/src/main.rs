@@ -203,7 +203,7 @@ fn main() -> ExitCode {
     let config = match RecvConfig::load(path) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("zrep-recv: {err}");
+            eprintln!("zrep-recv: {}", zrep_cli::one_line(&err));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -290,33 +290,15 @@ fn parse_root(root: &str) -> anyhow::Result<DatasetName> {
 }
 
 fn fail(err: &anyhow::Error) -> ExitCode {
-    eprintln!("{NAME}: {}", one_line(err));
+    eprintln!("{NAME}: {}", zrep_cli::one_line(err.as_ref()));
     ExitCode::from(EXIT_FAILED)
-}
-
-/// An error and its causes on one line (`{:#}`), without a cause the message before it already
-/// ends with: some library errors print their source themselves, and "No such file or
-/// directory (os error 2)" twice says nothing more.
-fn one_line(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let part = cause.to_string();
-        if text.ends_with(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
 }
 
 fn run_status(path: &std::path::Path, json: bool) -> ExitCode {
     let config = match RecvConfig::load(path) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("{NAME}: {err}");
+            eprintln!("{NAME}: {}", zrep_cli::one_line(&err));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -344,7 +326,7 @@ fn run_status(path: &std::path::Path, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("{NAME}: {}", one_line(&err));
+            eprintln!("{NAME}: {}", zrep_cli::one_line(err.as_ref()));
             ExitCode::from(EXIT_FAILED)
         }
     }
@@ -352,8 +334,6 @@ fn run_status(path: &std::path::Path, json: bool) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// A cause the message before it already ends with is printed once; others are chained.
     #[test]
     fn one_line_prints_each_cause_once() {
@@ -364,10 +344,10 @@ mod tests {
         };
         let err = anyhow::Error::from(err).context("loading the server certificate");
         assert_eq!(
-            one_line(&err),
+            zrep_cli::one_line(err.as_ref()),
             "loading the server certificate: cannot read x.pem: entity not found"
         );
         let err = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(one_line(&err), "outer: inner");
+        assert_eq!(zrep_cli::one_line(err.as_ref()), "outer: inner");
     }
 }

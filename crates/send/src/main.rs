@@ -133,7 +133,7 @@ fn main() -> ExitCode {
         Ok(RunOutcome::AllReplicated) => ExitCode::SUCCESS,
         Ok(RunOutcome::SomeFailed) => ExitCode::from(EXIT_SOME_FAILED),
         Err(err) => {
-            eprintln!("zrep-send: {err:#}");
+            eprintln!("zrep-send: {}", zrep_cli::one_line(err.as_ref()));
             ExitCode::from(EXIT_SETUP)
         }
     }
@@ -147,7 +147,7 @@ fn run_daemon(config: &std::path::Path) -> ExitCode {
     match runtime.block_on(zrep_send::daemon::run_daemon(&config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("zrep-send: {err:#}");
+            eprintln!("zrep-send: {}", zrep_cli::one_line(err.as_ref()));
             ExitCode::from(EXIT_SETUP)
         }
     }
@@ -158,7 +158,7 @@ fn run_status(config: &std::path::Path, json: bool, check: bool) -> ExitCode {
     let config = match SendConfig::load(config) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("zrep-send: {err}");
+            eprintln!("zrep-send: {}", zrep_cli::one_line(&err));
             return ExitCode::from(if check {
                 EXIT_CHECK_UNKNOWN
             } else {
@@ -239,7 +239,10 @@ fn run_pair(receiver: String, token: &str, dir: PathBuf, timeout: Duration) -> E
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("zrep-send: pairing failed: {err:#}");
+            eprintln!(
+                "zrep-send: pairing failed: {}",
+                zrep_cli::one_line(err.as_ref())
+            );
             ExitCode::from(EXIT_SETUP)
         }
     }
@@ -267,7 +270,7 @@ fn run_csr(name: &PeerName, dir: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("zrep-send: {err:#}");
+            eprintln!("zrep-send: {}", zrep_cli::one_line(err.as_ref()));
             ExitCode::from(EXIT_SETUP)
         }
     }
@@ -278,7 +281,7 @@ fn config_and_runtime(
     path: &std::path::Path,
 ) -> Result<(SendConfig, tokio::runtime::Runtime), ExitCode> {
     let config = SendConfig::load(path).map_err(|err| {
-        eprintln!("zrep-send: {err}");
+        eprintln!("zrep-send: {}", zrep_cli::one_line(&err));
         ExitCode::from(EXIT_CONFIG)
     })?;
     let runtime = tokio::runtime::Runtime::new().map_err(|err| {

@@ -9,7 +9,7 @@ use zrep_repl::sender::{DatasetJob, replicate};
 use zrep_zfs::Zfs;
 
 use super::connect::{Connect, SenderConn, open};
-use super::error::{ConnectError, chain};
+use super::error::ConnectError;
 use super::report::{failure_line, renewal_line, success_line};
 use super::shutdown::{Done, Shutdown};
 use super::{Agent, Mode, RunOutcome};
@@ -116,11 +116,12 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
         let members = match crate::recursive::expand(&agent.zfs, dataset).await {
             Ok(members) => members,
             Err(err) => {
+                let why = zrep_cli::one_line(&err);
                 self.fail(
                     dataset,
-                    format_args!("listing the datasets below it: {err}"),
+                    format_args!("listing the datasets below it: {why}"),
                 );
-                self.record(dataset, Err(&err));
+                self.record(dataset, Err(&why));
                 return Flow::Go;
             }
         };
@@ -140,7 +141,7 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
                     None => return Flow::Stop,
                     Some(Ok(())) => {}
                     Some(Err(err)) => {
-                        let why = chain(&err);
+                        let why = zrep_cli::one_line(&err);
                         self.fail(member, &why);
                         self.record(member, Err(why));
                         continue;
@@ -174,11 +175,15 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
             self.conn = None;
             return Flow::Stop;
         };
-        self.record(member, result.as_ref());
         match result {
-            Ok(done) => self.say(&success_line(&done, &agent.config.receiver)),
+            Ok(done) => {
+                self.record(member, Ok::<_, &str>(&done));
+                self.say(&success_line(&done, &agent.config.receiver));
+            }
             Err(err) => {
-                self.fail(member, &err);
+                let why = zrep_cli::one_line(&err);
+                self.record(member, Err(&why));
+                self.fail(member, &why);
                 if session_is_broken(&err) {
                     self.conn = None;
                 }

@@ -1,11 +1,10 @@
 //! Why the agent could not open a session.
 //!
 //! Rule: a message never repeats its source. A variant that wraps a cause says what was being
-//! done ("connecting to HOST:PORT") and exposes the cause as `source()`; [`chain`] prints both,
-//! as the lines, state files and logs show them ("connecting to HOST:PORT: connection refused").
+//! done ("connecting to HOST:PORT") and exposes the cause as `source()`; `zrep_cli::one_line`
+//! prints both, as the lines, state files and logs show them ("connecting to HOST:PORT:
+//! connection refused").
 
-use std::error::Error;
-use std::fmt::Write;
 use std::time::Duration;
 
 use zrep_proto::ErrorCode;
@@ -60,21 +59,6 @@ pub enum ConnectError {
     },
 }
 
-/// `err` and its sources, joined by `: `. A cause whose text the message before it already
-/// ends with is left out: some messages of other crates still embed their source.
-pub fn chain(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let said = cause.to_string();
-        if !text.ends_with(&said) {
-            let _ = write!(text, ": {said}");
-        }
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,14 +69,14 @@ mod tests {
             receiver: "backup:7711".into(),
             source: std::io::Error::from_raw_os_error(111),
         };
-        let text = chain(&err);
+        let text = zrep_cli::one_line(&err);
         assert!(text.starts_with("connecting to backup:7711: "), "{text}");
         assert_eq!(text.matches("os error 111").count(), 1, "{text}");
         // A cause embedded in its wrapper's message (TransportError::Io) is not said twice.
         let err = ConnectError::Closed(zrep_repl::transport::TransportError::Io(
             std::io::Error::from_raw_os_error(104),
         ));
-        let text = chain(&err);
+        let text = zrep_cli::one_line(&err);
         assert!(
             text.starts_with("the receiver closed the session: connection failed: "),
             "{text}"

@@ -33,7 +33,7 @@ use zrep_zfs::{HoldTag, Zfs};
 
 pub use backoff::{BACKOFF_MAX, BACKOFF_START, delay as backoff_delay};
 pub use connect::{Connect, SenderConn, TlsConnect};
-pub use error::{ConnectError, chain};
+pub use error::ConnectError;
 pub use report::{failure_line, renewal_line, success_line};
 
 use crate::config::SendConfig;

@@ -58,6 +58,9 @@ pub fn renewal_line(outcome: &anyhow::Result<Renewed>, receiver: &str) -> Option
         Ok(Renewed::Refused(reason)) => {
             Some(format!("certificate NOT renewed by {receiver}: {reason}"))
         }
-        Err(err) => Some(format!("certificate NOT renewed by {receiver}: {err:#}")),
+        Err(err) => Some(format!(
+            "certificate NOT renewed by {receiver}: {}",
+            zrep_cli::one_line(err.as_ref())
+        )),
     }
 }

@@ -11,7 +11,6 @@ use zrep_zfs::Zfs;
 use super::backoff::Backoff;
 use super::connect::Connect;
 use super::cycle::{Flow, Worker};
-use super::error::chain;
 
 impl<Z: Zfs, C: Connect> Worker<'_, Z, C> {
     /// Runs cycles as they fall due until shutdown.
@@ -58,7 +57,7 @@ impl<Z: Zfs, C: Connect> Worker<'_, Z, C> {
                     Some(Ok(())) => backoff.reset(),
                     Some(Err(err)) => {
                         let delay = backoff.fail();
-                        let why = chain(&err);
+                        let why = zrep_cli::one_line(&err);
                         warn!(cause = %why, retry_in = ?delay, "cannot reach the receiver");
                         // Every dataset due before the retry waits for it.
                         let now = Instant::now();
