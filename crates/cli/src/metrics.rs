@@ -52,7 +52,7 @@ where
             .await
             .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
         {
-            debug!(%addr, cause = %err, "metrics scrape failed");
+            debug!(%addr, cause = %crate::one_line(&err), "metrics scrape failed");
         }
     }
 }

@@ -521,7 +521,7 @@ pub fn check(config: &RecvConfig) -> Result<String, Vec<Problem>> {
                     problems.push(Problem::Unusable {
                         setting: Setting::Cert,
                         path: config.cert.clone(),
-                        reason: err.to_string(),
+                        reason: zrep_cli::one_line(&err),
                     });
                     None
                 }

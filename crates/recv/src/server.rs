@@ -189,7 +189,7 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Typically EMFILE: back off instead of spinning.
-                    warn!(cause = %err, "accept failed");
+                    warn!(cause = %zrep_cli::one_line(&err), "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -255,7 +255,7 @@ impl LiveRegistry {
                 self.tx.send_replace(Arc::new(registry));
             }
             Err(err) => {
-                warn!(cause = %err, "cannot reload the peers registry; keeping the last one")
+                warn!(cause = %zrep_cli::one_line(&err), "cannot reload the peers registry; keeping the last one")
             }
         }
     }
@@ -337,7 +337,7 @@ impl Shared {
             Ok(Ok(accepted)) => accepted,
             Ok(Err(err)) => {
                 if self.refusals.note(Refusal::Failed) {
-                    warn!(cause = %err, "TLS handshake refused");
+                    warn!(cause = %zrep_cli::one_line(&err), "TLS handshake refused");
                 }
                 return None;
             }
@@ -358,7 +358,7 @@ impl Shared {
                 let exporter = match server_exporter(tls.get_ref().1) {
                     Ok(exporter) => exporter,
                     Err(err) => {
-                        warn!(cause = %err, "no TLS exporter");
+                        warn!(cause = %zrep_cli::one_line(&err), "no TLS exporter");
                         return None;
                     }
                 };
@@ -378,7 +378,7 @@ impl Shared {
             }
             Ok(Err(err)) => {
                 if self.refusals.note(Refusal::Failed) {
-                    warn!(cause = %err, "hello failed");
+                    warn!(cause = %zrep_cli::one_line(&err), "hello failed");
                 }
                 return None;
             }
@@ -517,7 +517,7 @@ impl Shared {
                 Err(ServeError::Transport(TransportError::Stopped { .. })) => {
                     info!("session ended (authorization withdrawn)");
                 }
-                Err(err) => warn!(cause = %err, "session ended with an error"),
+                Err(err) => warn!(cause = %zrep_cli::one_line(&err), "session ended with an error"),
             }
         }
         .instrument(span)
@@ -561,7 +561,7 @@ impl Shared {
                     return;
                 }
                 Err(err) => {
-                    debug!(cause = %err, "pairing session ended");
+                    debug!(cause = %zrep_cli::one_line(&err), "pairing session ended");
                     return;
                 }
             }
@@ -626,7 +626,7 @@ impl Shared {
             let root = DatasetName::parse(&pairing.root).map_err(|e| e.to_string())?;
             let signed = ca
                 .sign_peer_csr_der(&request.csr, &pairing.name, self.config.peer_cert_ttl)
-                .map_err(|e| format!("unusable certificate request: {e}"))?;
+                .map_err(|e| format!("unusable certificate request: {}", zrep_cli::one_line(&e)))?;
             let identity = PeerIdentity::from_cert(signed.cert_der()).map_err(|e| e.to_string())?;
             reg.pairings[index].used = Some(now);
             reg.record_issued(
@@ -669,7 +669,7 @@ impl Shared {
             let root = DatasetName::parse(&peer.root).map_err(|e| e.to_string())?;
             let signed = ca
                 .sign_peer_csr_der(csr, name, self.config.peer_cert_ttl)
-                .map_err(|e| format!("unusable certificate request: {e}"))?;
+                .map_err(|e| format!("unusable certificate request: {}", zrep_cli::one_line(&e)))?;
             let renewed = PeerIdentity::from_cert(signed.cert_der()).map_err(|e| e.to_string())?;
             reg.record_issued(
                 name,
@@ -752,7 +752,7 @@ async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(err) => {
-            warn!(cause = %err, "cannot watch SIGTERM; only SIGINT stops the service");
+            warn!(cause = %zrep_cli::one_line(&err), "cannot watch SIGTERM; only SIGINT stops the service");
             let _ = tokio::signal::ctrl_c().await;
             return;
         }

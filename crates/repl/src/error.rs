@@ -2,6 +2,10 @@
 //!
 //! Rules: every variant says what went wrong in words an admin can act on; where the fix is on
 //! the other host, the message says so. ZFS and protocol errors keep their typed source.
+//!
+//! A message never repeats its source: a variant that wraps a cause says what was being done
+//! ("listing snapshots of tank/data") and exposes the cause as `source()`; print chains with
+//! `zrep_cli::one_line` ("listing snapshots of tank/data: cannot run zfs: ...").
 
 use std::time::Duration;
 
@@ -16,7 +20,7 @@ use crate::transport::TransportError;
 #[non_exhaustive]
 pub enum ReplicationError {
     /// A local ZFS operation failed.
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Zfs {
         /// What zrep was doing.
         action: String,
@@ -24,7 +28,7 @@ pub enum ReplicationError {
         source: ZfsError,
     },
     /// A name could not be formed (too long, invalid characters).
-    #[error("invalid name: {0}")]
+    #[error("invalid name")]
     Name(#[from] NameError),
     /// The connection failed or the receiver broke the protocol.
     #[error(transparent)]
@@ -63,10 +67,10 @@ pub enum ReplicationError {
     #[error("unexpected answer from the receiver: {0}")]
     Unexpected(String),
     /// A protocol call was out of order: a bug in zrep.
-    #[error("internal error: {0}")]
+    #[error("internal error")]
     Usage(#[from] UsageError),
     /// Compressing a chunk failed.
-    #[error("compression failed: {0}")]
+    #[error("compression failed")]
     Chunk(#[from] ChunkError),
 }
 

@@ -20,11 +20,14 @@ use zrep_proto::{
 const READ_CHUNK: usize = 64 * 1024;
 
 /// A failure of the connection or of the peer's protocol conduct.
+///
+/// A message never repeats its source: a variant that wraps a cause says what was being done,
+/// and exposes the cause as `source()`; print chains with `zrep_cli::one_line`.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum TransportError {
     /// Reading or writing the connection failed.
-    #[error("connection failed: {0}")]
+    #[error("connection failed")]
     Io(#[from] std::io::Error),
     /// The peer closed the connection.
     #[error("the peer closed the connection")]
@@ -36,7 +39,7 @@ pub enum TransportError {
     #[error("the peer ended the session: {0}")]
     PeerClosed(String),
     /// The peer broke the protocol or went silent; an error frame was sent if possible.
-    #[error("{0}")]
+    #[error(transparent)]
     Protocol(#[from] ProtoError),
     /// This side ended the session (see [`Connection::stop_on`]); the peer was told why.
     #[error("session ended ({code}): {message}")]

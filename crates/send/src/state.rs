@@ -172,7 +172,7 @@ pub fn record<E: std::fmt::Display>(
         Err(error) => dir.record_failure(&dataset.source, target, &error.to_string(), now),
     };
     if let Err(err) = written {
-        warn!(dataset = %dataset.source, path = %dir.path_for(&dataset.source).display(), cause = %err, "cannot write the state file");
+        warn!(dataset = %dataset.source, path = %dir.path_for(&dataset.source).display(), cause = %zrep_cli::one_line(&err), "cannot write the state file");
     }
 }
 

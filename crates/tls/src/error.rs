@@ -6,6 +6,9 @@
 //! - Every variant that touches a file names the path, so a binary can print the error as is.
 //! - Errors from the dependencies (rustls, rcgen, I/O) are kept as `source`, never flattened to
 //!   strings, except for x509 parse errors whose types borrow the input.
+//! - A message never repeats its source: a variant that wraps a cause says what was being done
+//!   ("cannot read ca.pem") and exposes the cause as `source()`; print chains with
+//!   `zrep_cli::one_line` ("cannot read ca.pem: No such file or directory (os error 2)").
 //! - A handshake failure is [`TlsError::Handshake`]; [`TlsError::rustls_error`] digs out the
 //!   rustls reason (unknown issuer, no certificate, ...) for logs and tests.
 
@@ -20,7 +23,7 @@ use crate::name::{PeerName, PeerNameError};
 #[non_exhaustive]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -30,7 +33,7 @@ pub enum TlsError {
     },
 
     /// A file could not be written (or its temporary sibling created, synced or renamed).
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
@@ -47,7 +50,7 @@ pub enum TlsError {
     },
 
     /// A PEM file is malformed.
-    #[error("malformed PEM in {}: {source}", path.display())]
+    #[error("malformed PEM in {}", path.display())]
     Pem {
         /// The file.
         path: PathBuf,
@@ -122,24 +125,24 @@ pub enum TlsError {
     },
 
     /// rcgen failed to build or sign a certificate or key.
-    #[error("certificate generation failed: {0}")]
+    #[error("certificate generation failed")]
     Generate(#[from] rcgen::Error),
 
     /// A certificate signing request is malformed, badly signed or uses an unsupported
     /// extension.
-    #[error("invalid certificate signing request: {0}")]
+    #[error("invalid certificate signing request")]
     Csr(#[source] rcgen::Error),
 
     /// rustls refused the configuration (e.g. key and certificate do not match).
-    #[error("TLS configuration rejected: {0}")]
+    #[error("TLS configuration rejected")]
     Config(#[from] rustls::Error),
 
     /// The client-certificate verifier could not be built (e.g. no usable CA certificate).
-    #[error("client certificate verifier rejected: {0}")]
+    #[error("client certificate verifier rejected")]
     ClientVerifier(#[from] rustls::server::VerifierBuilderError),
 
     /// The TLS handshake failed (I/O error, or the peer or its certificate was refused).
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed")]
     Handshake(#[source] io::Error),
 
     /// The handshake finished but the peer presented no certificate.

@@ -172,7 +172,7 @@ pub enum ServeError {
         reason: String,
     },
     /// A local ZFS query failed while answering; the session was closed.
-    #[error("{0}")]
+    #[error(transparent)]
     Zfs(#[from] ZfsError),
     /// The peer ended the session with an error frame.
     #[error("the peer ended the session ({code}): {message}")]

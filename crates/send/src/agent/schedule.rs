@@ -46,7 +46,7 @@ impl<Z: Zfs, C: Connect> Worker<'_, Z, C> {
                     continue;
                 }
                 Err(err) => {
-                    info!(cause = %err, "session ended between cycles; reconnecting when due");
+                    info!(cause = %zrep_cli::one_line(&err), "session ended between cycles; reconnecting when due");
                     self.conn = None;
                     continue;
                 }
