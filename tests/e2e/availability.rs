@@ -726,3 +726,54 @@ async fn authenticated_peer_over_max_connections_is_told_busy_at_once() {
     run.expect_code(0);
     assert_replicated(&source, &dst.dataset("nas1/data"));
 }
+
+/// SIGTERM ends held sessions at once, each told why (`shutting-down`), instead of letting them
+/// go on for the shutdown grace (30 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_tells_every_session_and_exits_at_once() {
+    let dst = TestPool::create("sddst");
+    let receiver = Receiver::start(&[("nas1", &dst.dataset("nas1"))], &[]);
+    let certs = certs_dir();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            zrep_e2e::client_session(
+                &certs.join("ca.pem"),
+                &certs.join("nas1.pem"),
+                &certs.join("nas1.key"),
+                "backup1",
+                receiver.port,
+            )
+            .await,
+        );
+    }
+    let pid = receiver.pid();
+    let term = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let limit = Duration::from_secs(5 * time_scale());
+    for conn in &mut held {
+        match tokio::time::timeout(limit, conn.next_event()).await {
+            Ok(Ok(zrep_proto::SenderEvent::PeerError { code, message })) => {
+                assert_eq!(code, zrep_proto::ErrorCode::ShuttingDown);
+                assert_eq!(message, "zrep-recv is shutting down; try again later");
+            }
+            other => panic!("a held session was not told: {other:?}"),
+        }
+    }
+    while !exited(pid) {
+        assert!(
+            term.elapsed() < limit,
+            "still running {:?} after SIGTERM: {}",
+            term.elapsed(),
+            tail(&receiver.log_text(), 10)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "receiver told 2 sessions and exited {:?} after SIGTERM",
+        term.elapsed()
+    );
+}

@@ -155,6 +155,7 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
         }),
         refusals: RefusalLog::default(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
+        stopping: watch::Sender::new(false),
         config,
     });
     check_open_files(&shared.config);
@@ -215,6 +216,7 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
     summaries.abort();
     // Connections that have not authenticated end now; sessions get the grace period.
     shared.admission.close_all();
+    shared.stopping.send_replace(true);
     info!(running = tasks.len(), "shutting down");
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
@@ -279,6 +281,8 @@ struct Shared {
     refusals: RefusalLog,
     /// One per authenticated session (`max-connections`).
     slots: Arc<Semaphore>,
+    /// Set at shutdown: every session is told and ends at its next frame boundary.
+    stopping: watch::Sender<bool>,
     config: RecvConfig,
 }
 
@@ -495,10 +499,10 @@ impl Shared {
                 shared: self,
                 identity: &identity,
             };
-            // A revocation ends the session at a frame boundary: the peer reads why, and a
-            // transfer in flight is undone as any cut one.
+            // A revocation or the shutdown ends the session at a frame boundary: the peer reads
+            // why, and a transfer in flight is undone as any cut one.
             let (holder, static_root) = (identity.clone(), static_root.cloned());
-            conn.stop_on(async move {
+            let withdrawn = async move {
                 loop {
                     if watch.changed().await.is_err() {
                         std::future::pending::<()>().await;
@@ -511,11 +515,21 @@ impl Shared {
                         return (ErrorCode::NotAuthorized, reason);
                     }
                 }
+            };
+            let mut stopping = self.stopping.subscribe();
+            conn.stop_on(async move {
+                tokio::select! {
+                    withdrawn = withdrawn => withdrawn,
+                    _ = stopping.wait_for(|stopping| *stopping) => (
+                        ErrorCode::ShuttingDown,
+                        "zrep-recv is shutting down; try again later".to_owned(),
+                    ),
+                }
             });
             match serve_with_renewal(&self.zfs, &mut conn, &policy, Some(&renewal)).await {
                 Ok(()) => info!("session ended"),
-                Err(ServeError::Transport(TransportError::Stopped { .. })) => {
-                    info!("session ended (authorization withdrawn)");
+                Err(ServeError::Transport(TransportError::Stopped { message, .. })) => {
+                    info!(%message, "session ended");
                 }
                 Err(err) => warn!(cause = %zrep_cli::one_line(&err), "session ended with an error"),
             }
@@ -627,7 +641,7 @@ impl Shared {
             let signed = ca
                 .sign_peer_csr_der(&request.csr, &pairing.name, self.config.peer_cert_ttl)
                 .map_err(|e| format!("unusable certificate request: {}", zrep_cli::one_line(&e)))?;
-            let identity = PeerIdentity::from_cert(signed.cert_der()).map_err(|e| e.to_string())?;
+            let identity = PeerIdentity::from_cert(signed.cert_der()).map_err(|e| zrep_cli::one_line(&e))?;
             reg.pairings[index].used = Some(now);
             reg.record_issued(
                 &pairing.name,
@@ -670,7 +684,7 @@ impl Shared {
             let signed = ca
                 .sign_peer_csr_der(csr, name, self.config.peer_cert_ttl)
                 .map_err(|e| format!("unusable certificate request: {}", zrep_cli::one_line(&e)))?;
-            let renewed = PeerIdentity::from_cert(signed.cert_der()).map_err(|e| e.to_string())?;
+            let renewed = PeerIdentity::from_cert(signed.cert_der()).map_err(|e| zrep_cli::one_line(&e))?;
             reg.record_issued(
                 name,
                 &root,
