@@ -12,60 +12,39 @@
 //! What lands is what was offered: every stream passes the stream guard ([`pump`]) before it
 //! reaches `zfs receive`, and a transfer that does not commit leaves nothing behind
 //! ([`landing`]).
+//!
+//! Modules: this one, the session loop and the policy; [`offer`], whether an offer is taken and
+//! which stream it lets through; [`pump`], the stream guard feeding `zfs receive`; [`landing`],
+//! sealing, verification and undo; [`retention`], the receiver's own pruning; [`shared`], what
+//! all sessions share (per-target locks, metrics).
 
 mod landing;
+mod offer;
 mod pump;
+mod retention;
+mod shared;
 
-use std::collections::{BTreeMap, HashSet};
+pub use self::retention::{Retention, prune_target};
+pub use self::shared::{ReceiverMetrics, TargetCounters, TargetGuard, TargetLocks};
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 use zrep_proto::{
     AbortResumeOutcome, ErrorCode, FailureCode, ReceiverEvent, ReceiverSession, RefusalCode,
-    SnapshotInfo as WireSnapshot, StreamKind, TargetState, TransferOffer,
+    SnapshotInfo as WireSnapshot, TargetState, TransferOffer,
 };
 use zrep_zfs::received::{is_read_only, resume_token, seal_tree};
-use zrep_zfs::stream::StreamExpectation;
-use zrep_zfs::{DatasetName, PropertyName, RelativeName, SnapshotName, Zfs, ZfsError};
+use zrep_zfs::{DatasetName, PropertyName, RelativeName, Zfs, ZfsError};
 
-use self::landing::{Before, Partial, finalize, undo};
+use self::landing::{Partial, finalize, undo};
+use self::offer::{Accepted, accept, expectation};
 use self::pump::{PumpSpec, Pumped, pump};
 
-use crate::naming::parse_snapshot_time;
-use crate::retention::KeepPolicy;
 use crate::transport::{Connection, TransportError};
-
-/// Targets with a receive in progress, shared by all connections: one receive per target.
-#[derive(Debug, Clone, Default)]
-pub struct TargetLocks(Arc<Mutex<HashSet<DatasetName>>>);
-
-/// Holds a target until dropped.
-#[derive(Debug)]
-pub struct TargetGuard {
-    locks: TargetLocks,
-    target: DatasetName,
-}
-
-impl TargetLocks {
-    /// Takes the target, or `None` if another session has it.
-    pub fn try_lock(&self, target: &DatasetName) -> Option<TargetGuard> {
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        held.insert(target.clone()).then(|| TargetGuard {
-            locks: self.clone(),
-            target: target.clone(),
-        })
-    }
-}
-
-impl Drop for TargetGuard {
-    fn drop(&mut self) {
-        let mut held = self.locks.0.lock().unwrap_or_else(|p| p.into_inner());
-        held.remove(&self.target);
-    }
-}
 
 /// What one peer may do, and how long the receiver waits.
 #[derive(Debug, Clone)]
@@ -89,71 +68,6 @@ pub struct ReceiverPolicy {
     /// Test builds only: let streams reach `zfs receive` uninspected, to show that the receive
     /// options alone keep forged properties out. Never set in a release build.
     pub danger_skip_stream_inspection: bool,
-}
-
-/// Per peer and target: commits, received bytes, failures, refusals, prunes, last commit time.
-#[derive(Debug, Clone, Default)]
-pub struct ReceiverMetrics(Arc<Mutex<BTreeMap<(String, String), TargetCounters>>>);
-
-/// The counters of one target of one peer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TargetCounters {
-    /// Transfers committed.
-    pub commits: u64,
-    /// Stream bytes of committed transfers.
-    pub received_bytes: u64,
-    /// Accepted transfers that did not commit.
-    pub failures: u64,
-    /// Offers refused.
-    pub refusals: u64,
-    /// Snapshots destroyed by the receiver's retention.
-    pub pruned: u64,
-    /// Unix seconds of the last commit.
-    pub last_commit: Option<u64>,
-}
-
-impl ReceiverMetrics {
-    fn update(&self, peer: &str, target: &str, f: impl FnOnce(&mut TargetCounters)) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        f(map.entry((peer.to_owned(), target.to_owned())).or_default());
-    }
-
-    fn committed(&self, peer: &str, target: &str, bytes: u64) {
-        let now = SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.update(peer, target, |c| {
-            c.commits += 1;
-            c.received_bytes += bytes;
-            c.last_commit = Some(now);
-        });
-    }
-
-    fn failed(&self, peer: &str, target: &str) {
-        self.update(peer, target, |c| c.failures += 1);
-    }
-
-    fn refused(&self, peer: &str, target: &str) {
-        self.update(peer, target, |c| c.refusals += 1);
-    }
-
-    fn pruned(&self, peer: &str, target: &str) {
-        self.update(peer, target, |c| c.pruned += 1);
-    }
-
-    /// A copy of every counter, by (peer, target).
-    pub fn snapshot(&self) -> BTreeMap<(String, String), TargetCounters> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// The receiver's own retention for one peer: which snapshots of a target it keeps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retention {
-    /// Only snapshots named `<prefix>_<UTC time>` are candidates; others are never touched.
-    pub prefix: String,
-    /// What to keep of those; the target's newest snapshot is kept whatever it says.
-    pub keep: KeepPolicy,
 }
 
 /// Why a session ended badly.
@@ -514,219 +428,6 @@ where
     Ok(())
 }
 
-/// An offer the receiver takes: its target, locked until the transfer is answered.
-struct Accepted {
-    dataset: DatasetName,
-    snapshot: SnapshotName,
-    /// The target before the transfer, to undo it by.
-    before: Before,
-    _guard: TargetGuard,
-}
-
-/// Checks an offer against the names, the lock and the target, and creates missing parents.
-async fn accept<Z, R, W>(
-    zfs: &Z,
-    conn: &mut Connection<ReceiverSession, R, W>,
-    policy: &ReceiverPolicy,
-    offer: &TransferOffer,
-) -> Result<Accepted, (RefusalCode, String)>
-where
-    Z: Zfs,
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let dataset = target_dataset(&policy.root, &offer.target)
-        .map_err(|reason| (RefusalCode::InvalidName, reason))?;
-    let snapshot = dataset
-        .snapshot(&offer.snapshot)
-        .map_err(|err| (RefusalCode::InvalidName, err.to_string()))?;
-    let guard = policy.locks.try_lock(&dataset).ok_or_else(|| {
-        (
-            RefusalCode::Busy,
-            format!("another transfer to {} is running", offer.target),
-        )
-    })?;
-    conn.drive_while(check_offer(zfs, &dataset, offer)).await?;
-    let before = conn
-        .drive_while(Before::record(zfs, &dataset))
-        .await
-        .map_err(|err| {
-            (
-                RefusalCode::NotPermitted,
-                format!("reading the target: {err}"),
-            )
-        })?;
-    conn.drive_while(ensure_parents(zfs, &policy.root, &dataset))
-        .await
-        .map_err(|err| {
-            (
-                RefusalCode::NotPermitted,
-                format!("cannot create parents: {err}"),
-            )
-        })?;
-    Ok(Accepted {
-        dataset,
-        snapshot,
-        before,
-        _guard: guard,
-    })
-}
-
-/// The only stream the offer, as checked against the target, lets through.
-fn expectation(offer: &TransferOffer, before: &Before) -> StreamExpectation {
-    let (from_guid, intermediates, resuming) = match &offer.kind {
-        StreamKind::Full => (None, false, false),
-        StreamKind::Incremental {
-            base_guid,
-            intermediates,
-            ..
-        } => (Some(*base_guid), *intermediates, false),
-        // A resumed stream continues the interrupted one: from the target's newest snapshot,
-        // or a full stream if it has none; `zfs receive` matches it to the partial state.
-        StreamKind::Resume { .. } => (before.newest.as_ref().map(|(_, guid)| *guid), false, true),
-    };
-    StreamExpectation {
-        from_guid,
-        to_guid: offer.guid,
-        to_snapshot: offer.snapshot.clone(),
-        raw: offer.raw,
-        resuming,
-        intermediates,
-    }
-}
-
-/// Whether the offer fits the target as it is now.
-async fn check_offer<Z: Zfs>(
-    zfs: &Z,
-    dataset: &DatasetName,
-    offer: &TransferOffer,
-) -> Result<(), (RefusalCode, String)> {
-    let caps = zfs.capabilities();
-    if offer.raw && !caps.raw_send {
-        return Err((
-            RefusalCode::Unsupported,
-            format!(
-                "raw streams need OpenZFS; this receiver runs {}",
-                caps.dialect
-            ),
-        ));
-    }
-    let internal = |err: ZfsError| (RefusalCode::NotPermitted, err.to_string());
-    let exists = zfs.exists(dataset).await.map_err(internal)?;
-    let pending = if exists {
-        resume_token(zfs, dataset).await.map_err(internal)?
-    } else {
-        None
-    };
-    match (&offer.kind, &pending) {
-        (StreamKind::Resume { token }, Some(current)) if token == current => return Ok(()),
-        (StreamKind::Resume { .. }, _) => {
-            return Err((
-                RefusalCode::ResumeMismatch,
-                format!(
-                    "{} has no interrupted receive with that token; plan again",
-                    offer.target
-                ),
-            ));
-        }
-        (_, Some(_)) => {
-            return Err((
-                RefusalCode::ResumePending,
-                format!(
-                    "{} holds an interrupted receive: resume it or ask to discard it first",
-                    offer.target
-                ),
-            ));
-        }
-        (_, None) => {}
-    }
-    match &offer.kind {
-        StreamKind::Full if exists => Err((
-            RefusalCode::TargetExists,
-            format!(
-                "{} already exists on the receiver; a full stream would need to overwrite it, which zrep never does",
-                offer.target
-            ),
-        )),
-        StreamKind::Full => Ok(()),
-        StreamKind::Incremental {
-            base_guid,
-            base_name,
-            ..
-        } => {
-            if !exists {
-                return Err((
-                    RefusalCode::BaseMismatch,
-                    format!(
-                        "{} does not exist on the receiver; send a full stream",
-                        offer.target
-                    ),
-                ));
-            }
-            let snapshots = zfs.list_snapshots(dataset, false).await.map_err(internal)?;
-            match snapshots.last() {
-                Some(newest) if newest.guid.0 == *base_guid => Ok(()),
-                Some(newest) => Err((
-                    RefusalCode::BaseMismatch,
-                    format!(
-                        "the newest snapshot of {} is @{} (GUID {}), not the base @{base_name} (GUID {base_guid})",
-                        offer.target,
-                        newest.name.short_name(),
-                        newest.guid
-                    ),
-                )),
-                None => Err((
-                    RefusalCode::BaseMismatch,
-                    format!(
-                        "{} has no snapshot to apply an incremental stream to",
-                        offer.target
-                    ),
-                )),
-            }
-        }
-        StreamKind::Resume { .. } => {
-            if caps.resumable_receive {
-                Ok(())
-            } else {
-                Err((
-                    RefusalCode::Unsupported,
-                    format!(
-                        "resumable receive needs OpenZFS; this receiver runs {}",
-                        caps.dialect
-                    ),
-                ))
-            }
-        }
-    }
-}
-
-/// Creates missing datasets between the pool and the target's parent as placeholders: not
-/// mounted, read-only, holding no data.
-async fn ensure_parents<Z: Zfs>(
-    zfs: &Z,
-    root: &DatasetName,
-    dataset: &DatasetName,
-) -> Result<(), ZfsError> {
-    let mut missing = Vec::new();
-    let mut parent = dataset.parent();
-    while let Some(p) = parent {
-        if zfs.exists(&p).await? {
-            break;
-        }
-        parent = p.parent();
-        missing.push(p);
-    }
-    for p in missing.into_iter().rev() {
-        debug!(dataset = %p, within = %root, "creating placeholder");
-        let props = [
-            (property("canmount"), "off".to_owned()),
-            (property("readonly"), "on".to_owned()),
-        ];
-        zfs.create_dataset(&p, &props, false).await?;
-    }
-    Ok(())
-}
-
 fn classify_failure(err: &ZfsError) -> (FailureCode, String) {
     let text = err.to_string();
     let code = match err {
@@ -740,63 +441,6 @@ fn classify_failure(err: &ZfsError) -> (FailureCode, String) {
         _ => "",
     };
     (code, format!("{text}{hint}"))
-}
-
-/// Applies the receiver's retention to one target: destroys the zrep-named snapshots its policy
-/// lets go, never the target's newest snapshot. Failures are logged; the commit stands.
-pub async fn prune_target<Z: Zfs>(
-    zfs: &Z,
-    policy: &ReceiverPolicy,
-    retention: &Retention,
-    dataset: &DatasetName,
-    now: SystemTime,
-) -> Vec<SnapshotName> {
-    let snapshots = match zfs.list_snapshots(dataset, false).await {
-        Ok(snapshots) => snapshots,
-        Err(err) => {
-            warn!(peer = %policy.peer, target = %dataset, cause = %err, "retention: cannot list snapshots");
-            return Vec::new();
-        }
-    };
-    let Some(newest) = snapshots.last() else {
-        return Vec::new();
-    };
-    let ours: Vec<(&SnapshotName, SystemTime)> = snapshots
-        .iter()
-        .filter_map(|s| {
-            Some((
-                &s.name,
-                parse_snapshot_time(&retention.prefix, s.name.short_name())?,
-            ))
-        })
-        .collect();
-    // The newest received snapshot is the base of the next increment: protected.
-    let protect_from = match ours.last() {
-        Some((name, _)) if **name == newest.name => ours.len() - 1,
-        _ => ours.len(),
-    };
-    let times: Vec<SystemTime> = ours.iter().map(|(_, t)| *t).collect();
-    let mut pruned = Vec::new();
-    for i in retention.keep.doomed(&times, protect_from, now) {
-        let name = ours[i].0;
-        match zfs.destroy_snapshot(name).await {
-            Ok(()) => {
-                info!(peer = %policy.peer, snapshot = %name, "retention: pruned");
-                pruned.push(name.clone());
-                // Keyed like the rest: the target relative to the peer's root.
-                let root = format!("{}/", policy.root);
-                let relative = dataset
-                    .as_str()
-                    .strip_prefix(&root)
-                    .unwrap_or(dataset.as_str());
-                policy.metrics.pruned(&policy.peer, relative);
-            }
-            Err(err) => {
-                warn!(peer = %policy.peer, snapshot = %name, cause = %err, "retention: not pruned");
-            }
-        }
-    }
-    pruned
 }
 
 async fn abort_resume<Z: Zfs>(
