@@ -9,13 +9,13 @@
 //! ([`ReceiverPolicy::retention`]): after a commit, zrep-named snapshots of that target that
 //! the receiver's policy lets go are destroyed, never the newest one.
 //!
-//! What lands is what was offered: every stream passes the stream guard ([`pump`]) before it
+//! What lands is what was offered: every stream passes the stream guard (`pump`) before it
 //! reaches `zfs receive`, and a transfer that does not commit leaves nothing behind
-//! ([`landing`]).
+//! (`landing`).
 //!
-//! Modules: this one, the session loop and the policy; [`offer`], whether an offer is taken and
-//! which stream it lets through; [`pump`], the stream guard feeding `zfs receive`; [`landing`],
-//! sealing, verification and undo; [`retention`], the receiver's own pruning; [`shared`], what
+//! Modules: this one, the session loop and the policy; `offer`, whether an offer is taken and
+//! which stream it lets through; `pump`, the stream guard feeding `zfs receive`; `landing`,
+//! sealing, verification and undo; `retention`, the receiver's own pruning; `shared`, what
 //! all sessions share (per-target locks, metrics).
 
 mod landing;
