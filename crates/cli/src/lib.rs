@@ -14,11 +14,14 @@ use thiserror::Error;
 use tracing_subscriber::EnvFilter;
 
 /// Why a configuration cannot be used.
+///
+/// A message never repeats its source: a variant that wraps a cause says what was being done,
+/// and exposes the cause as `source()`; print chains with [`one_line`].
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The configuration file.
         path: PathBuf,
@@ -26,7 +29,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML or has unknown or missing keys.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Parse {
         /// The configuration file.
         path: PathBuf,
@@ -149,11 +152,10 @@ mod tests {
     fn one_line_says_each_cause_once() {
         let missing = read_config(Path::new("/nonexistent/zrep.toml")).unwrap_err();
         let text = one_line(&Doing(missing));
-        assert!(
-            text.starts_with("reading the key: cannot read /nonexistent/zrep.toml: "),
-            "{text}"
+        assert_eq!(
+            text,
+            "reading the key: cannot read /nonexistent/zrep.toml: No such file or directory (os error 2)"
         );
-        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
         let embeds = Embeds(std::io::Error::from_raw_os_error(104));
         let text = one_line(&embeds);
         assert!(text.starts_with("connection failed: "), "{text}");
@@ -166,12 +168,9 @@ mod tests {
     fn errors_name_the_file() {
         let path = Path::new("/etc/zrep/x.toml");
         let parsed: Result<std::collections::BTreeMap<String, u8>, _> = parse_toml("a = ", path);
-        assert!(
-            parsed
-                .unwrap_err()
-                .to_string()
-                .starts_with("/etc/zrep/x.toml: ")
-        );
+        let text = one_line(&parsed.unwrap_err());
+        assert!(text.starts_with("/etc/zrep/x.toml: "), "{text}");
+        assert!(text.len() > "/etc/zrep/x.toml: ".len(), "{text}");
         let missing = read_config(Path::new("/nonexistent/zrep.toml")).unwrap_err();
         assert!(
             missing

@@ -724,7 +724,7 @@ fn file_problem(setting: Setting, path: &Path, err: TlsError) -> Problem {
         other => Problem::Unusable {
             setting,
             path: path.to_owned(),
-            reason: other.to_string(),
+            reason: zrep_cli::one_line(&other),
         },
     }
 }
@@ -763,7 +763,7 @@ fn ca_problem(config: &RecvConfig, ca_key: &Path, err: TlsError) -> Problem {
         other => Problem::Unusable {
             setting: Setting::Ca,
             path: config.ca.clone(),
-            reason: other.to_string(),
+            reason: zrep_cli::one_line(&other),
         },
     }
 }

@@ -525,7 +525,8 @@ root = "backup/nas2"
         ];
         for (text, want) in cases {
             let err = RecvConfig::parse(&text, Path::new("recv.toml")).unwrap_err();
-            assert!(err.to_string().contains(want), "{err} lacks {want:?}");
+            let err = zrep_cli::one_line(&err);
+            assert!(err.contains(want), "{err} lacks {want:?}");
         }
     }
     fn claim(peer: &str, root: &str, source: RootSource) -> RootClaim {

@@ -454,7 +454,8 @@ keep-last = 3
         ];
         for (text, want) in cases {
             let err = SendConfig::parse(&text, Path::new("send.toml")).unwrap_err();
-            assert!(err.to_string().contains(want), "{err} lacks {want:?}");
+            let err = zrep_cli::one_line(&err);
+            assert!(err.contains(want), "{err} lacks {want:?}");
         }
     }
     #[test]
