@@ -93,6 +93,6 @@ pub use message::{
 pub use pairing::{EnrollRequest, Enrolment, MAX_CSR_LEN, PairMessage};
 pub use plan::{BaseChoice, choose_base, newest_common_by_guid};
 pub use session::{
-    MIN_HEARTBEAT_INTERVAL, ReceiverEvent, ReceiverSession, SenderEvent, SenderSession,
+    MIN_HEARTBEAT_INTERVAL, ReceiverEvent, ReceiverSession, SenderEvent, SenderSession, Session,
     SessionConfig, StreamSummary,
 };

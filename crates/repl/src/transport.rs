@@ -9,12 +9,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use zrep_proto::{
-    ErrorCode, ProtoError, ReceiverEvent, ReceiverSession, SenderEvent, SenderSession,
-};
+use zrep_proto::{ErrorCode, ProtoError};
 
 /// How much is read from the connection at once; frames larger than this arrive in pieces.
 const READ_CHUNK: usize = 64 * 1024;
@@ -61,68 +59,8 @@ impl std::fmt::Debug for StopSignal {
     }
 }
 
-/// The session calls shared by both sides.
-pub trait Session {
-    /// What the session reports.
-    type Event: std::fmt::Debug;
-    /// See `SenderSession::handle_bytes`.
-    fn handle_bytes(
-        &mut self,
-        buf: &mut BytesMut,
-        now: Duration,
-    ) -> Result<Option<Self::Event>, ProtoError>;
-    /// See `SenderSession::poll_transmit`.
-    fn poll_transmit(&mut self, now: Duration) -> Option<Bytes>;
-    /// See `SenderSession::poll_timeout`.
-    fn poll_timeout(&self) -> Option<Duration>;
-    /// See `SenderSession::handle_timeout`.
-    fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError>;
-    /// See `SenderSession::is_closed`.
-    fn is_closed(&self) -> bool;
-    /// The peer's stated reason, if `event` is its error frame.
-    fn peer_error(event: &Self::Event) -> Option<String>;
-    /// See `SenderSession::error`.
-    fn error(&mut self, code: ErrorCode, message: String);
-}
-
-macro_rules! impl_session {
-    ($session:ty, $event:ident) => {
-        impl Session for $session {
-            type Event = $event;
-            fn handle_bytes(
-                &mut self,
-                buf: &mut BytesMut,
-                now: Duration,
-            ) -> Result<Option<Self::Event>, ProtoError> {
-                <$session>::handle_bytes(self, buf, now)
-            }
-            fn poll_transmit(&mut self, now: Duration) -> Option<Bytes> {
-                <$session>::poll_transmit(self, now)
-            }
-            fn poll_timeout(&self) -> Option<Duration> {
-                <$session>::poll_timeout(self)
-            }
-            fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError> {
-                <$session>::handle_timeout(self, now)
-            }
-            fn is_closed(&self) -> bool {
-                <$session>::is_closed(self)
-            }
-            fn error(&mut self, code: ErrorCode, message: String) {
-                <$session>::error(self, code, message)
-            }
-            fn peer_error(event: &Self::Event) -> Option<String> {
-                match event {
-                    $event::PeerError { code, message } => Some(format!("({code}) {message}")),
-                    _ => None,
-                }
-            }
-        }
-    };
-}
-
-impl_session!(SenderSession, SenderEvent);
-impl_session!(ReceiverSession, ReceiverEvent);
+/// The session calls the connection drives: zrep-proto's, for either side.
+pub use zrep_proto::Session;
 
 /// What [`Connection::next_event_or`] produced first.
 #[derive(Debug)]
@@ -223,8 +161,8 @@ where
                     .handle_bytes(&mut self.inbuf, self.epoch.elapsed())
                 {
                     Ok(Some(event)) => {
-                        if let Some(reason) = S::peer_error(&event) {
-                            return Some(reason);
+                        if let Some((code, message)) = S::peer_error(&event) {
+                            return Some(format!("({code}) {message}"));
                         }
                         if self.stashed.is_none() {
                             self.stashed = Some(Ok(event));

@@ -17,6 +17,160 @@ use crate::handshake::{Features, Hello, Negotiated, SUPPORTED_VERSIONS, negotiat
 use crate::message::{ErrorFrame, Message};
 use crate::types::{Compression, Role, VersionRange};
 
+/// The connection-level calls of either session machine, whichever side it plays: what a
+/// runtime drives (feed bytes, drain frames, keep the clock). Both machines also have these as
+/// inherent methods, so callers need no import.
+pub trait Session {
+    /// What the session reports.
+    type Event: fmt::Debug;
+    /// See `SenderSession::handle_bytes`.
+    fn handle_bytes(
+        &mut self,
+        buf: &mut BytesMut,
+        now: Duration,
+    ) -> Result<Option<Self::Event>, ProtoError>;
+    /// See `SenderSession::handle_timeout`.
+    fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError>;
+    /// See `SenderSession::poll_transmit`.
+    fn poll_transmit(&mut self, now: Duration) -> Option<Bytes>;
+    /// See `SenderSession::poll_timeout`.
+    fn poll_timeout(&self) -> Option<Duration>;
+    /// See `SenderSession::is_closed`.
+    fn is_closed(&self) -> bool;
+    /// See `SenderSession::error`.
+    fn error(&mut self, code: ErrorCode, message: String);
+    /// The peer's code and reason, if `event` is its error frame.
+    fn peer_error(event: &Self::Event) -> Option<(ErrorCode, &str)>;
+}
+
+/// The calls both machines share, written once: inherent methods and the [`Session`] impl.
+/// `$peer` names the other side in the docs.
+macro_rules! connection_calls {
+    ($session:ident, $event:ident, $peer:literal) => {
+        impl $session {
+            #[doc = concat!("Handles one decoded frame from the ", $peer, ".")]
+            ///
+            /// `Ok(None)` for frames that need no action (heartbeats, data discarded after an
+            /// early failure). On `Err` the session is closed and an error frame is queued.
+            pub fn handle_frame(
+                &mut self,
+                frame: Frame,
+                now: Duration,
+            ) -> Result<Option<$event>, ProtoError> {
+                self.core.on_receive(now)?;
+                self.on_frame(frame).map_err(|e| self.fail(e))
+            }
+
+            /// Decodes and handles frames from `buf` until one yields an event (`Ok(Some)`) or
+            /// more bytes are needed (`Ok(None)`). Call it again after each event: `buf` may
+            /// hold more. Once the session is closed it returns `Ok(None)` and leaves `buf`
+            /// alone.
+            pub fn handle_bytes(
+                &mut self,
+                buf: &mut BytesMut,
+                now: Duration,
+            ) -> Result<Option<$event>, ProtoError> {
+                loop {
+                    // Input after close (after `Bye` or a peer error) is ignored, so the
+                    // runtime's `while let Some(ev) = handle_bytes(..)?` loop ends cleanly.
+                    if self.core.closed {
+                        return Ok(None);
+                    }
+                    let frame = match decode(buf) {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => return Ok(None),
+                        Err(e) => return Err(self.fail(e.into())),
+                    };
+                    if let Some(event) = self.handle_frame(frame, now)? {
+                        return Ok(Some(event));
+                    }
+                }
+            }
+
+            #[doc = concat!("Checks the ", $peer, "'s liveness. `Err(PeerTimeout)` closes the session (an error frame is queued). Call it when [`poll_timeout`](Self::poll_timeout) expires.")]
+            pub fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError> {
+                let result = self.core.handle_timeout(now);
+                if result.is_err() {
+                    self.state = State::Closed;
+                }
+                result
+            }
+
+            /// Encoded frames to write to the connection, in order: queued control frames, or a
+            /// heartbeat when one is due. `None` when there is nothing to send.
+            pub fn poll_transmit(&mut self, now: Duration) -> Option<Bytes> {
+                self.core.poll_transmit(now)
+            }
+
+            /// The next time [`handle_timeout`](Self::handle_timeout) or
+            /// [`poll_transmit`](Self::poll_transmit) has work (a heartbeat due or the peer's
+            /// deadline). `None` once closed.
+            pub fn poll_timeout(&self) -> Option<Duration> {
+                self.core.poll_timeout()
+            }
+
+            /// Whether our own heartbeat is due (nothing sent for a heartbeat interval).
+            pub fn heartbeat_due(&self, now: Duration) -> bool {
+                self.core.heartbeat_due(now)
+            }
+
+            #[doc = concat!("Whether the ", $peer, " is overdue (nothing received within the idle timeout).")]
+            pub fn peer_overdue(&self, now: Duration) -> bool {
+                self.core.peer_overdue(now)
+            }
+
+            #[doc = concat!("The handshake result, once the ", $peer, "'s hello arrived.")]
+            pub fn negotiated(&self) -> Option<&Negotiated> {
+                self.core.negotiated.as_ref()
+            }
+
+            /// Whether the session is over (after bye, an error, or a timeout). Drain
+            /// `poll_transmit` first, then close the connection.
+            pub fn is_closed(&self) -> bool {
+                self.core.closed
+            }
+
+            /// Sends an error frame and closes the session.
+            pub fn error(&mut self, code: ErrorCode, message: impl Into<String>) {
+                self.core.send_error(code, message.into());
+                self.state = State::Closed;
+            }
+        }
+
+        impl $crate::session::Session for $session {
+            type Event = $event;
+            fn handle_bytes(
+                &mut self,
+                buf: &mut BytesMut,
+                now: Duration,
+            ) -> Result<Option<$event>, ProtoError> {
+                $session::handle_bytes(self, buf, now)
+            }
+            fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError> {
+                $session::handle_timeout(self, now)
+            }
+            fn poll_transmit(&mut self, now: Duration) -> Option<Bytes> {
+                $session::poll_transmit(self, now)
+            }
+            fn poll_timeout(&self) -> Option<Duration> {
+                $session::poll_timeout(self)
+            }
+            fn is_closed(&self) -> bool {
+                $session::is_closed(self)
+            }
+            fn error(&mut self, code: ErrorCode, message: String) {
+                $session::error(self, code, message)
+            }
+            fn peer_error(event: &$event) -> Option<(ErrorCode, &str)> {
+                match event {
+                    $event::PeerError { code, message } => Some((*code, message.as_str())),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+// In scope for the machines' modules below, by textual order.
 mod receiver;
 mod sender;
 

@@ -162,6 +162,8 @@ pub struct SenderSession {
     state: State,
 }
 
+connection_calls!(SenderSession, SenderEvent, "receiver");
+
 impl SenderSession {
     /// A new session; its hello is queued for `poll_transmit`.
     pub fn new(config: SessionConfig, now: Duration) -> Self {
@@ -171,92 +173,10 @@ impl SenderSession {
         }
     }
 
-    /// Handles one decoded frame from the receiver.
-    ///
-    /// `Ok(None)` for frames that need no action (heartbeats). On `Err` the session is closed
-    /// and an error frame is queued.
-    pub fn handle_frame(
-        &mut self,
-        frame: Frame,
-        now: Duration,
-    ) -> Result<Option<SenderEvent>, ProtoError> {
-        self.core.on_receive(now)?;
-        self.on_frame(frame).map_err(|e| self.fail(e))
-    }
-
-    /// Decodes and handles frames from `buf` until one yields an event (`Ok(Some)`) or more
-    /// bytes are needed (`Ok(None)`). Call it again after each event: `buf` may hold more.
-    /// Once the session is closed it returns `Ok(None)` and leaves `buf` alone.
-    pub fn handle_bytes(
-        &mut self,
-        buf: &mut BytesMut,
-        now: Duration,
-    ) -> Result<Option<SenderEvent>, ProtoError> {
-        loop {
-            // Input after close (e.g. after `Bye` or a peer error) is ignored, so the runtime's
-            // `while let Some(ev) = handle_bytes(..)?` loop ends cleanly; check `is_closed`.
-            if self.core.closed {
-                return Ok(None);
-            }
-            let frame = match decode(buf) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(self.fail(e.into())),
-            };
-            if let Some(event) = self.handle_frame(frame, now)? {
-                return Ok(Some(event));
-            }
-        }
-    }
-
-    /// Checks the receiver's liveness. `Err(PeerTimeout)` closes the session (an error frame is
-    /// queued). Call it when [`poll_timeout`](Self::poll_timeout) expires.
-    pub fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError> {
-        let result = self.core.handle_timeout(now);
-        if result.is_err() {
-            self.state = State::Closed;
-        }
-        result
-    }
-
-    /// Encoded frames to write to the connection, in order: queued control frames, or a
-    /// heartbeat when one is due. `None` when there is nothing to send.
-    pub fn poll_transmit(&mut self, now: Duration) -> Option<Bytes> {
-        self.core.poll_transmit(now)
-    }
-
-    /// The next time [`handle_timeout`](Self::handle_timeout) or
-    /// [`poll_transmit`](Self::poll_transmit) has work (a heartbeat due or the peer's deadline).
-    /// `None` once closed.
-    pub fn poll_timeout(&self) -> Option<Duration> {
-        self.core.poll_timeout()
-    }
-
-    /// Whether our own heartbeat is due (nothing sent for a heartbeat interval).
-    pub fn heartbeat_due(&self, now: Duration) -> bool {
-        self.core.heartbeat_due(now)
-    }
-
-    /// Whether the receiver is overdue (nothing received within the idle timeout).
-    pub fn peer_overdue(&self, now: Duration) -> bool {
-        self.core.peer_overdue(now)
-    }
-
-    /// The handshake result, once the receiver's hello arrived.
-    pub fn negotiated(&self) -> Option<&Negotiated> {
-        self.core.negotiated.as_ref()
-    }
-
     /// Whether a new request (`request_state`, `offer_transfer`, `abort_resume`, `close`) can
     /// be made now.
     pub fn is_ready(&self) -> bool {
         matches!(self.state, State::Ready)
-    }
-
-    /// Whether the session is over (after bye, an error, or a timeout). Drain `poll_transmit`
-    /// first, then close the connection.
-    pub fn is_closed(&self) -> bool {
-        self.core.closed
     }
 
     /// Name of the current state, for logs.
@@ -446,12 +366,6 @@ impl SenderSession {
         self.core.closed = true;
         self.state = State::Closed;
         Ok(())
-    }
-
-    /// Sends an error frame and closes, from any state (e.g. shutting down, local failure).
-    pub fn error(&mut self, code: ErrorCode, message: impl Into<String>) {
-        self.core.send_error(code, message.into());
-        self.state = State::Closed;
     }
 
     fn require_ready(&self, action: &'static str) -> Result<(), UsageError> {
