@@ -359,6 +359,16 @@ fn assert_replicated(source: &DatasetName, target: &DatasetName) {
 
 #[test]
 fn flood_of_unauthenticated_connections_does_not_keep_an_honest_peer_out() {
+    let scale = time_scale();
+    if scale > 1 {
+        // Admission does not depend on the ZFS dialect, and an emulated CPU cannot open 1,200
+        // TLS connections in the flood's set-up time (449 of them in a measured run).
+        println!(
+            "not applicable under emulation (time scale {scale}): a flood of 1,200 TLS \
+             connections; checked natively"
+        );
+        return;
+    }
     // The flood's 1,200 sockets live in this process, the receiver (started below, inheriting
     // the limit) holds 1,000: raise the soft limit if it is the usual 1024.
     let (soft, hard) = open_files_limits();
@@ -374,7 +384,6 @@ fn flood_of_unauthenticated_connections_does_not_keep_an_honest_peer_out() {
         soft >= WANT_OPEN_FILES,
         "the flood needs {WANT_OPEN_FILES} open files; this process may have {soft} (ulimit -n {WANT_OPEN_FILES})"
     );
-    let scale = time_scale();
     let src = TestPool::create("avsrc");
     let dst = TestPool::create("avdst");
     let root = dst.dataset("nas1");
@@ -587,10 +596,12 @@ fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn pre_hello_connections_are_closed_after_handshake_timeout() {
     let dst = TestPool::create("hsdst");
-    let handshake = Duration::from_secs(2);
-    // idle-timeout is 20 s in the harness: a close at ~2 s is the handshake timeout's doing.
+    // Long enough for an emulated CPU's TLS handshakes (4 at once), still far below the
+    // harness's idle-timeout of 20 s: a close at this time is the handshake timeout's doing.
+    let seconds = 2 * time_scale();
+    let handshake = Duration::from_secs(seconds);
     let receiver = Receiver::start_full(
-        "handshake-timeout = \"2s\"",
+        &format!("handshake-timeout = \"{seconds}s\""),
         &[("nas1", &dst.dataset("nas1"), "")],
         &[],
     );
@@ -661,7 +672,8 @@ async fn pre_hello_connections_are_closed_after_handshake_timeout() {
         assert_eq!(code, zrep_proto::ErrorCode::Timeout.code(), "{what}");
         let message = String::from_utf8_lossy(&payload[10..]);
         assert_eq!(
-            message, "no hello within 2s of connecting (handshake-timeout)",
+            message,
+            format!("no hello within {seconds}s of connecting (handshake-timeout)"),
             "{what}"
         );
     }
