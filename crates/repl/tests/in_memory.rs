@@ -96,14 +96,11 @@ impl Bed {
         let (ra, wa) = tokio::io::split(a);
         let (rb, wb) = tokio::io::split(b);
         let policy = ReceiverPolicy {
-            peer: "nas1".into(),
-            root: self.root.clone(),
             write_timeout: Duration::from_secs(10),
             locks: self.locks.clone(),
             drop_next_commit_answer: self.drop_commit.clone(),
             retention: self.retention.clone(),
-            metrics: Default::default(),
-            danger_skip_stream_inspection: false,
+            ..ReceiverPolicy::new("nas1", self.root.clone())
         };
         let dst = self.dst.clone();
         let stop = self.stop.clone();

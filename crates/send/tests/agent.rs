@@ -5,7 +5,7 @@
 // A failed unwrap is a failed test, with the value in the message.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -60,14 +60,9 @@ impl Connect for MemReceiver {
         let (ours, theirs) = tokio::io::duplex(256 * 1024);
         let (reader, writer) = tokio::io::split(theirs);
         let policy = ReceiverPolicy {
-            peer: "nas1".into(),
-            root: self.root.clone(),
             write_timeout: Duration::from_secs(10),
             locks: self.locks.clone(),
-            drop_next_commit_answer: Arc::new(AtomicBool::new(false)),
-            retention: None,
-            metrics: Default::default(),
-            danger_skip_stream_inspection: false,
+            ..ReceiverPolicy::new("nas1", self.root.clone())
         };
         let dst = self.dst.clone();
         let session = tokio::spawn(async move {

@@ -70,6 +70,23 @@ pub struct ReceiverPolicy {
     pub danger_skip_stream_inspection: bool,
 }
 
+impl ReceiverPolicy {
+    /// A policy for `peer` below `root`: its own locks and counters, no retention, 600 s for a
+    /// write into `zfs receive`, no test hooks. Set the other fields as needed.
+    pub fn new(peer: impl Into<String>, root: DatasetName) -> Self {
+        Self {
+            peer: peer.into(),
+            root,
+            write_timeout: Duration::from_secs(600),
+            locks: TargetLocks::default(),
+            drop_next_commit_answer: Arc::default(),
+            retention: None,
+            metrics: ReceiverMetrics::default(),
+            danger_skip_stream_inspection: false,
+        }
+    }
+}
+
 /// Why a session ended badly.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
