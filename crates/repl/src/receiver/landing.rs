@@ -113,7 +113,7 @@ pub(super) async fn undo<Z: Zfs>(
     partial: Partial,
 ) {
     if let Err(err) = try_undo(zfs, peer, dataset, before, partial).await {
-        warn!(%peer, target = %dataset, cause = %err, "cannot undo the failed transfer; the next offer to this target will be refused until it is cleaned up");
+        warn!(%peer, target = %dataset, cause = %err, "cannot undo the failed transfer: what it left on the target is unverified; destroy it (or roll back to the base) by hand");
     }
 }
 
