@@ -81,6 +81,8 @@ struct Bed {
     /// nas2's datasets and their snapshots (name, GUID), which nas1 must never change.
     nas2_state: Vec<(String, Vec<(String, u64)>)>,
     honest: HashMap<String, SenderConfig>,
+    /// The Unix second the last honest run started in.
+    last_honest: Option<u64>,
     failures: Vec<String>,
     /// Hostile mountpoints; last, so they are removed after the pools are gone.
     paths: Vec<ForeignPath>,
@@ -106,6 +108,7 @@ impl Bed {
             expected: BTreeSet::new(),
             nas2_state: Vec::new(),
             honest: HashMap::new(),
+            last_honest: None,
             failures: Vec::new(),
             paths: Vec::new(),
         };
@@ -342,6 +345,18 @@ impl Bed {
                 spec.extra = "keep-last = 1000\n".into();
                 SenderConfig::new(port, identity, &[spec])
             });
+        // zrep-send names its snapshots by the second, and a second run within the same
+        // second reuses the first one's snapshot (a known defect, issue 14): start each honest
+        // run in a second of its own.
+        let second = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        while self.last_honest == Some(second()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.last_honest = Some(second());
         let run = config.once();
         let root = if identity == "nas2" {
             &self.nas2
