@@ -16,20 +16,6 @@ pub(super) struct Before {
     pub newest: Option<(SnapshotName, u64)>,
 }
 
-impl Before {
-    pub(super) async fn record<Z: Zfs>(zfs: &Z, dataset: &DatasetName) -> Result<Self, ZfsError> {
-        let newest = if zfs.exists(dataset).await? {
-            zfs.list_snapshots(dataset, false)
-                .await?
-                .pop()
-                .map(|s| (s.name, s.guid.0))
-        } else {
-            None
-        };
-        Ok(Self { newest })
-    }
-}
-
 /// Seals the target (read-only, unmounted, not mounted automatically), then checks that the
 /// offered snapshot and every snapshot the stream announced exist with their GUIDs.
 pub(super) async fn finalize<Z: Zfs>(

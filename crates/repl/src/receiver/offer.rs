@@ -45,16 +45,7 @@ where
             format!("another transfer to {} is running", offer.target),
         )
     })?;
-    conn.drive_while(check_offer(zfs, &dataset, offer)).await?;
-    let before = conn
-        .drive_while(Before::record(zfs, &dataset))
-        .await
-        .map_err(|err| {
-            (
-                RefusalCode::NotPermitted,
-                format!("reading the target: {err}"),
-            )
-        })?;
+    let before = conn.drive_while(check_offer(zfs, &dataset, offer)).await?;
     conn.drive_while(ensure_parents(zfs, &policy.root, &dataset))
         .await
         .map_err(|err| {
@@ -94,12 +85,12 @@ pub(super) fn expectation(offer: &TransferOffer, before: &Before) -> StreamExpec
     }
 }
 
-/// Whether the offer fits the target as it is now.
+/// Whether the offer fits the target as it is now; if so, the target as it is.
 async fn check_offer<Z: Zfs>(
     zfs: &Z,
     dataset: &DatasetName,
     offer: &TransferOffer,
-) -> Result<(), (RefusalCode, String)> {
+) -> Result<Before, (RefusalCode, String)> {
     let caps = zfs.capabilities();
     if offer.raw && !caps.raw_send {
         return Err((
@@ -112,13 +103,19 @@ async fn check_offer<Z: Zfs>(
     }
     let internal = |err: ZfsError| (RefusalCode::NotPermitted, err.to_string());
     let exists = zfs.exists(dataset).await.map_err(internal)?;
-    let pending = if exists {
-        resume_token(zfs, dataset).await.map_err(internal)?
+    let (pending, newest) = if exists {
+        let token = resume_token(zfs, dataset).await.map_err(internal)?;
+        let mut snapshots = zfs.list_snapshots(dataset, false).await.map_err(internal)?;
+        (token, snapshots.pop())
     } else {
-        None
+        (None, None)
+    };
+    // The target as the transfer finds it, to undo a failed transfer by.
+    let before = Before {
+        newest: newest.as_ref().map(|s| (s.name.clone(), s.guid.0)),
     };
     match (&offer.kind, &pending) {
-        (StreamKind::Resume { token }, Some(current)) if token == current => return Ok(()),
+        (StreamKind::Resume { token }, Some(current)) if token == current => return Ok(before),
         (StreamKind::Resume { .. }, _) => {
             return Err((
                 RefusalCode::ResumeMismatch,
@@ -147,7 +144,7 @@ async fn check_offer<Z: Zfs>(
                 offer.target
             ),
         )),
-        StreamKind::Full => Ok(()),
+        StreamKind::Full => Ok(before),
         StreamKind::Incremental {
             base_guid,
             base_name,
@@ -162,9 +159,8 @@ async fn check_offer<Z: Zfs>(
                     ),
                 ));
             }
-            let snapshots = zfs.list_snapshots(dataset, false).await.map_err(internal)?;
-            match snapshots.last() {
-                Some(newest) if newest.guid.0 == *base_guid => Ok(()),
+            match &newest {
+                Some(newest) if newest.guid.0 == *base_guid => Ok(before),
                 Some(newest) => Err((
                     RefusalCode::BaseMismatch,
                     format!(
@@ -185,7 +181,7 @@ async fn check_offer<Z: Zfs>(
         }
         StreamKind::Resume { .. } => {
             if caps.resumable_receive {
-                Ok(())
+                Ok(before)
             } else {
                 Err((
                     RefusalCode::Unsupported,
