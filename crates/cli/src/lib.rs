@@ -1,9 +1,13 @@
 //! What both zrep programs need around their own logic: reading a TOML configuration with
 //! errors that name the file, setting up logging, printing completions and man pages
 //! generated from their clap definitions, serving Prometheus metrics ([`metrics`]), and printing
-//! an error with its causes on one line ([`one_line`]).
+//! an error with its causes on one line ([`one_line`], from `zrep-chain`).
 
 pub mod metrics;
+
+/// The one chain printer of zrep, re-exported so the binaries keep one import for their
+/// plumbing; libraries depend on `zrep-chain` directly.
+pub use zrep_chain::one_line;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -106,25 +110,6 @@ pub fn print_man(command: clap::Command, name: &str) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// `err` and its sources on one line, joined by `: ` ("loading the CA: cannot read ca.pem: No
-/// such file or directory (os error 2)"): the one printer for errors on stderr, in state files
-/// and in logs. zrep's own errors never repeat their source in their message; a cause whose text
-/// the line already ends with is still left out, because some errors of other crates (I/O,
-/// rustls) embed theirs. An `anyhow::Error` is printed with `one_line(err.as_ref())`.
-pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let said = cause.to_string();
-        if !said.is_empty() && !text.ends_with(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn print_bytes(text: &[u8]) -> ExitCode {
