@@ -4,6 +4,11 @@
 //! the exit status and ZFS's stderr. Known situations get their own variant so that callers can
 //! act on them; the classification reads ZFS's message, which is text for humans, so callers must
 //! re-read state with the driver before they act on anything destructive.
+//!
+//! A message never repeats its source: a variant that wraps a cause says what was being done
+//! ("cannot run /sbin/zfs") and exposes the cause only as `source()`. Print a [`ZfsError`] with
+//! `zrep_chain::one_line` wherever it leaves the program (stderr, logs, a message to the peer),
+//! not with `Display` alone, or the cause is lost.
 
 use std::fmt;
 use std::time::Duration;
@@ -17,7 +22,7 @@ use crate::name::NameError;
 #[non_exhaustive]
 pub enum ZfsError {
     /// The `zfs` program could not be started.
-    #[error("cannot run {program}: {source}")]
+    #[error("cannot run {program}")]
     Spawn {
         /// The program that failed to start.
         program: String,
@@ -121,10 +126,10 @@ pub enum ZfsError {
         reason: String,
     },
     /// ZFS printed a name that is not a valid name.
-    #[error("ZFS printed an invalid name: {0}")]
+    #[error("ZFS printed an invalid name")]
     Name(#[from] NameError),
     /// Reading from or writing to a child process failed.
-    #[error("I/O with `{command}` failed: {source}")]
+    #[error("I/O with `{command}` failed")]
     Io {
         /// The command line, for humans.
         command: CommandLine,
@@ -384,6 +389,37 @@ mod tests {
             assert!(got.starts_with(want), "{stderr:?} → {got}");
             assert_eq!(err.failure().unwrap().stderr, stderr);
         }
+    }
+
+    #[test]
+    fn a_wrapped_cause_is_printed_once() {
+        let missing = std::process::Command::new("/nonexistent/zrep/zfs")
+            .output()
+            .unwrap_err();
+        let err = ZfsError::Spawn {
+            program: "/nonexistent/zrep/zfs".into(),
+            source: missing,
+        };
+        assert_eq!(err.to_string(), "cannot run /nonexistent/zrep/zfs");
+        assert_eq!(
+            zrep_chain::one_line(&err),
+            "cannot run /nonexistent/zrep/zfs: No such file or directory (os error 2)"
+        );
+        let err = ZfsError::Io {
+            command: CommandLine(vec!["zfs".into(), "receive".into(), "p/a".into()]),
+            source: std::io::Error::from_raw_os_error(32),
+        };
+        let text = zrep_chain::one_line(&err);
+        assert!(
+            text.starts_with("I/O with `zfs receive p/a` failed: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("os error 32").count(), 1, "{text}");
+        let err = ZfsError::from(NameError::Empty);
+        assert_eq!(
+            zrep_chain::one_line(&err),
+            "ZFS printed an invalid name: name is empty"
+        );
     }
 
     #[test]
