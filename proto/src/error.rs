@@ -15,6 +15,11 @@
 //! - [`EncodeError`]: a frame could not be encoded (too large for its kind).
 //!
 //! No error is ever reported by panicking; peer input can only produce values of these types.
+//!
+//! A message never repeats its source: a variant that wraps a cause says what was being done
+//! or what was wrong ("malformed frame", "bad data chunk") and exposes the cause only as
+//! `source()`. Print these errors with `zrep_chain::one_line`, wherever they go: a log line, a
+//! message for the user, and the text of the error frame sent to the peer.
 
 use std::time::Duration;
 
@@ -53,7 +58,7 @@ pub enum DecodeError {
         max: usize,
     },
     /// The bincode body of a hello, control or error frame is malformed.
-    #[error("malformed {kind:?} frame body: {source}")]
+    #[error("malformed {kind:?} frame body")]
     Body {
         /// Kind of the frame whose body failed.
         kind: FrameKind,
@@ -119,7 +124,7 @@ pub enum EncodeError {
         max: usize,
     },
     /// bincode refused to encode the message (cannot happen with the crate's own types).
-    #[error("bincode encoding failed: {0}")]
+    #[error("bincode could not encode the message")]
     Bincode(#[from] bincode::error::EncodeError),
 }
 
@@ -142,7 +147,7 @@ pub enum ChunkError {
     #[error("zstd level {0} out of range")]
     BadLevel(i32),
     /// zstd could not decompress the body (corrupt, or output above the declared length).
-    #[error("zstd decompression failed: {0}")]
+    #[error("zstd could not decompress the chunk")]
     Zstd(#[source] std::io::Error),
     /// Decompression produced a different length than the frame declared.
     #[error("chunk declared {declared} bytes but decompressed to {actual}")]
@@ -160,7 +165,7 @@ pub enum ChunkError {
 #[non_exhaustive]
 pub enum ProtoError {
     /// The incoming bytes are not a valid frame.
-    #[error("malformed frame: {0}")]
+    #[error("malformed frame")]
     Decode(#[from] DecodeError),
     /// A valid frame arrived in a state where the protocol does not allow it.
     #[error("unexpected {frame} while {state}")]
@@ -240,7 +245,7 @@ pub enum ProtoError {
         computed: u64,
     },
     /// A data chunk could not be decompressed.
-    #[error("bad data chunk: {0}")]
+    #[error("bad data chunk")]
     Chunk(#[from] ChunkError),
     /// No frame arrived from the peer within the idle timeout.
     #[error("peer silent for {silent_for:?}")]
@@ -330,4 +335,56 @@ pub enum UsageError {
         /// GUID given.
         got_guid: u64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+
+    use super::*;
+    use crate::codec::write_header;
+
+    #[test]
+    fn a_malformed_body_is_said_once() {
+        let mut buf = BytesMut::new();
+        write_header(&mut buf, FrameKind::Control, 4);
+        buf.put_u32(u32::MAX);
+        let err = ProtoError::from(crate::decode(&mut buf).unwrap_err());
+        assert_eq!(err.to_string(), "malformed frame");
+        let bincode = std::error::Error::source(&err)
+            .and_then(|body| body.source())
+            .expect("bincode's error is the source of the body error")
+            .to_string();
+        let text = zrep_chain::one_line(&err);
+        assert_eq!(
+            text,
+            format!("malformed frame: malformed Control frame body: {bincode}")
+        );
+        assert_eq!(text.matches(&bincode).count(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_wrapped_os_error_is_said_once() {
+        let err = ProtoError::from(ChunkError::Zstd(std::io::Error::from_raw_os_error(2)));
+        let text = zrep_chain::one_line(&err);
+        assert_eq!(
+            text,
+            "bad data chunk: zstd could not decompress the chunk: No such file or directory (os error 2)"
+        );
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn an_encoding_failure_is_said_once() {
+        let err = UsageError::from(EncodeError::from(bincode::error::EncodeError::Other(
+            "a refusing serializer",
+        )));
+        assert_eq!(err.to_string(), "bincode could not encode the message");
+        let text = zrep_chain::one_line(&err);
+        assert!(
+            text.starts_with("bincode could not encode the message: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("a refusing serializer").count(), 1, "{text}");
+    }
 }
