@@ -5,7 +5,8 @@
 //!
 //! A message never repeats its source: a variant that wraps a cause says what was being done
 //! ("listing snapshots of tank/data") and exposes the cause as `source()`; print chains with
-//! `zrep_cli::one_line` ("listing snapshots of tank/data: cannot run zfs: ...").
+//! `zrep_chain::one_line` ("listing snapshots of tank/data: cannot run zfs: ..."), also where the
+//! text goes to the peer (a refusal, a failure, an error frame) or into a log field.
 
 use std::time::Duration;
 
@@ -78,5 +79,26 @@ impl ReplicationError {
     pub(crate) fn zfs(action: impl Into<String>) -> impl FnOnce(ZfsError) -> Self {
         let action = action.into();
         move |source| Self::Zfs { action, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_zfs_is_said_once() {
+        let source = std::fs::read("/nonexistent/zrep/zfs").unwrap_err();
+        let err = ReplicationError::zfs("listing snapshots of tank/data")(ZfsError::Spawn {
+            program: "/nonexistent/zrep/zfs".into(),
+            source,
+        });
+        assert_eq!(err.to_string(), "listing snapshots of tank/data");
+        let text = zrep_chain::one_line(&err);
+        assert_eq!(
+            text,
+            "listing snapshots of tank/data: cannot run /nonexistent/zrep/zfs: No such file or directory (os error 2)"
+        );
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
     }
 }

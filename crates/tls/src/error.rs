@@ -8,7 +8,7 @@
 //!   strings, except for x509 parse errors whose types borrow the input.
 //! - A message never repeats its source: a variant that wraps a cause says what was being done
 //!   ("cannot read ca.pem") and exposes the cause as `source()`; print chains with
-//!   `zrep_cli::one_line` ("cannot read ca.pem: No such file or directory (os error 2)").
+//!   `zrep_chain::one_line` ("cannot read ca.pem: No such file or directory (os error 2)").
 //! - A handshake failure is [`TlsError::Handshake`]; [`TlsError::rustls_error`] digs out the
 //!   rustls reason (unknown issuer, no certificate, ...) for logs and tests.
 
@@ -175,5 +175,25 @@ impl TlsError {
             TlsError::Config(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_file_is_said_once() {
+        let path = PathBuf::from("/nonexistent/zrep/ca.pem");
+        let source = std::fs::read(&path).unwrap_err();
+        let err = TlsError::Read { path, source };
+        assert_eq!(err.to_string(), "cannot read /nonexistent/zrep/ca.pem");
+        // zrep-cli re-exports zrep-chain's printer (a dev-dependency already).
+        let text = zrep_cli::one_line(&err);
+        assert_eq!(
+            text,
+            "cannot read /nonexistent/zrep/ca.pem: No such file or directory (os error 2)"
+        );
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
     }
 }
