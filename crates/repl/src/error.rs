@@ -67,12 +67,28 @@ pub enum ReplicationError {
     /// The receiver sent something the sender did not ask for.
     #[error("unexpected answer from the receiver: {0}")]
     Unexpected(String),
+    /// The local `zfs send` failed while streaming; the stream was aborted and the receiver
+    /// discards what it got. A cause on this side, not the receiver's.
+    #[error("zfs send failed; the stream was aborted")]
+    SendFailed(#[source] SendFailure),
     /// A protocol call was out of order: a bug in zrep.
     #[error("internal error")]
     Usage(#[from] UsageError),
     /// Compressing a chunk failed.
     #[error("compression failed")]
     Chunk(#[from] ChunkError),
+}
+
+/// What went wrong with the local `zfs send` ([`ReplicationError::SendFailed`]).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SendFailure {
+    /// Reading its output failed.
+    #[error("reading its output")]
+    Read(#[source] std::io::Error),
+    /// It exited with an error (ZFS's message is in the failure).
+    #[error(transparent)]
+    Zfs(#[from] ZfsError),
 }
 
 impl ReplicationError {
@@ -100,5 +116,18 @@ mod tests {
             "listing snapshots of tank/data: cannot run /nonexistent/zrep/zfs: No such file or directory (os error 2)"
         );
         assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_failed_zfs_send_is_local_and_said_once() {
+        let err =
+            ReplicationError::SendFailed(SendFailure::Read(std::io::Error::from_raw_os_error(32)));
+        let text = zrep_chain::one_line(&err);
+        assert!(
+            text.starts_with("zfs send failed; the stream was aborted: reading its output: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("os error 32").count(), 1, "{text}");
+        assert!(!text.contains("receiver"), "{text}");
     }
 }
