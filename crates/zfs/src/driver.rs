@@ -199,7 +199,11 @@ impl ReceiveRequest {
 pub type Completion = Pin<Box<dyn Future<Output = Result<(), ZfsError>> + Send>>;
 
 /// A running `zfs send`: read the stream from `reader`, then call [`SendStream::finish`].
-/// Dropping it kills the process.
+///
+/// Dropping it (or calling `finish` before the end of the stream) aborts the send the way that
+/// releases its holds: the pipe is closed, `zfs send` stops on the broken pipe and exits, and the
+/// real driver kills it only if it has not exited within its abort limit; either way the process
+/// is reaped. `finish` waits for that; a plain drop lets it happen in the background.
 pub struct SendStream {
     /// The stream's bytes; reading applies backpressure to `zfs send`.
     pub reader: Pin<Box<dyn AsyncRead + Send>>,
@@ -213,6 +217,8 @@ impl SendStream {
     }
 
     /// Waits for the process to exit (after the reader hit end of stream) and reports its status.
+    /// Before the end of the stream it aborts the send as dropping does, waits until the process
+    /// is gone and reports how it ended (an error: the stream was cut).
     pub async fn finish(self) -> Result<(), ZfsError> {
         drop(self.reader);
         self.completion.await
@@ -226,8 +232,11 @@ impl fmt::Debug for SendStream {
 }
 
 /// A running `zfs receive`: write the stream into `writer`, then call [`ReceiveSink::finish`].
-/// Dropping it kills the process, which makes ZFS discard the partial stream (or keep a resume
-/// token with `-s`).
+///
+/// Dropping it closes the stream short: `zfs receive` sees it truncated, discards the partial
+/// stream (or keeps a resume token with `-s`) and exits; the real driver kills it only if it has
+/// not exited within its abort limit, and reaps it either way, in the background. To know that
+/// the process is gone before touching the target again, call `finish` instead (which waits).
 pub struct ReceiveSink {
     /// Where the stream goes; writes wait while `zfs receive` is busy.
     pub writer: Pin<Box<dyn AsyncWrite + Send>>,

@@ -3,20 +3,22 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::caps::Capabilities;
+use crate::caps::{Capabilities, Dialect};
 use crate::driver::{
-    BookmarkInfo, DatasetInfo, DatasetKind, Guid, IncrementalBase, ObjectName, PropertyValue,
-    ReceiveRequest, ReceiveSink, ResumeTokenInfo, SendKind, SendRequest, SendStream, SnapshotInfo,
-    Zfs,
+    BookmarkInfo, Completion, DatasetInfo, DatasetKind, Guid, IncrementalBase, ObjectName,
+    PropertyValue, ReceiveRequest, ReceiveSink, ResumeTokenInfo, SendKind, SendRequest, SendStream,
+    SnapshotInfo, Zfs,
 };
 use crate::error::{CommandFailure, CommandLine, ZfsError};
 use crate::name::{BookmarkName, DatasetName, HoldTag, PropertyName, SnapshotName};
@@ -33,6 +35,11 @@ pub struct SystemZfsConfig {
     pub command_timeout: Duration,
     /// Limit for a send or receive process to exit once its stream has ended.
     pub finish_timeout: Duration,
+    /// Limit for a send or receive process to exit once its stream was abandoned (the reader of
+    /// `zfs send` or the writer of `zfs receive` dropped before the end); only then is it killed.
+    /// zfs-fuse's `zfs send` releases the holds it took when it exits on the broken pipe, but not
+    /// when it is killed.
+    pub abort_timeout: Duration,
 }
 
 impl Default for SystemZfsConfig {
@@ -41,6 +48,7 @@ impl Default for SystemZfsConfig {
             zfs: PathBuf::from("zfs"),
             command_timeout: Duration::from_secs(120),
             finish_timeout: Duration::from_secs(600),
+            abort_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -106,6 +114,30 @@ impl SystemZfs {
         } else {
             "type,guid,creation"
         }
+    }
+
+    /// What to do about the holds a killed `zfs send` of `request` leaves, where it leaves any:
+    /// zfs-fuse's `zfs send -I` holds every snapshot in its range with the tag
+    /// `.send-<pid>-0` and releases them only if it exits by itself.
+    fn send_kill_hint(&self, request: &SendRequest, pid: Option<u32>) -> Option<String> {
+        let SendKind::Incremental {
+            from,
+            to,
+            intermediates: true,
+        } = &request.kind
+        else {
+            return None;
+        };
+        if self.caps.dialect != Dialect::Legacy {
+            // OpenZFS's send holds are temporary: the kernel drops them with the process.
+            return None;
+        }
+        let pid = pid?;
+        Some(format!(
+            "it keeps its hold on every snapshot from {} to {}: `zfs release .send-{pid}-0 SNAPSHOT` on each",
+            from.as_str(),
+            to.as_str()
+        ))
     }
 
     /// `zfs send` arguments for `request`, with `extra` flags right after `send`.
@@ -370,16 +402,19 @@ impl Zfs for SystemZfs {
 
     async fn send(&self, request: &SendRequest) -> Result<SendStream, ZfsError> {
         let a = self.send_args(request, &[])?;
-        let mut process = self.runner().spawn(a, Stdio::null(), Stdio::piped())?;
+        let mut process = self
+            .runner()
+            .spawn_stream(a, Stdio::null(), Stdio::piped())?;
         let stdout = process
             .child
             .stdout
             .take()
             .ok_or_else(|| missing_pipe(&process.command))?;
-        let finish = self.config.finish_timeout;
+        let hint = self.send_kill_hint(request, process.child.id());
+        let (end, completion) = StreamEnd::new(process, &self.config, "zfs send", hint);
         Ok(SendStream::new(
-            Box::pin(stdout),
-            Box::pin(async move { process.wait(finish).await }),
+            Box::pin(SendOutput { stdout, end }),
+            completion,
         ))
     }
 
@@ -436,16 +471,18 @@ impl Zfs for SystemZfs {
             a.push(property.as_str().into());
         }
         a.push(request.target.as_str().into());
-        let mut process = self.runner().spawn(a, Stdio::piped(), Stdio::null())?;
+        let mut process = self
+            .runner()
+            .spawn_stream(a, Stdio::piped(), Stdio::null())?;
         let stdin = process
             .child
             .stdin
             .take()
             .ok_or_else(|| missing_pipe(&process.command))?;
-        let finish = self.config.finish_timeout;
+        let (end, completion) = StreamEnd::new(process, &self.config, "zfs receive", None);
         Ok(ReceiveSink::new(
-            Box::pin(stdin),
-            Box::pin(async move { process.wait(finish).await }),
+            Box::pin(ReceiveInput { stdin, end }),
+            completion,
         ))
     }
 
@@ -536,29 +573,264 @@ struct Process {
     stderr: JoinHandle<String>,
 }
 
-impl Process {
-    /// Waits up to `limit` for the exit, then classifies a failure.
-    async fn wait(mut self, limit: Duration) -> Result<(), ZfsError> {
-        let status = match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => status.map_err(|source| ZfsError::Io {
-                command: self.command.clone(),
-                source,
-            })?,
-            Err(_) => {
-                // kill_on_drop ends the process; say which limit was hit.
-                return Err(ZfsError::Timeout {
-                    command: self.command,
-                    after: limit,
-                });
+/// How a `zfs send` or `zfs receive` ends. Once the stream's pipe is closed (read to its end,
+/// written and shut down, or abandoned by dropping it), a task waits for the process to exit,
+/// kills it only if it does not exit within the limit, and reaps it either way; the stream's
+/// [`crate::Completion`] reports the outcome. Ending it by closing the pipe matters: zfs-fuse's
+/// `zfs send -I` holds every snapshot it sends and releases them when it stops on the broken
+/// pipe, but a signal leaves the holds for good.
+struct StreamEnd {
+    process: Option<Process>,
+    what: &'static str,
+    finish: Duration,
+    abort: Duration,
+    /// Said when the process had to be killed.
+    kill_hint: Option<String>,
+    /// The stream reached its end (EOF read, or the writer shut down).
+    ended: bool,
+    outcome: Outcome,
+}
+
+/// Where the task that reaps a stream process leaves its handle for the stream's completion.
+type Outcome = Arc<Mutex<Option<JoinHandle<Result<(), ZfsError>>>>>;
+
+impl StreamEnd {
+    fn new(
+        process: Process,
+        config: &SystemZfsConfig,
+        what: &'static str,
+        kill_hint: Option<String>,
+    ) -> (Self, Completion) {
+        let outcome = Outcome::default();
+        let slot = Arc::clone(&outcome);
+        let command = process.command.clone();
+        let completion: Completion = Box::pin(async move {
+            // SendStream::finish and ReceiveSink::finish drop the pipe first, which starts the
+            // task; without a runtime to run it the process was left to exit alone.
+            let task = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let gone = |why: &str| ZfsError::Io {
+                command: command.clone(),
+                source: std::io::Error::other(why.to_owned()),
+            };
+            match task {
+                Some(task) => task
+                    .await
+                    .unwrap_or_else(|_| Err(gone("the task waiting for it was cancelled"))),
+                None => Err(gone("its pipe is still open or no runtime waits for it")),
             }
+        });
+        let end = Self {
+            process: Some(process),
+            what,
+            finish: config.finish_timeout,
+            abort: config.abort_timeout,
+            kill_hint,
+            ended: false,
+            outcome,
         };
-        let stderr = self.stderr.await.unwrap_or_default();
-        check_status(self.command, status, stderr)
+        (end, completion)
+    }
+}
+
+impl Drop for StreamEnd {
+    /// Runs right after the pipe itself was closed (it is declared before this in its owner).
+    fn drop(&mut self) {
+        let Some(process) = self.process.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime (the program is ending): wait here for the exit the closed pipe brings;
+            // killing it could leave its holds.
+            drop(Unreaped {
+                process: Some(process),
+                limit: self.abort,
+            });
+            return;
+        };
+        let limit = if self.ended { self.finish } else { self.abort };
+        let task = runtime.spawn(reap(
+            process,
+            self.what,
+            limit,
+            self.abort,
+            !self.ended,
+            self.kill_hint.take(),
+        ));
+        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+    }
+}
+
+/// Waits up to `limit` for a stream process whose pipe is closed, kills it after that, reaps it
+/// and classifies its exit. Cancelled (the runtime shuts down as the program exits), it still
+/// reaps the process, blocking for up to `blocking`, so that no zombie is left behind.
+async fn reap(
+    process: Process,
+    what: &'static str,
+    limit: Duration,
+    blocking: Duration,
+    abandoned: bool,
+    kill_hint: Option<String>,
+) -> Result<(), ZfsError> {
+    let started = Instant::now();
+    let mut unreaped = Unreaped {
+        process: Some(process),
+        limit: blocking,
+    };
+    let Some(running) = unreaped.process.as_mut() else {
+        unreachable!("set just above")
+    };
+    let pid = running.child.id();
+    let waited = tokio::time::timeout(limit, running.child.wait()).await;
+    let status = match waited {
+        Ok(Ok(status)) => status,
+        Ok(Err(source)) => {
+            return Err(ZfsError::Io {
+                command: running.command.clone(),
+                source,
+            });
+        }
+        Err(_) => {
+            warn!(
+                command = %running.command,
+                pid,
+                after = ?limit,
+                hint = kill_hint.as_deref().unwrap_or("-"),
+                "{what} did not exit after its stream was closed; killing it"
+            );
+            let _ = running.child.start_kill();
+            // SIGKILL cannot be caught, but a process stuck in the kernel may not die at once.
+            if tokio::time::timeout(limit, running.child.wait())
+                .await
+                .is_err()
+            {
+                warn!(command = %running.command, pid, "{what} did not die after SIGKILL");
+            }
+            return Err(ZfsError::Timeout {
+                command: running.command.clone(),
+                after: limit,
+            });
+        }
+    };
+    let Some(process) = unreaped.process.take() else {
+        unreachable!("taken only here")
+    };
+    if abandoned {
+        debug!(
+            command = %process.command,
+            pid,
+            %status,
+            after = ?started.elapsed(),
+            "{what} exited after its stream was abandoned"
+        );
+    }
+    let stderr = process.stderr.await.unwrap_or_default();
+    check_status(process.command, status, stderr)
+}
+
+/// A stream process whose exit has not been collected yet.
+struct Unreaped {
+    process: Option<Process>,
+    /// How long dropping it may block waiting for the exit.
+    limit: Duration,
+}
+
+impl Drop for Unreaped {
+    /// Only reached when the reaping was cancelled or could not be started: waits (blocking, the
+    /// program is ending) for the exit the closed pipe brings, and never signals the process.
+    fn drop(&mut self) {
+        let Some(process) = self.process.as_mut() else {
+            return;
+        };
+        let deadline = Instant::now() + self.limit;
+        while let Ok(None) = process.child.try_wait() {
+            if Instant::now() >= deadline {
+                // Left to exit on its own; init reaps it once this program is gone.
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// `zfs send`'s stdout, which notes when it reached the end of the stream.
+struct SendOutput {
+    stdout: ChildStdout,
+    // Declared after the pipe: dropped after it, so the process sees the pipe closed.
+    end: StreamEnd,
+}
+
+impl AsyncRead for SendOutput {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stdout).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            self.end.ended = true;
+        }
+        polled
+    }
+}
+
+/// `zfs receive`'s stdin, which notes when the stream was shut down (complete).
+struct ReceiveInput {
+    stdin: ChildStdin,
+    // Declared after the pipe: dropped after it, so the process sees the pipe closed.
+    end: StreamEnd,
+}
+
+impl AsyncWrite for ReceiveInput {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stdin).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stdin).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.stdin).poll_shutdown(cx);
+        if polled.is_ready() {
+            // A failed shutdown means zfs receive closed its end: it is exiting already.
+            self.end.ended = true;
+        }
+        polled
     }
 }
 
 impl Runner {
+    /// Starts a short command, killed if it is dropped before it exited (on a timeout).
     fn spawn(&self, args: Vec<OsString>, stdin: Stdio, stdout: Stdio) -> Result<Process, ZfsError> {
+        self.spawn_with(args, stdin, stdout, true)
+    }
+
+    /// Starts `zfs send` or `zfs receive`: never killed on drop, because ending it by a signal
+    /// can leave the holds it took; [`StreamEnd`] ends and reaps it.
+    fn spawn_stream(
+        &self,
+        args: Vec<OsString>,
+        stdin: Stdio,
+        stdout: Stdio,
+    ) -> Result<Process, ZfsError> {
+        self.spawn_with(args, stdin, stdout, false)
+    }
+
+    fn spawn_with(
+        &self,
+        args: Vec<OsString>,
+        stdin: Stdio,
+        stdout: Stdio,
+        kill_on_drop: bool,
+    ) -> Result<Process, ZfsError> {
         let command = command_line(&self.config, &args);
         debug!(%command, "running");
         let mut child = Command::new(&self.config.zfs)
@@ -568,7 +840,7 @@ impl Runner {
             .stdin(stdin)
             .stdout(stdout)
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(kill_on_drop)
             .spawn()
             .map_err(|source| ZfsError::Spawn {
                 program: self.config.zfs.display().to_string(),

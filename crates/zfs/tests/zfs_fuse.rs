@@ -494,6 +494,7 @@ async fn every_command_is_time_limited() {
         zfs: slow,
         command_timeout: Duration::from_millis(300),
         finish_timeout: Duration::from_millis(300),
+        abort_timeout: Duration::from_millis(300),
     };
     let zfs = SystemZfs::with_capabilities(config, Capabilities::legacy());
     let name = zrep_zfs::DatasetName::parse("p/a").unwrap();
@@ -800,4 +801,227 @@ async fn holds_lists_every_tag() {
     }
     zfs.release(&tags[1], &snap).await.unwrap();
     assert_eq!(zfs_get(snap.as_str(), "userrefs"), "0");
+}
+
+/// This process's children whose command line contains `needle`: (pid, state letter, command
+/// line with spaces for NULs).
+fn children_with(needle: &str) -> Vec<(u32, char, String)> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may contain spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|at| &stat[at + 2..]) else {
+            continue;
+        };
+        let mut fields = after.split(' ');
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid != me {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+            .unwrap_or_default();
+        if cmdline.contains(needle) {
+            found.push((pid, state, cmdline));
+        }
+    }
+    found
+}
+
+/// This process's `zfs send` children of `snapshot`'s dataset. (zfs-fuse's `zfs` overwrites the
+/// `@` of its arguments with a NUL, so the snapshot name itself is not in its command line.)
+fn sends_of(snapshot: &SnapshotName) -> Vec<(u32, char, String)> {
+    let mut sends = children_with(&format!("{} ", snapshot.dataset()));
+    sends.retain(|(_, _, cmdline)| cmdline.starts_with("zfs send "));
+    sends
+}
+
+/// Whether a process exists at all, zombies included.
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Three snapshots a, b, c of one dataset with enough data between them that a `-I` stream
+/// cannot fit in a pipe: reading a little of it leaves `zfs send` blocked mid-stream.
+async fn three_snapshots(zfs: &SystemZfs, pool: &TestPool) -> [SnapshotName; 3] {
+    let ds = pool.create_dataset("held");
+    let snaps = ["a", "b", "c"].map(|short| ds.snapshot(short).unwrap());
+    zfs.create_snapshot(&snaps[0], false).await.unwrap();
+    write_file(&ds, "one", &pseudo_random_bytes(1, 8 << 20));
+    zfs.create_snapshot(&snaps[1], false).await.unwrap();
+    write_file(&ds, "two", &pseudo_random_bytes(2, 8 << 20));
+    zfs.create_snapshot(&snaps[2], false).await.unwrap();
+    snaps
+}
+
+/// No hold of any kind on any of `snaps`: `userrefs` 0 and, where `zfs holds` works, no tag.
+async fn assert_no_holds(zfs: &SystemZfs, snaps: &[SnapshotName]) {
+    for snap in snaps {
+        assert_eq!(zfs_get(snap.as_str(), "userrefs"), "0", "{snap} is held");
+        if zfs.capabilities().holds_scriptable {
+            assert_eq!(zfs.holds(snap).await.unwrap(), [], "{snap}");
+        }
+    }
+}
+
+/// Starts `zfs send -I a c`, reads 64 KiB of it and returns the stream with its process id.
+async fn started_send(zfs: &SystemZfs, snaps: &[SnapshotName; 3]) -> (zrep_zfs::SendStream, u32) {
+    let request = SendRequest::new(SendKind::Incremental {
+        from: IncrementalBase::Snapshot(snaps[0].clone()),
+        to: snaps[2].clone(),
+        intermediates: true,
+    });
+    let mut stream = zfs.send(&request).await.unwrap();
+    let mut head = vec![0u8; 64 << 10];
+    tokio::io::AsyncReadExt::read_exact(&mut stream.reader, &mut head)
+        .await
+        .unwrap();
+    let running = sends_of(&snaps[2]);
+    assert_eq!(running.len(), 1, "one zfs send: {running:?}");
+    let (pid, state, _) = running[0];
+    assert_ne!(state, 'Z', "zfs send ended before the stream did");
+    // zfs-fuse holds every snapshot of the range while it sends; OpenZFS holds them with a
+    // temporary hold. Shown for the record, not asserted: only what is left afterwards counts.
+    let refs: Vec<String> = snaps
+        .iter()
+        .map(|s| zfs_get(s.as_str(), "userrefs"))
+        .collect();
+    eprintln!("userrefs while zfs send -I runs: {refs:?}");
+    (stream, pid)
+}
+
+/// Issue 13: an aborted `-I` send used to be killed, and zfs-fuse's `zfs send` then kept its
+/// holds on every snapshot of the range for good. Ending it by closing its pipe lets it release
+/// them; `finish` before the end of the stream waits until the process is reaped.
+#[tokio::test]
+async fn aborted_send_leaves_no_hold_and_no_process() {
+    let pool = TestPool::create("abortsend");
+    let zfs = driver().await;
+    let snaps = three_snapshots(&zfs, &pool).await;
+    let (stream, pid) = started_send(&zfs, &snaps).await;
+    let started = std::time::Instant::now();
+    let err = stream
+        .finish()
+        .await
+        .expect_err("a cut stream is not a success");
+    let took = started.elapsed();
+    eprintln!("zfs send exited {took:?} after its pipe was closed: {err}");
+    // Killed after the abort limit it would report a timeout, and zfs-fuse would keep its holds.
+    assert!(!matches!(err, ZfsError::Timeout { .. }), "{err:?}");
+    assert!(took < SystemZfsConfig::default().abort_timeout, "{took:?}");
+    assert!(!process_exists(pid), "zfs send {pid} was not reaped");
+    assert_no_holds(&zfs, &snaps).await;
+}
+
+/// As above for a plain drop, as a sender's error path does: the process ends and is reaped in
+/// the background, within the abort limit, and releases its holds.
+#[tokio::test]
+async fn dropped_send_leaves_no_hold_and_no_process() {
+    let pool = TestPool::create("dropsend");
+    let zfs = driver().await;
+    let snaps = three_snapshots(&zfs, &pool).await;
+    let (stream, pid) = started_send(&zfs, &snaps).await;
+    let started = std::time::Instant::now();
+    drop(stream);
+    let limit = SystemZfsConfig::default().abort_timeout;
+    while process_exists(pid) {
+        assert!(
+            started.elapsed() < limit,
+            "zfs send {pid} still there after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "dropped zfs send was gone {:?} after the drop",
+        started.elapsed()
+    );
+    assert_no_holds(&zfs, &snaps).await;
+    // The receive side: dropping a sink mid-stream ends zfs receive as a truncated stream, and
+    // the target is as it was (no partial dataset), with the process reaped.
+    let target = pool.dataset("copy");
+    let mut sink = zfs
+        .receive(&ReceiveRequest::new(target.clone()))
+        .await
+        .unwrap();
+    let full = SendRequest::new(SendKind::Full {
+        snapshot: snaps[2].clone(),
+    });
+    let mut stream = zfs.send(&full).await.unwrap();
+    let mut head = tokio::io::AsyncReadExt::take(&mut stream.reader, 1 << 20);
+    tokio::io::copy(&mut head, &mut sink.writer).await.unwrap();
+    let receiving = children_with(&format!("receive {target}"));
+    assert_eq!(receiving.len(), 1, "{receiving:?}");
+    drop(sink);
+    drop(stream);
+    let started = std::time::Instant::now();
+    while process_exists(receiving[0].0) || !sends_of(&snaps[2]).is_empty() {
+        assert!(
+            started.elapsed() < limit,
+            "zfs receive or send still there after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Gone from /proc means reaped: a zombie keeps its entry.
+    assert!(
+        !zfs.exists(&target).await.unwrap(),
+        "partial receive left {target}"
+    );
+}
+
+/// A stream process that ignores its closed pipe is killed after the abort limit and reaped,
+/// and the stream reports the limit.
+#[tokio::test]
+async fn stream_process_ignoring_its_closed_pipe_is_killed_and_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = dir.path().join("zfs");
+    // Writes nothing, so it never sees the broken pipe.
+    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 37\n").unwrap();
+    std::fs::set_permissions(&stuck, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let abort = Duration::from_millis(300);
+    let config = SystemZfsConfig {
+        zfs: stuck,
+        abort_timeout: abort,
+        ..SystemZfsConfig::default()
+    };
+    let zfs = SystemZfs::with_capabilities(config, Capabilities::legacy());
+    let request = SendRequest::new(SendKind::Full {
+        snapshot: SnapshotName::parse("p/a@s").unwrap(),
+    });
+    // ETXTBSY from another thread's fork while the script was open for writing: retry.
+    let stream = loop {
+        match zfs.send(&request).await {
+            Err(ZfsError::Spawn { source, .. }) if source.raw_os_error() == Some(26) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other.unwrap(),
+        }
+    };
+    let started = std::time::Instant::now();
+    let sleeping = loop {
+        let found = children_with("sleep 37");
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the script did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let started = std::time::Instant::now();
+    let err = stream.finish().await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(err, ZfsError::Timeout { after, .. } if after == abort),
+        "{err:?}"
+    );
+    assert!(took >= abort, "{took:?}");
+    assert!(!process_exists(sleeping[0].0), "killed but not reaped");
 }
