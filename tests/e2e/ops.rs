@@ -121,3 +121,34 @@ fn a_missing_file_is_reported_with_its_cause_once() {
         out.stderr
     );
 }
+
+/// A `zfs` that cannot be started is a ZFS driver error wrapped by the program's context: the
+/// line says what was being done at each level and gives the system's cause once.
+#[test]
+fn a_missing_zfs_is_reported_with_its_cause_once() {
+    let source = DatasetName::parse("nopool/data").unwrap();
+    let config = SenderConfig::new(1, "no-such-identity", &[DatasetSpec::new(&source)]);
+    // No `zfs` on this PATH (the binary itself is run by its full path).
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(binary("zrep-send"))
+        .args(["once", "--config"])
+        .arg(config.dir().join("send.toml"))
+        .env("PATH", empty.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("zrep-send: "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "zrep-send: probing the local ZFS: cannot run zfs: No such file or directory (os error 2)"
+        ],
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+}

@@ -32,16 +32,21 @@ pub const LOCK_FILE: &str = "peers.lock";
 pub const PAIRING_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Why the registry cannot be read or written.
+///
+/// A message never repeats its source. These messages are whole sentences that `check` and
+/// `serve` show with a remedy after them ("peers.toml: Is a directory (os error 21); make it
+/// readable ..."), so the operating system's error is part of the message and not a `source()`:
+/// printed by `Display` or by `zrep_chain::one_line`, it appears once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
     /// Reading, locking or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The operating system's error.
-        source: std::io::Error,
+        /// The operating system's error (in the message, not a source).
+        cause: std::io::Error,
     },
     /// The file is not a valid registry.
     #[error("{path}: {message}")]
@@ -384,10 +389,10 @@ impl RegistryFile {
         })
     }
 
-    fn io(&self, path: &Path, source: std::io::Error) -> RegistryError {
+    fn io(&self, path: &Path, cause: std::io::Error) -> RegistryError {
         RegistryError::Io {
             path: path.to_owned(),
-            source,
+            cause,
         }
     }
 }
@@ -410,6 +415,18 @@ fn one_line_toml_error(text: &str, err: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_state_dir_is_said_once() {
+        let file = RegistryFile::new(Path::new("/nonexistent/zrep-state"));
+        let err = file.update(|_| Ok::<(), ()>(())).unwrap_err();
+        let text = zrep_cli::one_line(&err);
+        assert_eq!(
+            text,
+            "/nonexistent/zrep-state/peers.lock: No such file or directory (os error 2)"
+        );
+        assert_eq!(err.to_string(), text);
+    }
 
     fn name(n: &str) -> PeerName {
         n.parse().unwrap()
