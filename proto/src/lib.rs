@@ -74,6 +74,7 @@ pub mod message;
 pub mod pairing;
 pub mod plan;
 mod session;
+pub mod stream;
 mod types;
 
 pub use data::{
@@ -93,6 +94,7 @@ pub use message::{
 pub use pairing::{EnrollRequest, Enrolment, MAX_CSR_LEN, PairMessage};
 pub use plan::{BaseChoice, choose_base, newest_common_by_guid};
 pub use session::{
-    MIN_HEARTBEAT_INTERVAL, ReceiverEvent, ReceiverSession, SenderEvent, SenderSession, Session,
-    SessionConfig, StreamSummary,
+    MIN_HEARTBEAT_INTERVAL, ReceiverEvent, ReceiverSession, ReceiverSide, SenderEvent,
+    SenderSession, SenderSide, Session, SessionConfig, Side,
 };
+pub use stream::{IncomingStream, OutgoingStream, StreamSummary};

@@ -519,7 +519,7 @@ impl Drop for Daemon {
 
 /// A client connection that speaks the protocol directly, for sending what zrep-send never would.
 pub type ClientConn = zrep_repl::transport::Connection<
-    zrep_proto::SenderSession,
+    zrep_proto::SenderSide,
     tokio::io::ReadHalf<ClientTls>,
     tokio::io::WriteHalf<ClientTls>,
 >;
@@ -703,7 +703,7 @@ pub enum TransferAnswer {
 }
 
 /// Offers `offer`, sends `stream` in stored data frames and ends it as `ending` says, all by
-/// hand (the checksum and byte count are forged through [`zrep_proto::SenderSession::send_data`],
+/// hand (the checksum and byte count are forged through [`zrep_proto::OutgoingStream::push`],
 /// which accounts the bytes it is given, not the frame's). Returns the answer and the
 /// connection while the session is still open (after a refusal or failure: ready again).
 pub async fn push_stream(
@@ -722,6 +722,7 @@ pub async fn push_stream(
         }
         other => return (None, answer_of(other)),
     }
+    let mut outgoing = conn.session.outgoing_stream().unwrap();
     let chunks: Vec<&[u8]> = stream.chunks(64 * 1024).collect();
     for (i, raw) in chunks.iter().enumerate() {
         let chunk = DataChunk::stored(raw).unwrap();
@@ -730,8 +731,7 @@ pub async fn push_stream(
             // Same length, one bit different: only the checksum is wrong.
             accounted[0] ^= 1;
         }
-        let now = conn.now();
-        let wire = conn.session.send_data(&accounted, chunk, now).unwrap();
+        let wire = outgoing.push(&accounted, chunk).unwrap();
         if let Err(err) = conn.write_raw(&wire).await {
             return (
                 None,
@@ -741,14 +741,13 @@ pub async fn push_stream(
     }
     match ending {
         StreamEnding::Honest | StreamEnding::WrongChecksum | StreamEnding::CutAfterEnd => {
-            conn.session.finish_stream().unwrap();
+            conn.session.finish_stream(outgoing.summary()).unwrap();
         }
         StreamEnding::WrongLength => {
             // Accounted, never written: the announced count is one byte more than was sent.
             let extra = DataChunk::stored(&[0]).unwrap();
-            let now = conn.now();
-            conn.session.send_data(&[0], extra, now).unwrap();
-            conn.session.finish_stream().unwrap();
+            outgoing.push(&[0], extra).unwrap();
+            conn.session.finish_stream(outgoing.summary()).unwrap();
         }
         StreamEnding::Abort => conn.session.abort_stream("hostile abort").unwrap(),
         StreamEnding::CutBeforeEnd => {

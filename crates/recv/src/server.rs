@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 use zrep_proto::{
     EnrollRequest, Enrolment, ErrorCode, Features, MAX_CSR_LEN, ProtoError, ReceiverEvent,
-    ReceiverSession, SessionConfig,
+    ReceiverSession, ReceiverSide, SessionConfig,
 };
 use zrep_repl::receiver::{
     ReceiverMetrics, ReceiverPolicy, Renewal, ServeError, TargetLocks, serve_with_renewal,
@@ -295,7 +295,7 @@ enum Opened {
 }
 
 type Tls = zrep_tls::tokio_rustls::server::TlsStream<TcpStream>;
-type RecvConn = Connection<ReceiverSession, tokio::io::ReadHalf<Tls>, tokio::io::WriteHalf<Tls>>;
+type RecvConn = Connection<ReceiverSide, tokio::io::ReadHalf<Tls>, tokio::io::WriteHalf<Tls>>;
 
 impl Shared {
     /// One admitted connection, from accept to the end; `ticket` holds its place among the

@@ -59,8 +59,8 @@ impl std::fmt::Debug for StopSignal {
     }
 }
 
-/// The session calls the connection drives: zrep-proto's, for either side.
-pub use zrep_proto::Session;
+/// The session the connection drives (either side), and what a side is.
+pub use zrep_proto::{Session, Side};
 
 /// What [`Connection::next_event_or`] produced first.
 #[derive(Debug)]
@@ -73,9 +73,9 @@ pub enum Either<E, T> {
 
 /// A session bound to a connection.
 #[derive(Debug)]
-pub struct Connection<S: Session, R, W> {
+pub struct Connection<S: Side, R, W> {
     /// The protocol state machine; call its methods, then [`Connection::flush`].
-    pub session: S,
+    pub session: Session<S>,
     reader: R,
     writer: W,
     inbuf: BytesMut,
@@ -89,13 +89,13 @@ pub struct Connection<S: Session, R, W> {
 
 impl<S, R, W> Connection<S, R, W>
 where
-    S: Session,
+    S: Side,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     /// Binds `session`, whose clock started at `epoch`, to a connection.
     pub fn new(
-        session: S,
+        session: Session<S>,
         reader: R,
         writer: W,
         epoch: std::time::Instant,
@@ -209,6 +209,15 @@ where
             }
         }
         work.await
+    }
+
+    /// Ends the session because the peer's stream is invalid (its stream half said why): the
+    /// peer is sent the error frame, and the error is returned for the caller to report.
+    pub async fn reject_stream(&mut self, err: ProtoError) -> TransportError {
+        let err = self.session.reject_stream(err);
+        // Telling the peer is a courtesy; the session ends either way.
+        let _ = self.flush().await;
+        err.into()
     }
 
     /// What the connection produced while [`Connection::drive_while`] ran local work, if

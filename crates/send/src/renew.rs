@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, anyhow, bail};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
-use zrep_proto::{SenderEvent, SenderSession};
+use zrep_proto::{SenderEvent, SenderSide};
 use zrep_repl::transport::Connection;
 use zrep_tls::pki_types::CertificateDer;
 use zrep_tls::{
@@ -54,7 +54,7 @@ pub fn due(cert: &Path, renew_before: Option<Duration>, now: SystemTime) -> anyh
 
 /// Renews over `conn` (a ready, authenticated session) if due.
 pub async fn renew_if_due<R, W>(
-    conn: &mut Connection<SenderSession, R, W>,
+    conn: &mut Connection<SenderSide, R, W>,
     cert_path: &Path,
     key_path: &Path,
     renew_before: Option<Duration>,

@@ -11,9 +11,9 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use zrep_proto::{
     AbortResumeOutcome, Compression, DataChunk, EnrollRequest, Enrolment, ErrorCode, ErrorFrame,
-    FailureCode, Features, Frame, Hello, Message, PairMessage, ReceiverEvent, ReceiverSession,
-    RefusalCode, Role, SessionConfig, StreamHasher, StreamKind, TargetState, TransferOffer,
-    VersionRange, compress_chunk,
+    FailureCode, Features, Frame, Hello, IncomingStream, Message, PairMessage, ReceiverEvent,
+    ReceiverSession, RefusalCode, Role, SessionConfig, StreamHasher, StreamKind, TargetState,
+    TransferOffer, VersionRange, compress_chunk,
 };
 
 struct Input<'a>(&'a [u8]);
@@ -76,6 +76,8 @@ fuzz_target!(|data: &[u8]| {
     push(&mut wire, Frame::Hello(hello));
     // What the sender would have hashed so far, to build a matching stream end.
     let mut hasher = StreamHasher::new();
+    // The reading half the runtime takes on accept: it opens and checks the stream.
+    let mut incoming: Option<IncomingStream> = None;
 
     while !input.0.is_empty() {
         match input.byte() % 13 {
@@ -205,7 +207,20 @@ fuzz_target!(|data: &[u8]| {
         inbox.extend_from_slice(&wire.split_to(take));
         loop {
             match r.handle_bytes(&mut inbox, now) {
-                Ok(Some(ev)) => answer(&mut r, &ev, input.byte()),
+                Ok(Some(ev)) => {
+                    let checked = match (&ev, incoming.as_mut()) {
+                        (ReceiverEvent::Data(chunk), Some(inc)) => inc.open(chunk).map(drop),
+                        (ReceiverEvent::StreamEnded(summary), Some(inc)) => inc.finish(*summary),
+                        _ => Ok(()),
+                    };
+                    if let Err(err) = checked {
+                        r.reject_stream(err);
+                        return;
+                    }
+                    if let Some(inc) = answer(&mut r, &ev, input.byte()) {
+                        incoming = Some(inc);
+                    }
+                }
                 Ok(None) => break,
                 Err(_) => return,
             }
@@ -228,8 +243,14 @@ fn push(wire: &mut BytesMut, frame: Frame) {
     }
 }
 
-/// The runtime's reaction, chosen by the input (usage errors are fine, panics are not).
-fn answer(r: &mut ReceiverSession, ev: &ReceiverEvent, choice: u8) {
+/// The runtime's reaction, chosen by the input (usage errors are fine, panics are not);
+/// returns the stream half of an accepted offer.
+fn answer(r: &mut ReceiverSession, ev: &ReceiverEvent, choice: u8) -> Option<IncomingStream> {
+    if let ReceiverEvent::TransferOffered(_) = ev
+        && choice % 3 != 0
+    {
+        return r.accept().ok();
+    }
     let _ = match (ev, choice % 4) {
         (ReceiverEvent::StateRequested { target }, 0) => r
             .send_state(TargetState {
@@ -247,12 +268,11 @@ fn answer(r: &mut ReceiverSession, ev: &ReceiverEvent, choice: u8) {
             exists: true,
             ..TargetState::default()
         }),
-        (ReceiverEvent::TransferOffered(_), 0) => r.refuse(RefusalCode::Busy, "busy"),
-        (ReceiverEvent::TransferOffered(_), _) => r.accept(),
+        (ReceiverEvent::TransferOffered(_), _) => r.refuse(RefusalCode::Busy, "busy"),
         (ReceiverEvent::Data(_), 0) => r.failed(FailureCode::NoSpace, "full"),
-        (ReceiverEvent::StreamEnded { .. }, 0) => r.failed(FailureCode::ZfsReceive, "no"),
-        (ReceiverEvent::StreamEnded { .. }, 1) => r.committed("x", 1),
-        (ReceiverEvent::StreamEnded { .. }, _) => match r.current_offer().cloned() {
+        (ReceiverEvent::StreamEnded(_), 0) => r.failed(FailureCode::ZfsReceive, "no"),
+        (ReceiverEvent::StreamEnded(_), 1) => r.committed("x", 1),
+        (ReceiverEvent::StreamEnded(_), _) => match r.current_offer().cloned() {
             Some(o) => r.committed(o.snapshot, o.guid),
             None => Ok(()),
         },
@@ -280,4 +300,5 @@ fn answer(r: &mut ReceiverSession, ev: &ReceiverEvent, choice: u8) {
         }
         _ => Ok(()),
     };
+    None
 }

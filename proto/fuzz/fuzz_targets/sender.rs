@@ -10,8 +10,9 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use zrep_proto::{
     AbortResumeOutcome, Compression, DataChunk, ErrorCode, ErrorFrame, FailureCode, Features,
-    Frame, Hello, Message, RefusalCode, Role, SenderSession, SessionConfig, StreamKind,
-    TargetState, TransferOffer, VersionRange, compress_chunk,
+    Frame, Hello, Message, OutgoingStream, RefusalCode, Role, SenderEvent, SenderSession,
+    SessionConfig, StreamKind, StreamSummary, TargetState, TransferOffer, VersionRange,
+    compress_chunk,
 };
 
 struct Input<'a>(&'a [u8]);
@@ -59,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let mut now = Duration::from_secs(1);
     let mut s = SenderSession::new(config(), now);
+    let mut outgoing: Option<OutgoingStream> = None;
     let mut wire = BytesMut::new();
     let mut inbox = BytesMut::new();
     let features = match input.byte() % 3 {
@@ -168,13 +170,19 @@ fuzz_target!(|data: &[u8]| {
                 } else {
                     DataChunk::stored(&raw)
                 };
-                if let Ok(chunk) = chunk {
-                    let _ = s.send_data(&raw, chunk, now);
+                if let (Ok(chunk), Some(out)) = (chunk, outgoing.as_mut()) {
+                    let _ = out.push(&raw, chunk);
                 }
             }
             12 => {
                 let _ = match input.byte() % 4 {
-                    0 => s.finish_stream().map(|_| ()),
+                    0 => s
+                        .finish_stream(
+                            outgoing
+                                .take()
+                                .map_or(StreamSummary { bytes: 0, xxh3: 0 }, |out| out.summary()),
+                        )
+                        .map(drop),
                     1 => s.abort_stream("stop"),
                     2 => s.abort_resume(input.name()),
                     _ => s.close(),
@@ -191,6 +199,8 @@ fuzz_target!(|data: &[u8]| {
         inbox.extend_from_slice(&wire.split_to(take));
         loop {
             match s.handle_bytes(&mut inbox, now) {
+                // The runtime takes the stream's writing half once the offer is accepted.
+                Ok(Some(SenderEvent::Accepted)) => outgoing = s.outgoing_stream().ok(),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(_) => return,

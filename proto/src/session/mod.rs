@@ -17,165 +17,207 @@ use crate::handshake::{Features, Hello, Negotiated, SUPPORTED_VERSIONS, negotiat
 use crate::message::{ErrorFrame, Message};
 use crate::types::{Compression, Role, VersionRange};
 
-/// The connection-level calls of either session machine, whichever side it plays: what a
-/// runtime drives (feed bytes, drain frames, keep the clock). Both machines also have these as
-/// inherent methods, so callers need no import.
-pub trait Session {
-    /// What the session reports.
+/// One side of a session: its conversation (states, requests, answers) and the events it
+/// reports. Implemented by [`SenderSide`] and [`ReceiverSide`] only; what both sides share
+/// (handshake, liveness, the outbound queue, error frames) lives in [`Session`] itself.
+pub trait Side: sealed::Sealed + fmt::Debug + Sized {
+    /// What the session reports to its runtime.
     type Event: fmt::Debug;
-    /// See `SenderSession::handle_bytes`.
-    fn handle_bytes(
+
+    /// The peer's code and reason, if `event` is its error frame.
+    fn peer_error(event: &Self::Event) -> Option<(ErrorCode, &str)>;
+
+    /// Name of the side's current state, for logs.
+    fn state_name(&self) -> &'static str;
+
+    #[doc(hidden)]
+    fn role() -> Role;
+    #[doc(hidden)]
+    fn awaits_hello(&self) -> bool;
+    #[doc(hidden)]
+    fn negotiated_event(negotiated: Negotiated) -> Self::Event;
+    #[doc(hidden)]
+    fn error_event(code: ErrorCode, message: String) -> Self::Event;
+    /// Control, pairing and data frames: the side's conversation.
+    #[doc(hidden)]
+    fn on_frame(
+        session: &mut Session<Self>,
+        frame: Frame,
+    ) -> Result<Option<Self::Event>, ProtoError>;
+    /// Enters the side's closed state (and, for the hello, its ready state).
+    #[doc(hidden)]
+    fn set_closed(&mut self);
+    #[doc(hidden)]
+    fn set_ready(&mut self);
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::SenderSide {}
+    impl Sealed for super::ReceiverSide {}
+}
+
+/// A protocol session, sans-IO: one type for both sides, parametrised by the side's
+/// conversation ([`SenderSession`] = `Session<SenderSide>`, [`ReceiverSession`] =
+/// `Session<ReceiverSide>`).
+///
+/// The session owns what is shared: the hello and negotiation, heartbeats and the peer's
+/// deadline, the queue of control frames, error frames. Stream bytes never pass through it:
+/// they go through an [`OutgoingStream`](crate::OutgoingStream) or
+/// [`IncomingStream`](crate::IncomingStream) half that the runtime owns, and the session only
+/// knows whether a stream is open. See the side's request methods for the conversation.
+#[derive(Debug)]
+pub struct Session<S: Side> {
+    core: Core,
+    side: S,
+}
+
+impl<S: Side> Session<S> {
+    fn with_side(config: SessionConfig, side: S, now: Duration) -> Self {
+        Self {
+            core: Core::new(config, S::role(), now),
+            side,
+        }
+    }
+
+    /// Handles one decoded frame from the peer.
+    ///
+    /// `Ok(None)` for frames that need no action (heartbeats, data discarded after an early
+    /// failure). On `Err` the session is closed and an error frame is queued.
+    pub fn handle_frame(
+        &mut self,
+        frame: Frame,
+        now: Duration,
+    ) -> Result<Option<S::Event>, ProtoError> {
+        self.core.on_receive(now)?;
+        match frame {
+            Frame::Heartbeat => Ok(None),
+            Frame::Error(e) => {
+                self.core.closed = true;
+                self.side.set_closed();
+                Ok(Some(S::error_event(e.code, e.message)))
+            }
+            Frame::Hello(hello) => {
+                if !self.side.awaits_hello() {
+                    return Err(self.fail(ProtoError::Unexpected {
+                        frame: "Hello",
+                        state: self.side.state_name(),
+                    }));
+                }
+                let negotiated = self.core.on_hello(&hello).map_err(|e| self.fail(e))?;
+                self.side.set_ready();
+                Ok(Some(S::negotiated_event(negotiated)))
+            }
+            other => S::on_frame(self, other).map_err(|e| self.fail(e)),
+        }
+    }
+
+    /// Decodes and handles frames from `buf` until one yields an event (`Ok(Some)`) or more
+    /// bytes are needed (`Ok(None)`). Call it again after each event: `buf` may hold more. Once
+    /// the session is closed it returns `Ok(None)` and leaves `buf` alone.
+    pub fn handle_bytes(
         &mut self,
         buf: &mut BytesMut,
         now: Duration,
-    ) -> Result<Option<Self::Event>, ProtoError>;
-    /// See `SenderSession::handle_timeout`.
-    fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError>;
-    /// See `SenderSession::poll_transmit`.
-    fn poll_transmit(&mut self, now: Duration) -> Option<Bytes>;
-    /// See `SenderSession::poll_timeout`.
-    fn poll_timeout(&self) -> Option<Duration>;
-    /// See `SenderSession::is_closed`.
-    fn is_closed(&self) -> bool;
-    /// See `SenderSession::error`.
-    fn error(&mut self, code: ErrorCode, message: String);
-    /// The peer's code and reason, if `event` is its error frame.
-    fn peer_error(event: &Self::Event) -> Option<(ErrorCode, &str)>;
-}
-
-/// The calls both machines share, written once: inherent methods and the [`Session`] impl.
-/// `$peer` names the other side in the docs.
-macro_rules! connection_calls {
-    ($session:ident, $event:ident, $peer:literal) => {
-        impl $session {
-            #[doc = concat!("Handles one decoded frame from the ", $peer, ".")]
-            ///
-            /// `Ok(None)` for frames that need no action (heartbeats, data discarded after an
-            /// early failure). On `Err` the session is closed and an error frame is queued.
-            pub fn handle_frame(
-                &mut self,
-                frame: Frame,
-                now: Duration,
-            ) -> Result<Option<$event>, ProtoError> {
-                self.core.on_receive(now)?;
-                self.on_frame(frame).map_err(|e| self.fail(e))
+    ) -> Result<Option<S::Event>, ProtoError> {
+        loop {
+            // Input after close (after `Bye` or a peer error) is ignored, so the runtime's
+            // `while let Some(ev) = handle_bytes(..)?` loop ends cleanly.
+            if self.core.closed {
+                return Ok(None);
             }
-
-            /// Decodes and handles frames from `buf` until one yields an event (`Ok(Some)`) or
-            /// more bytes are needed (`Ok(None)`). Call it again after each event: `buf` may
-            /// hold more. Once the session is closed it returns `Ok(None)` and leaves `buf`
-            /// alone.
-            pub fn handle_bytes(
-                &mut self,
-                buf: &mut BytesMut,
-                now: Duration,
-            ) -> Result<Option<$event>, ProtoError> {
-                loop {
-                    // Input after close (after `Bye` or a peer error) is ignored, so the
-                    // runtime's `while let Some(ev) = handle_bytes(..)?` loop ends cleanly.
-                    if self.core.closed {
-                        return Ok(None);
-                    }
-                    let frame = match decode(buf) {
-                        Ok(Some(frame)) => frame,
-                        Ok(None) => return Ok(None),
-                        Err(e) => return Err(self.fail(e.into())),
-                    };
-                    if let Some(event) = self.handle_frame(frame, now)? {
-                        return Ok(Some(event));
-                    }
-                }
-            }
-
-            #[doc = concat!("Checks the ", $peer, "'s liveness. `Err(PeerTimeout)` closes the session (an error frame is queued). Call it when [`poll_timeout`](Self::poll_timeout) expires.")]
-            pub fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError> {
-                let result = self.core.handle_timeout(now);
-                if result.is_err() {
-                    self.state = State::Closed;
-                }
-                result
-            }
-
-            /// Encoded frames to write to the connection, in order: queued control frames, or a
-            /// heartbeat when one is due. `None` when there is nothing to send.
-            pub fn poll_transmit(&mut self, now: Duration) -> Option<Bytes> {
-                self.core.poll_transmit(now)
-            }
-
-            /// The next time [`handle_timeout`](Self::handle_timeout) or
-            /// [`poll_transmit`](Self::poll_transmit) has work (a heartbeat due or the peer's
-            /// deadline). `None` once closed.
-            pub fn poll_timeout(&self) -> Option<Duration> {
-                self.core.poll_timeout()
-            }
-
-            /// Whether our own heartbeat is due (nothing sent for a heartbeat interval).
-            pub fn heartbeat_due(&self, now: Duration) -> bool {
-                self.core.heartbeat_due(now)
-            }
-
-            #[doc = concat!("Whether the ", $peer, " is overdue (nothing received within the idle timeout).")]
-            pub fn peer_overdue(&self, now: Duration) -> bool {
-                self.core.peer_overdue(now)
-            }
-
-            #[doc = concat!("The handshake result, once the ", $peer, "'s hello arrived.")]
-            pub fn negotiated(&self) -> Option<&Negotiated> {
-                self.core.negotiated.as_ref()
-            }
-
-            /// Whether the session is over (after bye, an error, or a timeout). Drain
-            /// `poll_transmit` first, then close the connection.
-            pub fn is_closed(&self) -> bool {
-                self.core.closed
-            }
-
-            /// Sends an error frame and closes the session.
-            pub fn error(&mut self, code: ErrorCode, message: impl Into<String>) {
-                self.core.send_error(code, message.into());
-                self.state = State::Closed;
+            let frame = match crate::frame::decode(buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            if let Some(event) = self.handle_frame(frame, now)? {
+                return Ok(Some(event));
             }
         }
+    }
 
-        impl $crate::session::Session for $session {
-            type Event = $event;
-            fn handle_bytes(
-                &mut self,
-                buf: &mut BytesMut,
-                now: Duration,
-            ) -> Result<Option<$event>, ProtoError> {
-                $session::handle_bytes(self, buf, now)
-            }
-            fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError> {
-                $session::handle_timeout(self, now)
-            }
-            fn poll_transmit(&mut self, now: Duration) -> Option<Bytes> {
-                $session::poll_transmit(self, now)
-            }
-            fn poll_timeout(&self) -> Option<Duration> {
-                $session::poll_timeout(self)
-            }
-            fn is_closed(&self) -> bool {
-                $session::is_closed(self)
-            }
-            fn error(&mut self, code: ErrorCode, message: String) {
-                $session::error(self, code, message)
-            }
-            fn peer_error(event: &$event) -> Option<(ErrorCode, &str)> {
-                match event {
-                    $event::PeerError { code, message } => Some((*code, message.as_str())),
-                    _ => None,
-                }
-            }
+    /// Checks the peer's liveness. `Err(PeerTimeout)` closes the session (an error frame is
+    /// queued). Call it when [`poll_timeout`](Self::poll_timeout) expires.
+    pub fn handle_timeout(&mut self, now: Duration) -> Result<(), ProtoError> {
+        let result = self.core.handle_timeout(now);
+        if result.is_err() {
+            self.side.set_closed();
         }
-    };
+        result
+    }
+
+    /// Encoded frames to write to the connection, in order: queued control frames, or a
+    /// heartbeat when one is due. `None` when there is nothing to send.
+    pub fn poll_transmit(&mut self, now: Duration) -> Option<Bytes> {
+        self.core.poll_transmit(now)
+    }
+
+    /// The next time [`handle_timeout`](Self::handle_timeout) or
+    /// [`poll_transmit`](Self::poll_transmit) has work (a heartbeat due or the peer's
+    /// deadline). `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.core.poll_timeout()
+    }
+
+    /// Whether our own heartbeat is due (nothing sent for a heartbeat interval).
+    pub fn heartbeat_due(&self, now: Duration) -> bool {
+        self.core.heartbeat_due(now)
+    }
+
+    /// Whether the peer is overdue (nothing received within the idle timeout).
+    pub fn peer_overdue(&self, now: Duration) -> bool {
+        self.core.peer_overdue(now)
+    }
+
+    /// The handshake result, once the peer's hello arrived.
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.core.negotiated.as_ref()
+    }
+
+    /// Whether the session is over (after bye, an error, or a timeout). Drain
+    /// `poll_transmit` first, then close the connection.
+    pub fn is_closed(&self) -> bool {
+        self.core.closed
+    }
+
+    /// Name of the current state, for logs.
+    pub fn state_name(&self) -> &'static str {
+        self.side.state_name()
+    }
+
+    /// Sends an error frame and closes the session.
+    pub fn error(&mut self, code: ErrorCode, message: impl Into<String>) {
+        self.core.send_error(code, message.into());
+        self.side.set_closed();
+    }
+
+    /// Ends the session because the stream the peer sent is invalid, as its
+    /// [`IncomingStream`](crate::IncomingStream) found: queues the error frame that says why
+    /// and closes. Returns `err`.
+    pub fn reject_stream(&mut self, err: ProtoError) -> ProtoError {
+        self.fail(err)
+    }
+
+    /// Notes that stream data was written at `now`, so no heartbeat is due meanwhile.
+    pub fn data_sent(&mut self, now: Duration) {
+        self.core.last_tx = self.core.last_tx.max(now);
+    }
+
+    fn fail(&mut self, err: ProtoError) -> ProtoError {
+        if matches!(err, ProtoError::Closed) {
+            return err;
+        }
+        self.side.set_closed();
+        self.core.fail(err)
+    }
 }
-// In scope for the machines' modules below, by textual order.
+// The sides' conversations.
 mod receiver;
 mod sender;
 
-pub use receiver::{ReceiverEvent, ReceiverSession};
-pub use sender::{SenderEvent, SenderSession, StreamSummary};
+pub use receiver::{ReceiverEvent, ReceiverSession, ReceiverSide};
+pub use sender::{SenderEvent, SenderSession, SenderSide};
 
 /// Shortest heartbeat interval a session uses, whatever the configuration says, so a zero
 /// interval cannot make the runtime spin.

@@ -2,17 +2,16 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-
-use super::{Core, SessionConfig};
+use super::{Session, SessionConfig, Side};
 use crate::codes::{ErrorCode, FailureCode, RefusalCode};
-use crate::data::{ChunkDecompressor, StreamHasher};
+use crate::data::DataChunk;
 use crate::error::{ProtoError, UsageError};
-use crate::frame::{Frame, decode};
+use crate::frame::Frame;
 use crate::handshake::Negotiated;
 use crate::message::{AbortResumeOutcome, Message, StreamKind, TargetState, TransferOffer};
 use crate::pairing::{EnrollRequest, Enrolment, PairMessage};
-use crate::types::{Compression, Role};
+use crate::stream::{IncomingStream, StreamSummary};
+use crate::types::Role;
 
 /// What the receiver runtime learns from the sender.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,18 +28,15 @@ pub enum ReceiverEvent {
     /// The sender offers a stream: answer with [`ReceiverSession::accept`] (after starting
     /// `zfs receive`) or [`ReceiverSession::refuse`].
     TransferOffered(TransferOffer),
-    /// The next uncompressed bytes of the stream (at most [`MAX_CHUNK`](crate::MAX_CHUNK)):
-    /// write them to `zfs receive` before handling more input.
-    Data(Bytes),
-    /// The stream is complete and its byte count and checksum matched. Wait for
+    /// The next chunk of the stream, as the sender framed it: open it with the stream's
+    /// [`IncomingStream`] half (from [`ReceiverSession::accept`]) and write its bytes to
+    /// `zfs receive` before handling more input.
+    Data(DataChunk),
+    /// The sender says the stream is complete, with this byte count and checksum: check them
+    /// with [`IncomingStream::finish`] (on a mismatch, [`Session::reject_stream`]), wait for
     /// `zfs receive`, check the snapshot's GUID, then call [`ReceiverSession::committed`] or
     /// [`ReceiverSession::failed`].
-    StreamEnded {
-        /// Uncompressed bytes received.
-        bytes: u64,
-        /// Their XXH3-64.
-        xxh3: u64,
-    },
+    StreamEnded(StreamSummary),
     /// The sender cut the stream short: stop `zfs receive` (its partial state stays if it was
     /// resumable) and call [`ReceiverSession::failed`] with code `aborted`.
     StreamAborted {
@@ -87,7 +83,6 @@ enum State {
     },
     Receiving {
         offer: TransferOffer,
-        hasher: Box<StreamHasher>,
     },
     /// Stream ended or aborted; waiting for the runtime's verdict.
     Committing {
@@ -122,7 +117,8 @@ impl State {
     }
 }
 
-/// The receiver's protocol state machine (sans-IO).
+/// The receiver's conversation: answer state requests and offers, take the stream, report
+/// commits.
 ///
 /// # Driving it
 ///
@@ -144,32 +140,79 @@ impl State {
 /// `StreamAborted`, `AbortResumeRequested`) is answered by exactly one method call; the sender
 /// waits meanwhile, and heartbeats keep the connection alive however long ZFS takes. A
 /// `zfs receive` that fails while data still arrives is reported with
-/// [`failed`](Self::failed) at once; the session then discards the rest of the stream.
+/// [`failed`](Session::failed) at once; the session then discards the rest of the stream.
 ///
-/// Apply backpressure by writing each [`ReceiverEvent::Data`] to `zfs receive` before reading
-/// more. While not reading the socket, do not call [`handle_timeout`](Self::handle_timeout):
+/// The stream's bytes are checked by the [`IncomingStream`] half that
+/// [`accept`](Session::accept) returns, not by the session. Apply backpressure by writing each
+/// [`ReceiverEvent::Data`] to `zfs receive` before reading more. While not reading the socket, do not call [`handle_timeout`](Session::handle_timeout):
 /// the peer is not silent, we are not listening.
 #[derive(Debug)]
-pub struct ReceiverSession {
-    core: Core,
+pub struct ReceiverSide {
     state: State,
-    /// Created on the first zstd chunk, then reused for the whole session.
-    dctx: Option<ChunkDecompressor>,
     /// The connection has no client certificate: only the enrolment exchange is allowed.
     pairing_only: bool,
 }
 
-connection_calls!(ReceiverSession, ReceiverEvent, "sender");
+/// The receiver's session.
+pub type ReceiverSession = Session<ReceiverSide>;
 
-impl ReceiverSession {
+impl Side for ReceiverSide {
+    type Event = ReceiverEvent;
+
+    fn peer_error(event: &ReceiverEvent) -> Option<(ErrorCode, &str)> {
+        match event {
+            ReceiverEvent::PeerError { code, message } => Some((*code, message.as_str())),
+            _ => None,
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        self.state.name()
+    }
+
+    fn role() -> Role {
+        Role::Receiver
+    }
+
+    fn awaits_hello(&self) -> bool {
+        matches!(self.state, State::AwaitHello)
+    }
+
+    fn negotiated_event(negotiated: Negotiated) -> ReceiverEvent {
+        ReceiverEvent::Negotiated(negotiated)
+    }
+
+    fn error_event(code: ErrorCode, message: String) -> ReceiverEvent {
+        ReceiverEvent::PeerError { code, message }
+    }
+
+    fn on_frame(
+        session: &mut Session<Self>,
+        frame: Frame,
+    ) -> Result<Option<ReceiverEvent>, ProtoError> {
+        session.on_frame(frame)
+    }
+
+    fn set_closed(&mut self) {
+        self.state = State::Closed;
+    }
+
+    fn set_ready(&mut self) {
+        self.state = State::Ready;
+    }
+}
+
+impl Session<ReceiverSide> {
     /// A new session; its hello is queued for `poll_transmit`.
     pub fn new(config: SessionConfig, now: Duration) -> Self {
-        Self {
-            core: Core::new(config, Role::Receiver, now),
-            state: State::AwaitHello,
-            dctx: None,
-            pairing_only: false,
-        }
+        Self::with_side(
+            config,
+            ReceiverSide {
+                state: State::AwaitHello,
+                pairing_only: false,
+            },
+            now,
+        )
     }
 
     /// A session for a connection whose client presented no certificate: after the hellos,
@@ -178,23 +221,18 @@ impl ReceiverSession {
     /// feature in `config` for enrolment to be possible at all.
     pub fn new_pairing_only(config: SessionConfig, now: Duration) -> Self {
         let mut session = Self::new(config, now);
-        session.pairing_only = true;
+        session.side.pairing_only = true;
         session
     }
 
     /// Whether this session only allows the enrolment exchange (no client certificate).
     pub fn is_pairing_only(&self) -> bool {
-        self.pairing_only
-    }
-
-    /// Name of the current state, for logs.
-    pub fn state_name(&self) -> &'static str {
-        self.state.name()
+        self.side.pairing_only
     }
 
     /// The offer being decided, received or committed, if any.
     pub fn current_offer(&self) -> Option<&TransferOffer> {
-        match &self.state {
+        match &self.side.state {
             State::Deciding { offer }
             | State::Receiving { offer, .. }
             | State::Committing { offer, .. } => Some(offer),
@@ -204,7 +242,7 @@ impl ReceiverSession {
 
     /// Answers [`ReceiverEvent::StateRequested`]. `state.target` must be the requested target.
     pub fn send_state(&mut self, state: TargetState) -> Result<(), UsageError> {
-        let State::AnsweringStateRequest { target } = &self.state else {
+        let State::AnsweringStateRequest { target } = &self.side.state else {
             return Err(self.wrong_state("send state"));
         };
         if state.target != *target {
@@ -214,22 +252,21 @@ impl ReceiverSession {
             });
         }
         self.core.queue_message(Message::State(state))?;
-        self.state = State::Ready;
+        self.side.state = State::Ready;
         Ok(())
     }
 
-    /// Accepts the offer of [`ReceiverEvent::TransferOffered`]; data follows.
-    pub fn accept(&mut self) -> Result<(), UsageError> {
-        let State::Deciding { offer } = &self.state else {
+    /// Accepts the offer of [`ReceiverEvent::TransferOffered`]; data follows. Returns the
+    /// reading half of the stream, for the offer's compression.
+    pub fn accept(&mut self) -> Result<IncomingStream, UsageError> {
+        let State::Deciding { offer } = &self.side.state else {
             return Err(self.wrong_state("accept"));
         };
         let offer = offer.clone();
         self.core.queue_message(Message::Accept)?;
-        self.state = State::Receiving {
-            offer,
-            hasher: Box::default(),
-        };
-        Ok(())
+        let stream = IncomingStream::new(offer.compression);
+        self.side.state = State::Receiving { offer };
+        Ok(stream)
     }
 
     /// Refuses the offer of [`ReceiverEvent::TransferOffered`].
@@ -238,14 +275,14 @@ impl ReceiverSession {
         code: RefusalCode,
         message: impl Into<String>,
     ) -> Result<(), UsageError> {
-        if !matches!(self.state, State::Deciding { .. }) {
+        if !matches!(self.side.state, State::Deciding { .. }) {
             return Err(self.wrong_state("refuse"));
         }
         self.core.queue_message(Message::Refuse {
             code,
             message: message.into(),
         })?;
-        self.state = State::Ready;
+        self.side.state = State::Ready;
         Ok(())
     }
 
@@ -255,7 +292,7 @@ impl ReceiverSession {
         let State::Committing {
             offer,
             aborted: false,
-        } = &self.state
+        } = &self.side.state
         else {
             return Err(self.wrong_state("commit"));
         };
@@ -270,7 +307,7 @@ impl ReceiverSession {
         }
         self.core
             .queue_message(Message::Committed { snapshot, guid })?;
-        self.state = State::Ready;
+        self.side.state = State::Ready;
         Ok(())
     }
 
@@ -282,7 +319,7 @@ impl ReceiverSession {
         code: FailureCode,
         message: impl Into<String>,
     ) -> Result<(), UsageError> {
-        let next = match self.state {
+        let next = match self.side.state {
             State::Committing { .. } => State::Ready,
             State::Receiving { .. } => State::Draining,
             _ => return Err(self.wrong_state("report failure")),
@@ -291,38 +328,38 @@ impl ReceiverSession {
             code,
             message: message.into(),
         })?;
-        self.state = next;
+        self.side.state = next;
         Ok(())
     }
 
     /// Answers [`ReceiverEvent::AbortResumeRequested`].
     pub fn abort_resume_result(&mut self, outcome: AbortResumeOutcome) -> Result<(), UsageError> {
-        let State::AnsweringAbortResume { target } = &self.state else {
+        let State::AnsweringAbortResume { target } = &self.side.state else {
             return Err(self.wrong_state("answer abort-resume"));
         };
         let target = target.clone();
         self.core
             .queue_message(Message::AbortResumeResult { target, outcome })?;
-        self.state = State::Ready;
+        self.side.state = State::Ready;
         Ok(())
     }
 
     /// Answers [`ReceiverEvent::EnrollRequested`]: the sender is registered, here is its
     /// certificate. The session is ready again (the sender normally closes it with `Bye`).
     pub fn enrolled(&mut self, enrolment: Enrolment) -> Result<(), UsageError> {
-        if !matches!(self.state, State::AnsweringEnroll) {
+        if !matches!(self.side.state, State::AnsweringEnroll) {
             return Err(self.wrong_state("answer an enrolment"));
         }
         self.core
             .queue_frame(&Frame::Pairing(PairMessage::Enrolled(enrolment)))?;
-        self.state = State::Ready;
+        self.side.state = State::Ready;
         Ok(())
     }
 
     /// Refuses [`ReceiverEvent::EnrollRequested`]: sends ERROR `pairing-refused` with `message`
     /// (say why: unknown, expired, used or wrong token) and closes.
     pub fn refuse_enrollment(&mut self, message: impl Into<String>) -> Result<(), UsageError> {
-        if !matches!(self.state, State::AnsweringEnroll) {
+        if !matches!(self.side.state, State::AnsweringEnroll) {
             return Err(self.wrong_state("refuse an enrolment"));
         }
         self.error(ErrorCode::PairingRefused, message);
@@ -331,89 +368,47 @@ impl ReceiverSession {
 
     /// Answers [`ReceiverEvent::RenewRequested`] with the new certificate (DER).
     pub fn renewed(&mut self, certificate: Vec<u8>) -> Result<(), UsageError> {
-        if !matches!(self.state, State::AnsweringRenew) {
+        if !matches!(self.side.state, State::AnsweringRenew) {
             return Err(self.wrong_state("answer a renewal"));
         }
         self.core
             .queue_frame(&Frame::Pairing(PairMessage::Renewed { certificate }))?;
-        self.state = State::Ready;
+        self.side.state = State::Ready;
         Ok(())
     }
 
     /// Refuses [`ReceiverEvent::RenewRequested`]; the session goes on.
     pub fn renew_refused(&mut self, message: impl Into<String>) -> Result<(), UsageError> {
-        if !matches!(self.state, State::AnsweringRenew) {
+        if !matches!(self.side.state, State::AnsweringRenew) {
             return Err(self.wrong_state("refuse a renewal"));
         }
         self.core
             .queue_frame(&Frame::Pairing(PairMessage::RenewRefused {
                 message: message.into(),
             }))?;
-        self.state = State::Ready;
+        self.side.state = State::Ready;
         Ok(())
     }
 
     fn wrong_state(&self, action: &'static str) -> UsageError {
         UsageError::WrongState {
             action,
-            state: self.state.name(),
+            state: self.side.state.name(),
         }
-    }
-
-    fn fail(&mut self, err: ProtoError) -> ProtoError {
-        if matches!(err, ProtoError::Closed) {
-            return err;
-        }
-        self.state = State::Closed;
-        self.core.fail(err)
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<Option<ReceiverEvent>, ProtoError> {
+        let pairing_only = self.side.pairing_only;
         match frame {
-            Frame::Heartbeat => Ok(None),
-            Frame::Error(e) => {
-                self.core.closed = true;
-                self.state = State::Closed;
-                Ok(Some(ReceiverEvent::PeerError {
-                    code: e.code,
-                    message: e.message,
-                }))
-            }
-            Frame::Hello(hello) => {
-                if !matches!(self.state, State::AwaitHello) {
-                    return Err(ProtoError::Unexpected {
-                        frame: "Hello",
-                        state: self.state.name(),
-                    });
-                }
-                let negotiated = self.core.on_hello(&hello)?;
-                self.state = State::Ready;
-                Ok(Some(ReceiverEvent::Negotiated(negotiated)))
-            }
-            Frame::Data(_) if self.pairing_only => Err(ProtoError::PairingOnly { frame: "Data" }),
-            Frame::Control(message) if self.pairing_only && message != Message::Bye => {
+            Frame::Data(_) if pairing_only => Err(ProtoError::PairingOnly { frame: "Data" }),
+            Frame::Control(message) if pairing_only && message != Message::Bye => {
                 Err(ProtoError::PairingOnly {
                     frame: message.name(),
                 })
             }
             Frame::Pairing(message) => self.on_pair_message(message),
-            Frame::Data(chunk) => match &mut self.state {
-                State::Receiving { offer, hasher } => {
-                    let got = chunk.compression();
-                    if got != Compression::None && got != offer.compression {
-                        return Err(ProtoError::CompressionNotAnnounced {
-                            announced: offer.compression,
-                            got,
-                        });
-                    }
-                    let dctx = match &mut self.dctx {
-                        Some(d) => d,
-                        None => self.dctx.insert(ChunkDecompressor::new()?),
-                    };
-                    let bytes = dctx.decompress(&chunk)?;
-                    hasher.update(&bytes);
-                    Ok(Some(ReceiverEvent::Data(bytes)))
-                }
+            Frame::Data(chunk) => match &self.side.state {
+                State::Receiving { .. } => Ok(Some(ReceiverEvent::Data(chunk))),
                 State::Draining => Ok(None),
                 other => Err(ProtoError::Unexpected {
                     frame: "Data",
@@ -421,11 +416,15 @@ impl ReceiverSession {
                 }),
             },
             Frame::Control(message) => self.on_message(message),
+            other => Err(ProtoError::Unexpected {
+                frame: other.name(),
+                state: self.side.state.name(),
+            }),
         }
     }
 
     fn on_message(&mut self, message: Message) -> Result<Option<ReceiverEvent>, ProtoError> {
-        let state = std::mem::replace(&mut self.state, State::Closed);
+        let state = std::mem::replace(&mut self.side.state, State::Closed);
         let (next, event) = match (state, message) {
             (State::Ready, Message::StateRequest { target }) => (
                 State::AnsweringStateRequest {
@@ -457,27 +456,13 @@ impl ReceiverSession {
                 self.core.closed = true;
                 (State::Closed, Some(ReceiverEvent::Bye))
             }
-            (State::Receiving { offer, hasher }, Message::StreamEnd { bytes, xxh3 }) => {
-                if hasher.bytes() != bytes {
-                    return Err(ProtoError::StreamLength {
-                        announced: bytes,
-                        received: hasher.bytes(),
-                    });
-                }
-                if hasher.digest() != xxh3 {
-                    return Err(ProtoError::StreamChecksum {
-                        announced: xxh3,
-                        computed: hasher.digest(),
-                    });
-                }
-                (
-                    State::Committing {
-                        offer,
-                        aborted: false,
-                    },
-                    Some(ReceiverEvent::StreamEnded { bytes, xxh3 }),
-                )
-            }
+            (State::Receiving { offer }, Message::StreamEnd { bytes, xxh3 }) => (
+                State::Committing {
+                    offer,
+                    aborted: false,
+                },
+                Some(ReceiverEvent::StreamEnded(StreamSummary { bytes, xxh3 })),
+            ),
             (State::Receiving { offer, .. }, Message::StreamAbort { message }) => (
                 State::Committing {
                     offer,
@@ -496,7 +481,7 @@ impl ReceiverSession {
                 });
             }
         };
-        self.state = next;
+        self.side.state = next;
         Ok(event)
     }
 
@@ -506,8 +491,8 @@ impl ReceiverSession {
     ) -> Result<Option<ReceiverEvent>, ProtoError> {
         let negotiated = self.core.negotiated.as_ref();
         match message {
-            PairMessage::Enroll(request) if matches!(self.state, State::Ready) => {
-                if !self.pairing_only {
+            PairMessage::Enroll(request) if matches!(self.side.state, State::Ready) => {
+                if !self.side.pairing_only {
                     // An authenticated peer has nothing to enrol: it renews.
                     return Err(ProtoError::Unexpected {
                         frame: "Enroll",
@@ -517,22 +502,22 @@ impl ReceiverSession {
                 if !negotiated.is_some_and(|n| n.enroll) {
                     return Err(ProtoError::NotNegotiated { feature: "enroll" });
                 }
-                self.state = State::AnsweringEnroll;
+                self.side.state = State::AnsweringEnroll;
                 Ok(Some(ReceiverEvent::EnrollRequested(request)))
             }
-            PairMessage::Renew { .. } if self.pairing_only => {
+            PairMessage::Renew { .. } if self.side.pairing_only => {
                 Err(ProtoError::PairingOnly { frame: "Renew" })
             }
-            PairMessage::Renew { csr } if matches!(self.state, State::Ready) => {
+            PairMessage::Renew { csr } if matches!(self.side.state, State::Ready) => {
                 if !negotiated.is_some_and(|n| n.renew) {
                     return Err(ProtoError::NotNegotiated { feature: "renew" });
                 }
-                self.state = State::AnsweringRenew;
+                self.side.state = State::AnsweringRenew;
                 Ok(Some(ReceiverEvent::RenewRequested { csr }))
             }
             other => Err(ProtoError::Unexpected {
                 frame: other.name(),
-                state: self.state.name(),
+                state: self.side.state.name(),
             }),
         }
     }

@@ -2,17 +2,15 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-
-use super::{Core, SessionConfig};
+use super::{Session, SessionConfig, Side};
 use crate::codes::{ErrorCode, FailureCode, RefusalCode};
-use crate::data::{DataChunk, StreamHasher};
 use crate::error::{ProtoError, UsageError};
-use crate::frame::{Frame, decode};
+use crate::frame::Frame;
 use crate::handshake::Negotiated;
 use crate::message::{AbortResumeOutcome, Message, StreamKind, TargetState, TransferOffer};
 use crate::pairing::{EnrollRequest, Enrolment, PairMessage};
-use crate::types::{Compression, Role};
+use crate::stream::{OutgoingStream, StreamSummary};
+use crate::types::Role;
 
 /// What the sender runtime learns from the receiver.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,8 +20,9 @@ pub enum SenderEvent {
     Negotiated(Negotiated),
     /// Answer to [`SenderSession::request_state`]; ready again.
     State(TargetState),
-    /// The offer was accepted: send the stream with [`SenderSession::send_data`], then
-    /// [`SenderSession::finish_stream`] (or [`SenderSession::abort_stream`]).
+    /// The offer was accepted: take the stream's half with [`SenderSession::outgoing_stream`],
+    /// write its chunks, then [`SenderSession::finish_stream`] (or
+    /// [`SenderSession::abort_stream`]).
     Accepted,
     /// The offer was refused, nothing changed on the receiver; ready again.
     Refused {
@@ -75,36 +74,15 @@ pub enum SenderEvent {
     },
 }
 
-/// Byte count and checksum of a finished stream, as announced to the receiver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StreamSummary {
-    /// Uncompressed bytes sent.
-    pub bytes: u64,
-    /// XXH3-64 of those bytes.
-    pub xxh3: u64,
-}
-
 #[derive(Debug)]
 enum State {
     AwaitHello,
     Ready,
-    AwaitTarget {
-        target: String,
-    },
-    AwaitAnswer {
-        offer: TransferOffer,
-    },
-    Streaming {
-        offer: TransferOffer,
-        hasher: Box<StreamHasher>,
-    },
-    AwaitCommit {
-        offer: TransferOffer,
-        aborted: bool,
-    },
-    AwaitAbortResume {
-        target: String,
-    },
+    AwaitTarget { target: String },
+    AwaitAnswer { offer: TransferOffer },
+    Streaming { offer: TransferOffer },
+    AwaitCommit { offer: TransferOffer, aborted: bool },
+    AwaitAbortResume { target: String },
     AwaitEnrolment,
     AwaitRenewal,
     Closed,
@@ -127,7 +105,7 @@ impl State {
     }
 }
 
-/// The sender's protocol state machine (sans-IO).
+/// The sender's conversation: plan, offer, stream, wait for the commit.
 ///
 /// # Driving it
 ///
@@ -144,60 +122,102 @@ impl State {
 /// }
 /// ```
 ///
-/// `act` calls the request methods when the session [`is_ready`](Self::is_ready):
-/// [`request_state`](Self::request_state), [`offer_transfer`](Self::offer_transfer),
-/// [`abort_resume`](Self::abort_resume), or [`close`](Self::close) when done. After
-/// [`SenderEvent::Accepted`] the runtime reads `zfs send` in chunks of at most
+/// `act` calls the request methods when the session [`is_ready`](Session::is_ready):
+/// [`request_state`](Session::request_state), [`offer_transfer`](Session::offer_transfer),
+/// [`abort_resume`](Session::abort_resume), or [`close`](Session::close) when done. After
+/// [`SenderEvent::Accepted`] the runtime takes the stream's
+/// [`outgoing_stream`](Session::outgoing_stream) half, reads `zfs send` in chunks of at most
 /// [`MAX_CHUNK`](crate::MAX_CHUNK), builds frames with [`compress_chunk`](crate::compress_chunk)
 /// (in parallel if it likes), and passes each chunk *in stream order* through
-/// [`send_data`](Self::send_data), which returns the bytes to write; then
-/// [`finish_stream`](Self::finish_stream). Data never queues inside the session.
+/// [`OutgoingStream::push`], which returns the bytes to write; then
+/// [`finish_stream`](Session::finish_stream) with the half's summary. Data never queues inside
+/// the session.
 ///
 /// Any `Err` from `handle_*` means the session is closed with an error frame queued: write out
 /// what `poll_transmit` returns, then close the connection. A lost connection while waiting for
 /// the commit is recovered by a new session: plan again and look for the snapshot's GUID.
 #[derive(Debug)]
-pub struct SenderSession {
-    core: Core,
+pub struct SenderSide {
     state: State,
 }
 
-connection_calls!(SenderSession, SenderEvent, "receiver");
+/// The sender's session.
+pub type SenderSession = Session<SenderSide>;
 
-impl SenderSession {
+impl Side for SenderSide {
+    type Event = SenderEvent;
+
+    fn peer_error(event: &SenderEvent) -> Option<(ErrorCode, &str)> {
+        match event {
+            SenderEvent::PeerError { code, message } => Some((*code, message.as_str())),
+            _ => None,
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        self.state.name()
+    }
+
+    fn role() -> Role {
+        Role::Sender
+    }
+
+    fn awaits_hello(&self) -> bool {
+        matches!(self.state, State::AwaitHello)
+    }
+
+    fn negotiated_event(negotiated: Negotiated) -> SenderEvent {
+        SenderEvent::Negotiated(negotiated)
+    }
+
+    fn error_event(code: ErrorCode, message: String) -> SenderEvent {
+        SenderEvent::PeerError { code, message }
+    }
+
+    fn on_frame(
+        session: &mut Session<Self>,
+        frame: Frame,
+    ) -> Result<Option<SenderEvent>, ProtoError> {
+        match frame {
+            Frame::Control(message) => session.on_message(message),
+            Frame::Pairing(message) => session.on_pair_message(message),
+            other => Err(session.unexpected(&other)),
+        }
+    }
+
+    fn set_closed(&mut self) {
+        self.state = State::Closed;
+    }
+
+    fn set_ready(&mut self) {
+        self.state = State::Ready;
+    }
+}
+
+impl Session<SenderSide> {
     /// A new session; its hello is queued for `poll_transmit`.
     pub fn new(config: SessionConfig, now: Duration) -> Self {
-        Self {
-            core: Core::new(config, Role::Sender, now),
-            state: State::AwaitHello,
-        }
+        Self::with_side(
+            config,
+            SenderSide {
+                state: State::AwaitHello,
+            },
+            now,
+        )
     }
 
     /// Whether a new request (`request_state`, `offer_transfer`, `abort_resume`, `close`) can
     /// be made now.
     pub fn is_ready(&self) -> bool {
-        matches!(self.state, State::Ready)
-    }
-
-    /// Name of the current state, for logs.
-    pub fn state_name(&self) -> &'static str {
-        self.state.name()
+        matches!(self.side.state, State::Ready)
     }
 
     /// The offer being negotiated, streamed or committed, if any.
     pub fn current_offer(&self) -> Option<&TransferOffer> {
-        match &self.state {
+        match &self.side.state {
             State::AwaitAnswer { offer }
             | State::Streaming { offer, .. }
             | State::AwaitCommit { offer, .. } => Some(offer),
-            _ => None,
-        }
-    }
-
-    /// Uncompressed bytes passed through `send_data` in the current stream.
-    pub fn stream_bytes(&self) -> Option<u64> {
-        match &self.state {
-            State::Streaming { hasher, .. } => Some(hasher.bytes()),
             _ => None,
         }
     }
@@ -210,7 +230,7 @@ impl SenderSession {
         self.core.queue_message(Message::StateRequest {
             target: target.clone(),
         })?;
-        self.state = State::AwaitTarget { target };
+        self.side.state = State::AwaitTarget { target };
         Ok(())
     }
 
@@ -232,64 +252,40 @@ impl SenderSession {
             return Err(UsageError::NotNegotiated { feature: "resume" });
         }
         self.core.queue_message(Message::Offer(offer.clone()))?;
-        self.state = State::AwaitAnswer { offer };
+        self.side.state = State::AwaitAnswer { offer };
         Ok(())
     }
 
-    /// Accounts one chunk of the stream and returns its encoded frame to write.
-    ///
-    /// `raw` is the chunk's uncompressed bytes and `chunk` the frame built from them (by
-    /// [`compress_chunk`](crate::compress_chunk) or [`DataChunk::stored`]). Chunks must come in
-    /// stream order: the session counts and hashes `raw` for the stream-end message. Only
-    /// allowed after [`SenderEvent::Accepted`]; write any pending `poll_transmit` bytes first.
-    pub fn send_data(
-        &mut self,
-        raw: &[u8],
-        chunk: DataChunk,
-        now: Duration,
-    ) -> Result<Bytes, UsageError> {
-        let state = self.state.name();
-        let State::Streaming { offer, hasher } = &mut self.state else {
+    /// The writing half of the accepted stream, for the offer's compression. Only after
+    /// [`SenderEvent::Accepted`], until [`finish_stream`](Self::finish_stream) or
+    /// [`abort_stream`](Self::abort_stream).
+    pub fn outgoing_stream(&self) -> Result<OutgoingStream, UsageError> {
+        let State::Streaming { offer } = &self.side.state else {
             return Err(UsageError::WrongState {
                 action: "send data",
-                state,
+                state: self.side.state.name(),
             });
         };
-        if chunk.raw_len() != raw.len() {
-            return Err(UsageError::ChunkMismatch(
-                "raw length differs from the chunk's",
-            ));
-        }
-        if chunk.compression() != Compression::None && chunk.compression() != offer.compression {
-            return Err(UsageError::ChunkMismatch(
-                "compression not announced in the offer",
-            ));
-        }
-        hasher.update(raw);
-        self.core.last_tx = self.core.last_tx.max(now);
-        Ok(chunk.into_wire())
+        Ok(OutgoingStream::new(offer.compression))
     }
 
-    /// Ends the stream: queues the stream-end message with the byte count and checksum, then
-    /// waits for [`SenderEvent::Committed`] or [`SenderEvent::Failed`].
-    pub fn finish_stream(&mut self) -> Result<StreamSummary, UsageError> {
-        let state = self.state.name();
-        let State::Streaming { offer, hasher } = &self.state else {
+    /// Ends the stream: queues the stream-end message with the byte count and checksum of the
+    /// stream's [`OutgoingStream::summary`], then waits for [`SenderEvent::Committed`] or
+    /// [`SenderEvent::Failed`]. Write every data frame first.
+    pub fn finish_stream(&mut self, summary: StreamSummary) -> Result<StreamSummary, UsageError> {
+        let state = self.side.state.name();
+        let State::Streaming { offer } = &self.side.state else {
             return Err(UsageError::WrongState {
                 action: "finish the stream",
                 state,
             });
-        };
-        let summary = StreamSummary {
-            bytes: hasher.bytes(),
-            xxh3: hasher.digest(),
         };
         let offer = offer.clone();
         self.core.queue_message(Message::StreamEnd {
             bytes: summary.bytes,
             xxh3: summary.xxh3,
         })?;
-        self.state = State::AwaitCommit {
+        self.side.state = State::AwaitCommit {
             offer,
             aborted: false,
         };
@@ -299,8 +295,8 @@ impl SenderSession {
     /// Cuts the stream short (e.g. `zfs send` failed). The receiver answers with
     /// [`SenderEvent::Failed`] (code `aborted`).
     pub fn abort_stream(&mut self, message: impl Into<String>) -> Result<(), UsageError> {
-        let state = self.state.name();
-        let State::Streaming { offer, .. } = &self.state else {
+        let state = self.side.state.name();
+        let State::Streaming { offer, .. } = &self.side.state else {
             return Err(UsageError::WrongState {
                 action: "abort the stream",
                 state,
@@ -310,7 +306,7 @@ impl SenderSession {
         self.core.queue_message(Message::StreamAbort {
             message: message.into(),
         })?;
-        self.state = State::AwaitCommit {
+        self.side.state = State::AwaitCommit {
             offer,
             aborted: true,
         };
@@ -328,7 +324,7 @@ impl SenderSession {
         self.core.queue_message(Message::AbortResume {
             target: target.clone(),
         })?;
-        self.state = State::AwaitAbortResume { target };
+        self.side.state = State::AwaitAbortResume { target };
         Ok(())
     }
 
@@ -342,7 +338,7 @@ impl SenderSession {
         }
         self.core
             .queue_frame(&Frame::Pairing(PairMessage::Enroll(request)))?;
-        self.state = State::AwaitEnrolment;
+        self.side.state = State::AwaitEnrolment;
         Ok(())
     }
 
@@ -355,7 +351,7 @@ impl SenderSession {
         }
         self.core
             .queue_frame(&Frame::Pairing(PairMessage::Renew { csr }))?;
-        self.state = State::AwaitRenewal;
+        self.side.state = State::AwaitRenewal;
         Ok(())
     }
 
@@ -364,7 +360,7 @@ impl SenderSession {
         self.require_ready("close")?;
         self.core.queue_message(Message::Bye)?;
         self.core.closed = true;
-        self.state = State::Closed;
+        self.side.state = State::Closed;
         Ok(())
     }
 
@@ -372,54 +368,21 @@ impl SenderSession {
         if self.core.closed || !self.is_ready() {
             return Err(UsageError::WrongState {
                 action,
-                state: self.state.name(),
+                state: self.side.state.name(),
             });
         }
         Ok(())
     }
 
-    fn fail(&mut self, err: ProtoError) -> ProtoError {
-        if matches!(err, ProtoError::Closed) {
-            return err;
-        }
-        self.state = State::Closed;
-        self.core.fail(err)
-    }
-
     fn unexpected(&self, frame: &Frame) -> ProtoError {
         ProtoError::Unexpected {
             frame: frame.name(),
-            state: self.state.name(),
-        }
-    }
-
-    fn on_frame(&mut self, frame: Frame) -> Result<Option<SenderEvent>, ProtoError> {
-        match frame {
-            Frame::Heartbeat => Ok(None),
-            Frame::Error(e) => {
-                self.core.closed = true;
-                self.state = State::Closed;
-                Ok(Some(SenderEvent::PeerError {
-                    code: e.code,
-                    message: e.message,
-                }))
-            }
-            Frame::Hello(hello) => {
-                if !matches!(self.state, State::AwaitHello) {
-                    return Err(self.unexpected(&Frame::Hello(hello)));
-                }
-                let negotiated = self.core.on_hello(&hello)?;
-                self.state = State::Ready;
-                Ok(Some(SenderEvent::Negotiated(negotiated)))
-            }
-            Frame::Control(message) => self.on_message(message),
-            Frame::Pairing(message) => self.on_pair_message(message),
-            other @ Frame::Data(_) => Err(self.unexpected(&other)),
+            state: self.side.state.name(),
         }
     }
 
     fn on_pair_message(&mut self, message: PairMessage) -> Result<Option<SenderEvent>, ProtoError> {
-        let event = match (&self.state, message) {
+        let event = match (&self.side.state, message) {
             (State::AwaitEnrolment, PairMessage::Enrolled(enrolment)) => {
                 SenderEvent::Enrolled(enrolment)
             }
@@ -436,12 +399,12 @@ impl SenderSession {
                 });
             }
         };
-        self.state = State::Ready;
+        self.side.state = State::Ready;
         Ok(Some(event))
     }
 
     fn on_message(&mut self, message: Message) -> Result<Option<SenderEvent>, ProtoError> {
-        let state = std::mem::replace(&mut self.state, State::Closed);
+        let state = std::mem::replace(&mut self.side.state, State::Closed);
         let (next, event) = match (state, message) {
             (State::AwaitTarget { target }, Message::State(st)) => {
                 if st.target != target {
@@ -452,13 +415,9 @@ impl SenderSession {
                 }
                 (State::Ready, SenderEvent::State(st))
             }
-            (State::AwaitAnswer { offer }, Message::Accept) => (
-                State::Streaming {
-                    offer,
-                    hasher: Box::default(),
-                },
-                SenderEvent::Accepted,
-            ),
+            (State::AwaitAnswer { offer }, Message::Accept) => {
+                (State::Streaming { offer }, SenderEvent::Accepted)
+            }
             (State::AwaitAnswer { .. }, Message::Refuse { code, message }) => {
                 (State::Ready, SenderEvent::Refused { code, message })
             }
@@ -516,7 +475,7 @@ impl SenderSession {
                 });
             }
         };
-        self.state = next;
+        self.side.state = next;
         Ok(Some(event))
     }
 }

@@ -45,18 +45,12 @@ fn plan(p: &mut Pair, target: &str, state: TargetState) -> TargetState {
 fn transfer(p: &mut Pair, offer: TransferOffer, stream: &[u8]) -> Vec<u8> {
     p.s.offer_transfer(offer.clone()).unwrap();
     assert_eq!(p.r_next(), ReceiverEvent::TransferOffered(offer));
-    p.r.accept().unwrap();
+    p.accept().unwrap();
     assert_eq!(p.s_next(), SenderEvent::Accepted);
     let got = p.stream(stream, 256 * 1024);
-    let summary = p.s.finish_stream().unwrap();
+    let summary = p.finish_stream().unwrap();
     assert_eq!(summary.bytes, stream.len() as u64);
-    assert_eq!(
-        p.r_next(),
-        ReceiverEvent::StreamEnded {
-            bytes: summary.bytes,
-            xxh3: summary.xxh3
-        }
-    );
+    assert_eq!(p.r_next(), ReceiverEvent::StreamEnded(summary));
     got
 }
 
@@ -184,7 +178,7 @@ fn early_failure_drains_data_in_flight() {
     let mut p = Pair::connected();
     p.s.offer_transfer(full_offer("t", "s", 9)).unwrap();
     p.r_next();
-    p.r.accept().unwrap();
+    p.accept().unwrap();
     p.s_next();
     let stream = test_stream(300_000);
     p.stream(&stream[..100_000], 50_000);
@@ -192,7 +186,7 @@ fn early_failure_drains_data_in_flight() {
     p.r.failed(FailureCode::NoSpace, "out of space").unwrap();
     // ...while the sender still has a chunk in flight.
     let raw = &stream[100_000..150_000];
-    let wire = p.s.send_data(raw, stored(raw), p.now).unwrap();
+    let wire = p.send_data(raw, stored(raw)).unwrap();
     p.to_r.extend_from_slice(&wire);
     assert_eq!(p.r_event().unwrap(), None, "data after failure is dropped");
     // The sender learns of the failure and terminates the stream itself.
@@ -205,7 +199,7 @@ fn early_failure_drains_data_in_flight() {
     ));
     assert!(p.s.is_ready());
     assert!(matches!(
-        p.s.send_data(raw, stored(raw), p.now),
+        p.send_data(raw, stored(raw)),
         Err(UsageError::WrongState { .. })
     ));
     assert_eq!(p.r_event().unwrap(), None, "stream abort consumed");
@@ -218,7 +212,7 @@ fn sender_abort_is_answered_with_failed() {
     let mut p = Pair::connected();
     p.s.offer_transfer(full_offer("t", "s", 9)).unwrap();
     p.r_next();
-    p.r.accept().unwrap();
+    p.accept().unwrap();
     p.s_next();
     p.stream(&test_stream(10_000), 4096);
     p.s.abort_stream("zfs send: I/O error").unwrap();
@@ -520,13 +514,13 @@ fn corrupted_stream_fails_the_checksum() {
     let mut p = Pair::connected();
     p.s.offer_transfer(full_offer("t", "s", 1)).unwrap();
     p.r_next();
-    p.r.accept().unwrap();
+    p.accept().unwrap();
     p.s_next();
     // A runtime bug: the session accounts one chunk, the wire carries another.
-    let wire = p.s.send_data(b"aaaa", stored(b"bbbb"), p.now).unwrap();
+    let wire = p.send_data(b"aaaa", stored(b"bbbb")).unwrap();
     p.to_r.extend_from_slice(&wire);
     assert!(matches!(p.r_next(), ReceiverEvent::Data(_)));
-    p.s.finish_stream().unwrap();
+    p.finish_stream().unwrap();
     assert!(matches!(
         p.r_event(),
         Err(ProtoError::StreamChecksum { .. })
@@ -540,7 +534,7 @@ fn stream_length_mismatch_is_detected() {
     let mut p = Pair::connected();
     p.s.offer_transfer(full_offer("t", "s", 1)).unwrap();
     p.r_next();
-    p.r.accept().unwrap();
+    p.accept().unwrap();
     p.s_next();
     let end = Frame::Control(Message::StreamEnd { bytes: 5, xxh3: 0 });
     p.to_r.extend_from_slice(&end.to_bytes().unwrap());
@@ -598,17 +592,17 @@ fn zstd_frames_only_when_announced() {
     };
     p.s.offer_transfer(offer).unwrap();
     p.r_next();
-    p.r.accept().unwrap();
+    p.accept().unwrap();
     p.s_next();
     let raw = vec![0u8; 10_000];
     let chunk = zrep_proto::compress_chunk(&raw, 1).unwrap();
     assert_eq!(chunk.compression(), Compression::Zstd);
     assert!(matches!(
-        p.s.send_data(&raw, chunk.clone(), p.now),
+        p.send_data(&raw, chunk.clone()),
         Err(UsageError::ChunkMismatch(_))
     ));
     assert!(matches!(
-        p.s.send_data(&raw[1..], stored(&raw), p.now),
+        p.send_data(&raw[1..], stored(&raw)),
         Err(UsageError::ChunkMismatch(_))
     ));
     // A peer that sends it anyway is cut off.
@@ -663,9 +657,9 @@ fn usage_errors_leave_the_session_unchanged() {
         })
     ));
     p.handshake();
-    assert!(matches!(p.r.accept(), Err(UsageError::WrongState { .. })));
+    assert!(matches!(p.accept(), Err(UsageError::WrongState { .. })));
     assert!(matches!(
-        p.s.finish_stream(),
+        p.finish_stream(),
         Err(UsageError::WrongState { .. })
     ));
     let huge = "x".repeat(MAX_CONTROL_PAYLOAD);

@@ -182,12 +182,12 @@ fn answer(r: &mut ReceiverSession, ev: &ReceiverEvent, choice: u8) {
             target: target.clone(),
             ..TargetState::default()
         }),
-        ReceiverEvent::TransferOffered(_) if choice.is_multiple_of(2) => r.accept(),
+        ReceiverEvent::TransferOffered(_) if choice.is_multiple_of(2) => r.accept().map(drop),
         ReceiverEvent::TransferOffered(_) => r.refuse(RefusalCode::Busy, "busy"),
         ReceiverEvent::Data(_) if choice.is_multiple_of(7) => {
             r.failed(FailureCode::NoSpace, "full")
         }
-        ReceiverEvent::StreamEnded { .. } => match r.current_offer().cloned() {
+        ReceiverEvent::StreamEnded(_) => match r.current_offer().cloned() {
             Some(o) if !choice.is_multiple_of(3) => r.committed(o.snapshot, o.guid),
             _ => r.failed(FailureCode::ZfsReceive, "no"),
         },

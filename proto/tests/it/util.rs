@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use zrep_proto::{
-    Compression, DataChunk, Features, Frame, Negotiated, ProtoError, ReceiverEvent,
-    ReceiverSession, SenderEvent, SenderSession, SessionConfig, SnapshotInfo, TargetState,
-    compress_chunk, decode,
+    Compression, DataChunk, Features, Frame, IncomingStream, Negotiated, OutgoingStream,
+    ProtoError, ReceiverEvent, ReceiverSession, SenderEvent, SenderSession, SessionConfig,
+    SnapshotInfo, StreamSummary, TargetState, UsageError, compress_chunk, decode,
 };
 
 pub(crate) fn config() -> SessionConfig {
@@ -29,6 +29,11 @@ pub(crate) struct Pair {
     /// Bytes on their way to the receiver / to the sender.
     pub(crate) to_r: BytesMut,
     pub(crate) to_s: BytesMut,
+    /// The stream halves the runtime would own: taken on `Accepted` and on `accept`.
+    out: Option<OutgoingStream>,
+    inc: Option<IncomingStream>,
+    /// What the receiver's stream half opened so far.
+    pub(crate) received: Vec<u8>,
 }
 
 impl Pair {
@@ -40,6 +45,9 @@ impl Pair {
             r: ReceiverSession::new(r, now),
             to_r: BytesMut::new(),
             to_s: BytesMut::new(),
+            out: None,
+            inc: None,
+            received: Vec::new(),
         }
     }
 
@@ -73,14 +81,62 @@ impl Pair {
         }
     }
 
+    /// The sender's next event; on `Accepted` the pair takes the stream's writing half.
     pub(crate) fn s_event(&mut self) -> Result<Option<SenderEvent>, ProtoError> {
         self.flush();
-        self.s.handle_bytes(&mut self.to_s, self.now)
+        let event = self.s.handle_bytes(&mut self.to_s, self.now)?;
+        match event {
+            Some(SenderEvent::Accepted) => self.out = Some(self.s.outgoing_stream().unwrap()),
+            Some(_) => self.out = None,
+            None => {}
+        }
+        Ok(event)
     }
 
+    /// The receiver's next event, with its stream half doing what the runtime would: open
+    /// each chunk (into `received`) and check the stream end.
     pub(crate) fn r_event(&mut self) -> Result<Option<ReceiverEvent>, ProtoError> {
         self.flush();
-        self.r.handle_bytes(&mut self.to_r, self.now)
+        let event = self.r.handle_bytes(&mut self.to_r, self.now)?;
+        let checked = match (&event, self.inc.as_mut()) {
+            (Some(ReceiverEvent::Data(chunk)), Some(inc)) => {
+                inc.open(chunk).map(|b| self.received.extend_from_slice(&b))
+            }
+            (Some(ReceiverEvent::StreamEnded(summary)), Some(inc)) => inc.finish(*summary),
+            (Some(ReceiverEvent::Data(_) | ReceiverEvent::StreamEnded(_)), None) => {
+                panic!("stream event without accept")
+            }
+            _ => Ok(()),
+        };
+        checked.map_err(|e| self.r.reject_stream(e))?;
+        Ok(event)
+    }
+
+    /// The receiver accepts the offer and the pair keeps the stream's reading half.
+    pub(crate) fn accept(&mut self) -> Result<(), UsageError> {
+        self.inc = Some(self.r.accept()?);
+        self.received.clear();
+        Ok(())
+    }
+
+    /// The sender runtime's step for one chunk: through the writing half, to the wire.
+    pub(crate) fn send_data(&mut self, raw: &[u8], chunk: DataChunk) -> Result<Bytes, UsageError> {
+        match self.out.as_mut() {
+            Some(out) => out.push(raw, chunk),
+            None => self
+                .s
+                .outgoing_stream()
+                .and_then(|mut out| out.push(raw, chunk)),
+        }
+    }
+
+    /// Ends the sender's stream with its writing half's summary.
+    pub(crate) fn finish_stream(&mut self) -> Result<StreamSummary, UsageError> {
+        let summary = match self.out.take() {
+            Some(out) => out.summary(),
+            None => self.s.outgoing_stream()?.summary(),
+        };
+        self.s.finish_stream(summary)
     }
 
     /// The next sender event, which must exist.
@@ -95,19 +151,19 @@ impl Pair {
 
     /// Sends `stream` as data frames (zstd where it helps) and returns what the receiver got.
     pub(crate) fn stream(&mut self, stream: &[u8], chunk_size: usize) -> Vec<u8> {
-        let mut received = Vec::new();
+        let start = self.received.len();
         for raw in stream.chunks(chunk_size) {
             let chunk = compress_chunk(raw, 1).unwrap();
-            let wire = self.s.send_data(raw, chunk, self.now).unwrap();
+            let wire = self.send_data(raw, chunk).unwrap();
             self.to_r.extend_from_slice(&wire);
             while let Some(ev) = self.r_event().unwrap() {
                 match ev {
-                    ReceiverEvent::Data(b) => received.extend_from_slice(&b),
+                    ReceiverEvent::Data(_) => {}
                     other => panic!("unexpected {other:?}"),
                 }
             }
         }
-        received
+        self.received[start..].to_vec()
     }
 
     /// Frames the receiver has queued for the sender, decoded (consumes them).

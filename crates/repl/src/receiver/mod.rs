@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 use zrep_proto::{
-    AbortResumeOutcome, ErrorCode, FailureCode, ReceiverEvent, ReceiverSession, RefusalCode,
+    AbortResumeOutcome, ErrorCode, FailureCode, ReceiverEvent, ReceiverSide, RefusalCode,
     SnapshotInfo as WireSnapshot, TargetState, TransferOffer,
 };
 use zrep_zfs::received::{is_read_only, resume_token, seal_tree};
@@ -131,7 +131,7 @@ pub trait Renewal: Send + Sync {
 /// renewal requests are refused; see [`serve_with_renewal`].
 pub async fn serve<Z, R, W>(
     zfs: &Z,
-    conn: &mut Connection<ReceiverSession, R, W>,
+    conn: &mut Connection<ReceiverSide, R, W>,
     policy: &ReceiverPolicy,
 ) -> Result<(), ServeError>
 where
@@ -146,7 +146,7 @@ where
 /// `None`).
 pub async fn serve_with_renewal<Z, R, W>(
     zfs: &Z,
-    conn: &mut Connection<ReceiverSession, R, W>,
+    conn: &mut Connection<ReceiverSide, R, W>,
     policy: &ReceiverPolicy,
     renewal: Option<&dyn Renewal>,
 ) -> Result<(), ServeError>
@@ -219,7 +219,7 @@ where
 
 /// After local work under [`Connection::drive_while`]: if the session ended meanwhile (stopped
 /// from outside, the peer's error frame, a failed connection), why; the caller answers nothing.
-fn ended<R, W>(conn: &mut Connection<ReceiverSession, R, W>) -> Result<(), ServeError>
+fn ended<R, W>(conn: &mut Connection<ReceiverSide, R, W>) -> Result<(), ServeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -236,7 +236,7 @@ where
 
 /// Closes the session after an event the protocol does not allow `context`.
 async fn violation<R, W>(
-    conn: &mut Connection<ReceiverSession, R, W>,
+    conn: &mut Connection<ReceiverSide, R, W>,
     event: &ReceiverEvent,
     context: &str,
 ) -> ServeError
@@ -256,7 +256,7 @@ where
 
 /// `<root>/<relative>`, or a closed session with a clear error.
 async fn resolve<R, W>(
-    conn: &mut Connection<ReceiverSession, R, W>,
+    conn: &mut Connection<ReceiverSide, R, W>,
     policy: &ReceiverPolicy,
     relative: &str,
 ) -> Result<DatasetName, ServeError>
@@ -347,7 +347,7 @@ pub async fn seal_roots<Z: Zfs>(
 /// Checks an offer, runs the receive, verifies and answers.
 async fn receive_offer<Z, R, W>(
     zfs: &Z,
-    conn: &mut Connection<ReceiverSession, R, W>,
+    conn: &mut Connection<ReceiverSide, R, W>,
     policy: &ReceiverPolicy,
     offer: TransferOffer,
 ) -> Result<(), ServeError>
@@ -372,7 +372,7 @@ where
             return Ok(());
         }
     };
-    conn.session.accept()?;
+    let incoming = conn.session.accept()?;
     info!(peer = %policy.peer, target = %dataset, snapshot = %offer.snapshot, "receiving");
     let spec = PumpSpec {
         dataset: &dataset,
@@ -380,7 +380,7 @@ where
         write_timeout: policy.write_timeout,
         danger_skip_inspection: policy.danger_skip_stream_inspection,
     };
-    let outcome = pump(zfs, conn, spec).await;
+    let outcome = pump(zfs, conn, spec, incoming).await;
     let mut received = 0;
     let verdict = match outcome {
         Pumped::Lost { error, whole } => {

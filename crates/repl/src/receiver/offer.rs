@@ -3,7 +3,7 @@
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
-use zrep_proto::{ReceiverSession, RefusalCode, StreamKind, TransferOffer};
+use zrep_proto::{ReceiverSide, RefusalCode, StreamKind, TransferOffer};
 use zrep_zfs::received::resume_token;
 use zrep_zfs::stream::StreamExpectation;
 use zrep_zfs::{DatasetName, SnapshotName, Zfs, ZfsError};
@@ -25,7 +25,7 @@ pub(super) struct Accepted {
 /// Checks an offer against the names, the lock and the target, and creates missing parents.
 pub(super) async fn accept<Z, R, W>(
     zfs: &Z,
-    conn: &mut Connection<ReceiverSession, R, W>,
+    conn: &mut Connection<ReceiverSide, R, W>,
     policy: &ReceiverPolicy,
     offer: &TransferOffer,
 ) -> Result<Accepted, (RefusalCode, String)>

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
-use zrep_proto::{FailureCode, ReceiverEvent, ReceiverSession};
+use zrep_proto::{FailureCode, IncomingStream, ReceiverEvent, ReceiverSide};
 use zrep_zfs::received::untrusted_receive;
 use zrep_zfs::stream::{
     ObjectKind, RECORD_LEN, StreamExpectation, StreamInspector, StreamRefusal, StreamSummary,
@@ -55,11 +55,13 @@ pub(super) struct PumpSpec<'a> {
     pub danger_skip_inspection: bool,
 }
 
-/// Feeds data events into `zfs receive` until the stream ends.
+/// Feeds data events into `zfs receive` until the stream ends. `incoming`, the stream's half
+/// from the accept, opens each chunk and checks the sender's byte count and checksum.
 pub(super) async fn pump<Z, R, W>(
     zfs: &Z,
-    conn: &mut Connection<ReceiverSession, R, W>,
+    conn: &mut Connection<ReceiverSide, R, W>,
     spec: PumpSpec<'_>,
+    mut incoming: IncomingStream,
 ) -> Pumped
 where
     Z: Zfs,
@@ -82,7 +84,17 @@ where
             }
         };
         match event {
-            ReceiverEvent::Data(bytes) => {
+            ReceiverEvent::Data(chunk) => {
+                let bytes = match incoming.open(&chunk) {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        finish_quietly(sink).await;
+                        return Pumped::Lost {
+                            error: conn.reject_stream(err).await.into(),
+                            whole: guard.whole(),
+                        };
+                    }
+                };
                 let admitted = match guard.admit(&bytes) {
                     Ok(admitted) => admitted,
                     Err(refusal) => return Pumped::Refused(refusal.to_string()),
@@ -94,7 +106,15 @@ where
                     }
                 }
             }
-            ReceiverEvent::StreamEnded { bytes, .. } => {
+            ReceiverEvent::StreamEnded(announced) => {
+                if let Err(err) = incoming.finish(announced) {
+                    finish_quietly(sink).await;
+                    return Pumped::Lost {
+                        error: conn.reject_stream(err).await.into(),
+                        whole: guard.whole(),
+                    };
+                }
+                let bytes = announced.bytes;
                 let summary = match guard.finish() {
                     Ok(summary) => summary,
                     Err(refusal) => return Pumped::Refused(refusal.to_string()),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
-use zrep_proto::{SenderEvent, SenderSession, SessionConfig};
+use zrep_proto::{SenderEvent, SenderSession, SenderSide, SessionConfig};
 use zrep_repl::transport::Connection;
 use zrep_tls::Connector;
 use zrep_tls::tokio_rustls::client::TlsStream;
@@ -26,7 +26,7 @@ pub trait Connect {
 }
 
 /// A negotiated session over a [`Connect`]'s stream.
-pub type SenderConn<S> = Connection<SenderSession, ReadHalf<S>, WriteHalf<S>>;
+pub type SenderConn<S> = Connection<SenderSide, ReadHalf<S>, WriteHalf<S>>;
 
 /// Mutual TLS over TCP to the configured receiver. The certificate, key and CA are read afresh
 /// for every connection, so a renewal (maybe with a new key) takes effect on the next session.
