@@ -7,6 +7,7 @@
 mod availability;
 mod check;
 mod daemon;
+mod faults;
 mod hostile;
 mod openzfs;
 mod ops;

@@ -2,9 +2,12 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -566,11 +569,64 @@ struct Runner {
     config: Arc<SystemZfsConfig>,
 }
 
-/// A spawned child with a task that collects its stderr.
+/// A spawned child and where its stderr goes.
 struct Process {
     command: CommandLine,
     child: Child,
-    stderr: JoinHandle<String>,
+    stderr: Stderr,
+}
+
+/// A child's stderr, whose tail is kept for the error.
+enum Stderr {
+    /// A pipe, read by a task as the child writes (short commands).
+    Pipe(JoinHandle<String>),
+    /// An unlinked file, read after the exit (`zfs send`, `zfs receive`). A pipe would end with
+    /// this program: a `zfs send` whose stderr reader is gone dies of SIGPIPE on its first
+    /// warning ("Broken pipe"), before it releases its holds.
+    File(std::fs::File),
+}
+
+impl Stderr {
+    /// The tail of what the child wrote.
+    async fn tail(self) -> String {
+        match self {
+            Self::Pipe(task) => task.await.unwrap_or_default(),
+            Self::File(mut file) => {
+                let len = file.metadata().map_or(0, |m| m.len());
+                let mut kept = Vec::new();
+                let from = len.saturating_sub(MAX_STDERR as u64);
+                // A few KiB at most, read once the process is gone.
+                if file.seek(SeekFrom::Start(from)).is_ok() {
+                    let _ = file.read_to_end(&mut kept);
+                }
+                String::from_utf8_lossy(&kept).into_owned()
+            }
+        }
+    }
+}
+
+/// A file that no directory lists, for a stream process's stderr.
+fn unlinked_file() -> std::io::Result<std::fs::File> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir();
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".zrep-zfs-stderr-{}-{n}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => {
+                std::fs::remove_file(&path)?;
+                return Ok(file);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// How a `zfs send` or `zfs receive` ends. Once the stream's pipe is closed (read to its end,
@@ -723,7 +779,7 @@ async fn reap(
             "{what} exited after its stream was abandoned"
         );
     }
-    let stderr = process.stderr.await.unwrap_or_default();
+    let stderr = process.stderr.tail().await;
     check_status(process.command, status, stderr)
 }
 
@@ -833,26 +889,42 @@ impl Runner {
     ) -> Result<Process, ZfsError> {
         let command = command_line(&self.config, &args);
         debug!(%command, "running");
+        let spawn_error = |source| ZfsError::Spawn {
+            program: self.config.zfs.display().to_string(),
+            source,
+        };
+        // Short commands are killed on drop and may use a pipe; stream processes must not.
+        let file = if kill_on_drop {
+            None
+        } else {
+            Some(unlinked_file().map_err(spawn_error)?)
+        };
+        let to_stderr = match &file {
+            Some(file) => Stdio::from(file.try_clone().map_err(spawn_error)?),
+            None => Stdio::piped(),
+        };
         let mut child = Command::new(&self.config.zfs)
             .args(&args)
             // Stable, untranslated messages for classification.
             .env("LC_ALL", "C")
             .stdin(stdin)
             .stdout(stdout)
-            .stderr(Stdio::piped())
+            .stderr(to_stderr)
             .kill_on_drop(kill_on_drop)
             .spawn()
-            .map_err(|source| ZfsError::Spawn {
-                program: self.config.zfs.display().to_string(),
-                source,
-            })?;
-        let stderr = child.stderr.take();
-        let stderr = tokio::spawn(async move {
-            match stderr {
-                Some(pipe) => read_tail(pipe).await,
-                None => String::new(),
+            .map_err(spawn_error)?;
+        let stderr = match file {
+            Some(file) => Stderr::File(file),
+            None => {
+                let pipe = child.stderr.take();
+                Stderr::Pipe(tokio::spawn(async move {
+                    match pipe {
+                        Some(pipe) => read_tail(pipe).await,
+                        None => String::new(),
+                    }
+                }))
             }
-        });
+        };
         Ok(Process {
             command,
             child,
@@ -903,7 +975,7 @@ impl Runner {
                 });
             }
         };
-        let stderr = process.stderr.await.unwrap_or_default();
+        let stderr = process.stderr.tail().await;
         Ok((
             command,
             status,
