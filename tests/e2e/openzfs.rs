@@ -142,6 +142,14 @@ fn bookmark_replaces_a_destroyed_base_snapshot() {
     config.once().expect_code(0);
     let base = snapshots(&source).last().unwrap().0.clone();
     let base_name = format!("{source}@{base}");
+    // The bookmark names its receiver by its hold tag; another receiver's bookmark (here made
+    // by hand, as a cycle to backup2 would) is not this receiver's to drop (issue 11).
+    let mine = format!("{source}#{base}.zrep:backup1");
+    let theirs = format!("{source}#{base}.zrep:backup2");
+    if caps.bookmarks {
+        assert_eq!(bookmarks(source.as_str()), std::slice::from_ref(&mine));
+        zfs(&["bookmark", &base_name, &theirs]);
+    }
     // An admin (or another tool) removes the base snapshot on the source.
     zfs(&["release", "zrep:backup1", &base_name]);
     zfs(&["destroy", &base_name]);
@@ -153,13 +161,20 @@ fn bookmark_replaces_a_destroyed_base_snapshot() {
     if caps.bookmarks {
         next.expect_code(0);
         assert!(
-            next.stdout.contains(&format!("-i from #{base}")),
+            next.stdout
+                .contains(&format!("-i from #{base}.zrep:backup")),
             "{}",
             next.stdout
         );
         let on_target = snapshots(&target);
         assert_eq!(on_target.len(), 2);
         assert_eq!(on_target.last(), snapshots(&source).last());
+        let newest = &on_target.last().unwrap().0;
+        assert_eq!(
+            bookmarks(source.as_str()),
+            [theirs, format!("{source}#{newest}.zrep:backup1")],
+            "this receiver's bookmark moved to the new base, the other's stayed"
+        );
         zfs(&["mount", target.as_str()]);
         assert_eq!(read_file(&target, "f"), b"two");
         zfs(&["unmount", target.as_str()]);
@@ -173,6 +188,25 @@ fn bookmark_replaces_a_destroyed_base_snapshot() {
             "nothing destroyed or changed on the target"
         );
     }
+}
+
+/// A dataset's bookmarks, oldest first.
+fn bookmarks(dataset: &str) -> Vec<String> {
+    zfs(&[
+        "list",
+        "-H",
+        "-t",
+        "bookmark",
+        "-d1",
+        "-o",
+        "name",
+        "-s",
+        "createtxg",
+        dataset,
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect()
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod naming;
+mod plan;
 pub mod rate;
 pub mod receiver;
 pub mod retention;
@@ -15,10 +16,7 @@ pub use error::ReplicationError;
 
 /// The protocol features this side announces, from what the local ZFS can do.
 pub fn session_features(caps: &zrep_zfs::Capabilities) -> zrep_proto::Features {
-    let (implementation, version) = match &caps.dialect {
-        zrep_zfs::Dialect::OpenZfs { version } => ("openzfs", version.clone()),
-        _ => ("zfs-fuse", String::from("0.7")),
-    };
+    let (implementation, version) = caps.dialect.implementation();
     zrep_proto::Features::new()
         .with_compression([zrep_proto::Compression::Zstd])
         .with_resumable(caps.resumable_receive)

@@ -1,7 +1,14 @@
 //! zrep's snapshot names: `<prefix>_<yyyymmddTHHMMSSZ>` in UTC, so that names sort by time and an
 //! admin reads the age at a glance. Only snapshots of this form are ever pruned by zrep.
+//!
+//! zrep's bookmarks (OpenZFS) are per receiver: `<snapshot name>.<hold tag>`, the receiver named
+//! by the hold tag it keeps on the source (`zrep_20261127T054910Z.zrep:backup1`), so that a
+//! cycle to one receiver drops only that receiver's older bookmarks. A bookmark named like a
+//! snapshot alone is the form before bookmarks were per receiver: still a base, never dropped.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use zrep_zfs::HoldTag;
 
 /// The default prefix.
 pub const DEFAULT_PREFIX: &str = "zrep";
@@ -54,6 +61,42 @@ pub fn parse_snapshot_time(prefix: &str, short: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// Between the snapshot name and the receiver's hold tag in a bookmark name (allowed in ZFS
+/// names; the stamp's fixed length makes the split unambiguous).
+const RECEIVER_SEPARATOR: char = '.';
+
+/// The short name of the bookmark zrep keeps of `snapshot` (a short name) for the receiver whose
+/// hold tag is `receiver`.
+pub fn bookmark_short_name(snapshot: &str, receiver: &HoldTag) -> String {
+    format!("{snapshot}{RECEIVER_SEPARATOR}{}", receiver.as_str())
+}
+
+/// One of zrep's bookmarks, as its name tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZrepBookmark<'a> {
+    /// The time in the bookmarked snapshot's name.
+    pub time: SystemTime,
+    /// The receiver's hold tag; `None` for a bookmark of the form before bookmarks were per
+    /// receiver (the snapshot's name alone).
+    pub receiver: Option<&'a str>,
+}
+
+/// What the bookmark short name `short` says if it is one of zrep's of this prefix, or `None`.
+pub fn parse_bookmark<'a>(prefix: &str, short: &'a str) -> Option<ZrepBookmark<'a>> {
+    // `<prefix>_` and the 16-byte stamp.
+    let (snapshot, rest) = short.split_at_checked(prefix.len() + 1 + 16)?;
+    let time = parse_snapshot_time(prefix, snapshot)?;
+    let receiver = match rest {
+        "" => None,
+        tagged => Some(
+            tagged
+                .strip_prefix(RECEIVER_SEPARATOR)
+                .filter(|tag| HoldTag::parse(tag).is_ok())?,
+        ),
+    };
+    Some(ZrepBookmark { time, receiver })
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
@@ -102,6 +145,39 @@ mod tests {
         let a = snapshot_short_name("zrep", UNIX_EPOCH + Duration::from_secs(1_000_000_000));
         let b = snapshot_short_name("zrep", UNIX_EPOCH + Duration::from_secs(1_000_000_001));
         assert!(a < b);
+    }
+
+    #[test]
+    fn bookmarks_name_their_receiver() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_758_550);
+        let tag = HoldTag::parse("zrep:backup1").unwrap();
+        let short = bookmark_short_name(&snapshot_short_name("zrep", t), &tag);
+        assert_eq!(short, "zrep_20261127T054910Z.zrep:backup1");
+        assert_eq!(
+            parse_bookmark("zrep", &short),
+            Some(ZrepBookmark {
+                time: t,
+                receiver: Some("zrep:backup1")
+            })
+        );
+        // The form before bookmarks were per receiver.
+        assert_eq!(
+            parse_bookmark("zrep", "zrep_20261127T054910Z"),
+            Some(ZrepBookmark {
+                time: t,
+                receiver: None
+            })
+        );
+        for foreign in [
+            "zrep_20261127T054910Z.",
+            "zrep_20261127T054910Z.-x",
+            "zrep_20261127T054910Zbackup1",
+            "zrep_20261127T054910",
+            "other_20261127T054910Z.zrep:backup1",
+            "manual.zrep:backup1",
+        ] {
+            assert_eq!(parse_bookmark("zrep", foreign), None, "{foreign}");
+        }
     }
 
     #[test]

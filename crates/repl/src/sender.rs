@@ -7,16 +7,17 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::{debug, info, warn};
 use zrep_proto::{
-    AbortResumeOutcome, ChunkCompressor, Compression, MAX_CHUNK, SenderEvent, SenderSession,
-    SnapshotInfo as WireSnapshot, StreamKind, TargetState, TransferOffer, choose_base,
+    AbortResumeOutcome, ChunkCompressor, MAX_CHUNK, SenderEvent, SenderSession, SenderSide,
+    TargetState, TransferOffer,
 };
 use zrep_zfs::{
-    BookmarkInfo, DatasetName, Guid, HoldTag, IncrementalBase, RelativeName, SendKind, SendRequest,
-    SnapshotInfo, SnapshotName, Zfs, ZfsError,
+    DatasetName, Guid, HoldTag, RelativeName, SendKind, SendRequest, SnapshotInfo, SnapshotName,
+    Zfs, ZfsError,
 };
 
 use crate::error::ReplicationError;
-use crate::naming::{parse_snapshot_time, snapshot_short_name};
+use crate::naming::{bookmark_short_name, snapshot_short_name};
+use crate::plan::{Plan, Resume, plan, plan_resume, settlement, stale_bookmarks};
 use crate::rate::Pacer;
 use crate::retention::KeepPolicy;
 use crate::transport::{Connection, Either};
@@ -127,7 +128,7 @@ pub struct Replicated {
 /// Runs one cycle for `job` over an established session. `now` names the new snapshot.
 pub async fn replicate<Z, R, W>(
     zfs: &Z,
-    conn: &mut Connection<SenderSession, R, W>,
+    conn: &mut Connection<SenderSide, R, W>,
     job: &DatasetJob,
     options: &SenderOptions,
     now: SystemTime,
@@ -231,7 +232,7 @@ async fn take_snapshot<Z: Zfs>(
 /// gone from the source, ask the receiver to discard it so that planning starts afresh.
 async fn finish_interrupted<Z, R, W>(
     zfs: &Z,
-    conn: &mut Connection<SenderSession, R, W>,
+    conn: &mut Connection<SenderSide, R, W>,
     job: &DatasetJob,
     options: &SenderOptions,
     local: &[SnapshotInfo],
@@ -252,196 +253,45 @@ where
         )));
     }
     let info = match zfs.resume_token_info(token).await {
-        Ok(info)
-            if info.to_name.dataset() == job.source
-                && local.iter().any(|s| s.guid == info.to_guid) =>
-        {
-            Some(info)
-        }
-        Ok(_) | Err(ZfsError::NotFound { .. }) => None,
+        Ok(info) => Some(info),
+        Err(ZfsError::NotFound { .. }) => None,
         Err(err) => {
             return Err(ReplicationError::zfs("reading the receiver's resume token")(err));
         }
     };
-    let Some(info) = info else {
-        info!(
-            target,
-            "the interrupted stream's snapshot is gone; discarding the partial receive"
-        );
-        return match ask(conn, |session| session.abort_resume(target)).await? {
-            SenderEvent::AbortResumeAnswered {
-                outcome: AbortResumeOutcome::Discarded | AbortResumeOutcome::NothingToDiscard,
-                ..
-            } => Ok(None),
-            SenderEvent::AbortResumeAnswered {
-                outcome: AbortResumeOutcome::Refused { code, message },
-                ..
-            } => Err(ReplicationError::Refused { code, message }),
-            other => Err(unexpected(other)),
-        };
+    let (snapshot, request, mut offer) = match plan_resume(job, local, token, info.as_ref()) {
+        Resume::Finish {
+            snapshot,
+            request,
+            offer,
+        } => (snapshot, request, offer),
+        Resume::Discard => {
+            info!(
+                target,
+                "the interrupted stream's snapshot is gone; discarding the partial receive"
+            );
+            return match ask(conn, |session| session.abort_resume(target)).await? {
+                SenderEvent::AbortResumeAnswered {
+                    outcome: AbortResumeOutcome::Discarded | AbortResumeOutcome::NothingToDiscard,
+                    ..
+                } => Ok(None),
+                SenderEvent::AbortResumeAnswered {
+                    outcome: AbortResumeOutcome::Refused { code, message },
+                    ..
+                } => Err(ReplicationError::Refused { code, message }),
+                other => Err(unexpected(other)),
+            };
+        }
     };
-    let snapshot = info.to_name.short_name().to_owned();
-    info!(target, %snapshot, done = ?info.bytes_done, "resuming an interrupted stream");
-    let request = SendRequest::new(SendKind::Resume {
-        token: token.to_owned(),
-    });
-    let offer = TransferOffer {
-        target: target.to_owned(),
-        snapshot: snapshot.clone(),
-        guid: info.to_guid.0,
-        kind: StreamKind::Resume {
-            token: token.to_owned(),
-        },
-        compression: Compression::Zstd,
-        raw: job.raw,
-        size_estimate: zfs.send_estimate(&request).await.ok().flatten(),
-    };
-    let (bytes, _) = transfer(zfs, conn, &request, offer, options).await?;
+    let done = info.and_then(|info| info.bytes_done);
+    info!(target, %snapshot, ?done, "resuming an interrupted stream");
+    offer.size_estimate = zfs.send_estimate(&request).await.ok().flatten();
+    let (bytes, _) = transfer(zfs, conn, &request, *offer, options).await?;
     Ok(Some((snapshot, bytes)))
 }
 
-/// What to do for one dataset.
-#[derive(Debug)]
-enum Plan {
-    UpToDate,
-    Send {
-        request: SendRequest,
-        shape: StreamShape,
-        offer: Box<TransferOffer>,
-    },
-}
-
-fn to_wire(snapshots: &[SnapshotInfo]) -> Vec<WireSnapshot> {
-    snapshots
-        .iter()
-        .enumerate()
-        .map(|(i, s)| WireSnapshot {
-            name: s.name.short_name().to_owned(),
-            guid: s.guid.0,
-            // Where the dialect lacks createtxg, list order is creation order.
-            createtxg: s.createtxg.unwrap_or(i as u64),
-            creation: s.creation,
-        })
-        .collect()
-}
-
-/// Bookmarks take part in planning under this prefix, which no snapshot name can carry.
-const BOOKMARK_MARK: char = '#';
-
-/// Source candidates for the common base: snapshots, plus bookmarks whose snapshot is gone,
-/// in creation order.
-fn candidates(local: &[SnapshotInfo], bookmarks: &[BookmarkInfo]) -> Vec<WireSnapshot> {
-    let mut all = to_wire(local);
-    let orphans = bookmarks
-        .iter()
-        .filter(|b| !local.iter().any(|s| s.guid == b.guid));
-    for (i, mark) in orphans.enumerate() {
-        all.push(WireSnapshot {
-            name: format!("{BOOKMARK_MARK}{}", mark.name.short_name()),
-            guid: mark.guid.0,
-            createtxg: mark.createtxg.unwrap_or(i as u64),
-            creation: mark.creation,
-        });
-    }
-    all.sort_by_key(|s| s.createtxg);
-    all
-}
-
-fn plan(
-    job: &DatasetJob,
-    local: &[SnapshotInfo],
-    bookmarks: &[BookmarkInfo],
-    newest: &SnapshotInfo,
-    state: &TargetState,
-) -> Result<Plan, ReplicationError> {
-    let target = &job.target;
-    let offer = |kind: StreamKind| TransferOffer {
-        target: target.as_str().to_owned(),
-        snapshot: newest.name.short_name().to_owned(),
-        guid: newest.guid.0,
-        kind,
-        compression: Compression::Zstd,
-        raw: job.raw,
-        size_estimate: None,
-    };
-    let request = |kind: SendKind| SendRequest {
-        raw: job.raw,
-        ..SendRequest::new(kind)
-    };
-    if !state.exists {
-        return Ok(Plan::Send {
-            request: request(SendKind::Full {
-                snapshot: newest.name.clone(),
-            }),
-            shape: StreamShape::Full,
-            offer: Box::new(offer(StreamKind::Full)),
-        });
-    }
-    let choice = choose_base(&candidates(local, bookmarks), &state.snapshots);
-    let Some((base, _)) = &choice.common else {
-        let what = if state.snapshots.is_empty() {
-            "exists on the receiver without any snapshot".to_owned()
-        } else {
-            format!(
-                "exists on the receiver with {} snapshot(s), none of which {} has (compared by GUID)",
-                state.snapshots.len(),
-                job.source
-            )
-        };
-        return Err(ReplicationError::Diverged(format!(
-            "target {target} {what}. zrep never destroys data on the receiver: rename or destroy \
-             the target there, or replicate to another `target`"
-        )));
-    };
-    if choice.diverged() {
-        let names: Vec<&str> = choice.diverging.iter().map(|s| s.name.as_str()).collect();
-        return Err(ReplicationError::Diverged(format!(
-            "target {target} has snapshot(s) newer than the last common one ({}) that {} does not \
-             have: {}. zrep never destroys data on the receiver: if they are not needed, roll the \
-             target back to @{} there (zfs rollback -r), or replicate to another `target`",
-            base.name,
-            job.source,
-            names.join(", "),
-            base.name
-        )));
-    }
-    if base.guid == newest.guid.0 {
-        return Ok(Plan::UpToDate);
-    }
-    let (from, short, intermediates) = match base.name.strip_prefix(BOOKMARK_MARK) {
-        // A bookmark holds no data, so nothing in between can travel: `-i` only.
-        Some(mark) => (
-            IncrementalBase::Bookmark(job.source.bookmark(mark)?),
-            mark,
-            false,
-        ),
-        None => (
-            IncrementalBase::Snapshot(job.source.snapshot(&base.name)?),
-            base.name.as_str(),
-            job.intermediates,
-        ),
-    };
-    Ok(Plan::Send {
-        request: request(SendKind::Incremental {
-            from: from.clone(),
-            to: newest.name.clone(),
-            intermediates,
-        }),
-        shape: StreamShape::Incremental {
-            base: short.to_owned(),
-            intermediates,
-            from_bookmark: matches!(from, IncrementalBase::Bookmark(_)),
-        },
-        offer: Box::new(offer(StreamKind::Incremental {
-            base_guid: base.guid,
-            base_name: from.as_str().to_owned(),
-            intermediates,
-        })),
-    })
-}
-
 async fn request_state<R, W>(
-    conn: &mut Connection<SenderSession, R, W>,
+    conn: &mut Connection<SenderSide, R, W>,
     target: &str,
 ) -> Result<TargetState, ReplicationError>
 where
@@ -457,7 +307,7 @@ where
 /// Makes a request and waits for its answer. What the connection produced while local work ran
 /// comes first: after the peer's error frame the session takes no request.
 async fn ask<R, W>(
-    conn: &mut Connection<SenderSession, R, W>,
+    conn: &mut Connection<SenderSide, R, W>,
     request: impl FnOnce(&mut SenderSession) -> Result<(), zrep_proto::UsageError>,
 ) -> Result<SenderEvent, ReplicationError>
 where
@@ -485,7 +335,7 @@ fn unexpected(event: SenderEvent) -> ReplicationError {
 /// Offers, streams and waits for the commit. Returns (stream bytes, wire bytes).
 async fn transfer<Z, R, W>(
     zfs: &Z,
-    conn: &mut Connection<SenderSession, R, W>,
+    conn: &mut Connection<SenderSide, R, W>,
     request: &SendRequest,
     offer: TransferOffer,
     options: &SenderOptions,
@@ -516,6 +366,7 @@ where
         SenderEvent::Accepted => {}
         other => return Err(unexpected(other)),
     }
+    let mut outgoing = conn.session.outgoing_stream()?;
     let mut send = zfs
         .send(request)
         .await
@@ -552,10 +403,11 @@ where
         if filled > 0 && (n == 0 || filled == buf.len()) {
             let raw = &buf[..filled];
             let chunk = compressor.compress(raw)?;
-            let bytes = conn.session.send_data(raw, chunk, conn.now())?;
+            let bytes = outgoing.push(raw, chunk)?;
             wire += bytes.len() as u64;
             stream_bytes += raw.len() as u64;
             conn.write_raw(&bytes).await?;
+            conn.session.data_sent(conn.now());
             report(stream_bytes, wire, false);
             if let Some(pacer) = pacer.as_mut() {
                 pacer.sent(bytes.len()).await;
@@ -579,7 +431,7 @@ where
         )));
     }
     report(stream_bytes, wire, true);
-    let summary = conn.session.finish_stream()?;
+    let summary = conn.session.finish_stream(outgoing.summary())?;
     conn.flush().await?;
     let answer = tokio::time::timeout(options.commit_timeout, conn.next_event())
         .await
@@ -625,52 +477,37 @@ async fn settle<Z: Zfs>(
             "listing snapshots of {}",
             job.source
         )))?;
-    let older: Vec<&SnapshotInfo> = snapshots
-        .iter()
-        .take_while(|s| s.guid != base.guid)
-        .filter(|s| parse_snapshot_time(&job.prefix, s.name.short_name()).is_some())
-        .collect();
-    for snap in &older {
-        match zfs.release(tag, &snap.name).await {
-            Ok(()) => debug!(snapshot = %snap.name, "released the previous base"),
+    let settled = settlement(job, &snapshots, base.guid, now);
+    for snap in settled.release {
+        match zfs.release(tag, snap).await {
+            Ok(()) => debug!(snapshot = %snap, "released the previous base"),
             Err(ZfsError::NoSuchHold { .. }) => {}
-            Err(err) => warn!(snapshot = %snap.name, cause = %err, "could not release hold"),
+            Err(err) => warn!(snapshot = %snap, cause = %err, "could not release hold"),
         }
     }
     if zfs.capabilities().bookmarks {
-        bookmark_base(zfs, job, base).await;
+        bookmark_base(zfs, job, tag, base).await;
     }
-    // zrep's snapshots with their name times, oldest first; the base and anything newer are
-    // protected.
-    let ours: Vec<(&SnapshotInfo, SystemTime)> = snapshots
-        .iter()
-        .filter_map(|s| Some((s, parse_snapshot_time(&job.prefix, s.name.short_name())?)))
-        .collect();
-    let protect_from = ours
-        .iter()
-        .position(|(s, _)| s.guid == base.guid)
-        .unwrap_or(0);
-    let times: Vec<SystemTime> = ours.iter().map(|(_, t)| *t).collect();
-    let doomed = job.keep.doomed(&times, protect_from, now);
     let mut pruned = Vec::new();
-    for snap in doomed.into_iter().map(|i| ours[i].0) {
-        match zfs.destroy_snapshot(&snap.name).await {
+    for snap in settled.prune {
+        match zfs.destroy_snapshot(snap).await {
             Ok(()) => {
-                info!(snapshot = %snap.name, "pruned");
-                pruned.push(snap.name.clone());
+                info!(snapshot = %snap, "pruned");
+                pruned.push(snap.clone());
             }
             // Held by someone else (another receiver's base, an admin): not ours to force.
-            Err(err) => warn!(snapshot = %snap.name, cause = %err, "not pruned"),
+            Err(err) => warn!(snapshot = %snap, cause = %err, "not pruned"),
         }
     }
     Ok(pruned)
 }
 
-/// Bookmarks the new base (so a later incremental can start from it even if the snapshot is
-/// destroyed) and drops zrep's older bookmarks. Failures only cost that fallback: warn.
-async fn bookmark_base<Z: Zfs>(zfs: &Z, job: &DatasetJob, base: &SnapshotInfo) {
-    let short = base.name.short_name();
-    let mark = match job.source.bookmark(short) {
+/// Bookmarks the new base for this receiver (so a later incremental can start from it even if
+/// the snapshot is destroyed) and drops this receiver's older bookmarks; other receivers' stay.
+/// Failures only cost that fallback: warn.
+async fn bookmark_base<Z: Zfs>(zfs: &Z, job: &DatasetJob, tag: &HoldTag, base: &SnapshotInfo) {
+    let short = bookmark_short_name(base.name.short_name(), tag);
+    let mark = match job.source.bookmark(&short) {
         Ok(mark) => mark,
         Err(err) => {
             warn!(snapshot = %base.name, cause = %err, "cannot name a bookmark");
@@ -684,16 +521,16 @@ async fn bookmark_base<Z: Zfs>(zfs: &Z, job: &DatasetJob, base: &SnapshotInfo) {
             return;
         }
     }
-    let Ok(bookmarks) = zfs.list_bookmarks(&job.source).await else {
-        return;
+    let bookmarks = match zfs.list_bookmarks(&job.source).await {
+        Ok(bookmarks) => bookmarks,
+        Err(err) => {
+            warn!(dataset = %job.source, cause = %err, "could not list bookmarks");
+            return;
+        }
     };
-    for old in bookmarks {
-        let ours = parse_snapshot_time(&job.prefix, old.name.short_name()).is_some();
-        if ours
-            && old.guid != base.guid
-            && let Err(err) = zfs.destroy_bookmark(&old.name).await
-        {
-            warn!(bookmark = %old.name, cause = %err, "could not drop an old bookmark");
+    for old in stale_bookmarks(&job.prefix, tag, &bookmarks, base.guid) {
+        if let Err(err) = zfs.destroy_bookmark(old).await {
+            warn!(bookmark = %old, cause = %err, "could not drop an old bookmark");
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
 use zrep_proto::{
-    ErrorCode, ReceiverSession, RefusalCode, SenderEvent, SenderSession, SessionConfig,
+    ErrorCode, ReceiverSession, RefusalCode, SenderEvent, SenderSession, SenderSide, SessionConfig,
 };
 use zrep_repl::ReplicationError;
 use zrep_repl::receiver::{ReceiverPolicy, Retention, ServeError, TargetLocks, serve};
@@ -23,7 +23,7 @@ use zrep_zfs::{
     Capabilities, DatasetName, Guid, HoldTag, PropertyName, RelativeName, SnapshotName, Zfs,
 };
 
-type SenderConn = Connection<SenderSession, ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
+type SenderConn = Connection<SenderSide, ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
 
 struct Bed {
     src: FakeZfs,
@@ -490,9 +490,10 @@ async fn streams_of_another_shape_are_refused_and_the_session_goes_on() {
             other => panic!("{case}: offer answered {other:?}"),
         }
         let chunk = ChunkCompressor::new(3).unwrap().compress(&bytes).unwrap();
-        let frame = conn.session.send_data(&bytes, chunk, conn.now()).unwrap();
+        let mut outgoing = conn.session.outgoing_stream().unwrap();
+        let frame = outgoing.push(&bytes, chunk).unwrap();
         conn.write_raw(&frame).await.unwrap();
-        conn.session.finish_stream().unwrap();
+        conn.session.finish_stream(outgoing.summary()).unwrap();
         conn.flush().await.unwrap();
         match conn.next_event().await.unwrap() {
             SenderEvent::Failed { code, message } => {
@@ -586,4 +587,184 @@ async fn a_session_stopped_mid_transfer_says_why_and_leaves_nothing() {
         Err(ServeError::Transport(TransportError::Stopped { .. }))
     ));
     assert!(!bed.dst.exists(&bed.target()).await.unwrap());
+}
+
+/// One source replicating to two receivers (OpenZFS fakes, so bookmarks exist): each receiver
+/// has its own target host, hold tag and bookmarks, the source is shared.
+struct TwoReceivers {
+    a: Bed,
+    b: Bed,
+}
+
+impl TwoReceivers {
+    const TAG_A: &str = "zrep:backup1";
+    const TAG_B: &str = "zrep:backup2";
+
+    async fn new() -> Self {
+        let mut a = Bed::new().await;
+        a.src = FakeZfs::new(Capabilities::openzfs("2.3.2"));
+        a.dst = FakeZfs::new(Capabilities::openzfs("2.3.2"));
+        a.src.create_pool("tank");
+        a.src.create_dataset(&a.source, &[], true).await.unwrap();
+        a.dst.create_pool("backup");
+        let mut b = Bed::new().await;
+        b.src = a.src.clone();
+        b.dst = FakeZfs::new(Capabilities::openzfs("2.3.2"));
+        b.dst.create_pool("backup");
+        Self { a, b }
+    }
+
+    /// One cycle to receiver A or B, each a minute after the last of either.
+    async fn cycle(&mut self, to_b: bool) -> Replicated {
+        let clock = self.a.clock.max(self.b.clock) + 60;
+        let (bed, tag) = if to_b {
+            (&mut self.b, Self::TAG_B)
+        } else {
+            (&mut self.a, Self::TAG_A)
+        };
+        bed.clock = clock;
+        let options = SenderOptions {
+            hold_tag: HoldTag::parse(tag).unwrap(),
+            ..bed.options()
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(clock);
+        let (mut conn, receiver) = bed.connect().await;
+        let done = replicate(&bed.src, &mut conn, &bed.job(), &options, now)
+            .await
+            .unwrap();
+        bye(conn, receiver).await;
+        done
+    }
+
+    async fn bookmarks(&self) -> Vec<String> {
+        self.a
+            .src
+            .list_bookmarks(&self.a.source)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.name.short_name().to_owned())
+            .collect()
+    }
+}
+
+fn bookmark_of(done: &Replicated, tag: &str) -> String {
+    format!("{}.{tag}", done.snapshot.short_name())
+}
+
+/// Issue 11: with several receivers, a cycle to one dropped the others' bookmarks. Each
+/// receiver's cycle now moves only its own bookmark; the other's stays and still serves as its
+/// base once the snapshot it marks is gone.
+#[tokio::test]
+async fn each_receiver_keeps_its_own_bookmark() {
+    let (a_tag, b_tag) = (TwoReceivers::TAG_A, TwoReceivers::TAG_B);
+    let mut two = TwoReceivers::new().await;
+    two.a.src.write_file(&two.a.source, "f", b"1");
+    let a1 = two.cycle(false).await;
+    assert_eq!(two.bookmarks().await, [bookmark_of(&a1, a_tag)]);
+    let b1 = two.cycle(true).await;
+    assert_eq!(
+        two.bookmarks().await,
+        [bookmark_of(&a1, a_tag), bookmark_of(&b1, b_tag)]
+    );
+    two.a.src.write_file(&two.a.source, "f", b"2");
+    let a2 = two.cycle(false).await;
+    assert_eq!(
+        a2.shape,
+        StreamShape::Incremental {
+            base: a1.snapshot.short_name().to_owned(),
+            intermediates: true,
+            from_bookmark: false
+        }
+    );
+    // A's bookmark moved; B's stayed, and so did B's base (held by B's tag).
+    assert_eq!(
+        two.bookmarks().await,
+        [bookmark_of(&b1, b_tag), bookmark_of(&a2, a_tag)]
+    );
+    assert_eq!(two.a.src.holds_of(&b1.snapshot), [b_tag]);
+    two.a.src.write_file(&two.a.source, "f", b"3");
+    let b2 = two.cycle(true).await;
+    assert_eq!(
+        two.bookmarks().await,
+        [bookmark_of(&a2, a_tag), bookmark_of(&b2, b_tag)]
+    );
+
+    // B's base snapshot is destroyed by hand: A's cycle leaves B's bookmark, which then
+    // carries B's next increment (-i from the bookmark).
+    two.a
+        .src
+        .release(&HoldTag::parse(b_tag).unwrap(), &b2.snapshot)
+        .await
+        .unwrap();
+    two.a.src.destroy_snapshot(&b2.snapshot).await.unwrap();
+    two.a.src.write_file(&two.a.source, "f", b"4");
+    let a3 = two.cycle(false).await;
+    assert_eq!(
+        two.bookmarks().await,
+        [bookmark_of(&b2, b_tag), bookmark_of(&a3, a_tag)]
+    );
+    let b3 = two.cycle(true).await;
+    assert_eq!(
+        b3.shape,
+        StreamShape::Incremental {
+            base: bookmark_of(&b2, b_tag),
+            intermediates: false,
+            from_bookmark: true
+        }
+    );
+    assert_eq!(
+        two.bookmarks().await,
+        [bookmark_of(&a3, a_tag), bookmark_of(&b3, b_tag)]
+    );
+    for bed in [&two.a, &two.b] {
+        assert_eq!(bed.dst.files(&bed.target())["f"], b"4");
+        let newest = Bed::guids(&bed.dst, &bed.target()).await.pop().unwrap();
+        let sent = if std::ptr::eq(bed, &two.a) { &a3 } else { &b3 };
+        assert_eq!(newest, (sent.snapshot.short_name().to_owned(), sent.guid));
+    }
+}
+
+/// A bookmark of the form before bookmarks were per receiver (the snapshot's name alone) still
+/// serves as a base after an upgrade, and is never dropped: it may be another receiver's.
+#[tokio::test]
+async fn an_old_form_bookmark_is_a_base_and_stays() {
+    let mut two = TwoReceivers::new().await;
+    two.a.src.write_file(&two.a.source, "f", b"1");
+    let a1 = two.cycle(false).await;
+    // As an older zrep left it: only the old form.
+    let mine = two.bookmarks().await;
+    let source = two.a.source.clone();
+    let old = a1.snapshot.short_name().to_owned();
+    two.a
+        .src
+        .create_bookmark(&a1.snapshot, &source.bookmark(&old).unwrap())
+        .await
+        .unwrap();
+    two.a
+        .src
+        .destroy_bookmark(&source.bookmark(&mine[0]).unwrap())
+        .await
+        .unwrap();
+    two.a
+        .src
+        .release(&HoldTag::parse(TwoReceivers::TAG_A).unwrap(), &a1.snapshot)
+        .await
+        .unwrap();
+    two.a.src.destroy_snapshot(&a1.snapshot).await.unwrap();
+    two.a.src.write_file(&two.a.source, "f", b"2");
+    let a2 = two.cycle(false).await;
+    assert_eq!(
+        a2.shape,
+        StreamShape::Incremental {
+            base: old.clone(),
+            intermediates: false,
+            from_bookmark: true
+        }
+    );
+    assert_eq!(
+        two.bookmarks().await,
+        [old, bookmark_of(&a2, TwoReceivers::TAG_A)]
+    );
+    assert_eq!(two.a.dst.files(&two.a.target())["f"], b"2");
 }

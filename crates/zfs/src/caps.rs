@@ -30,6 +30,17 @@ impl fmt::Display for Dialect {
     }
 }
 
+impl Dialect {
+    /// The implementation's name and version as announced to a peer (`openzfs`, `2.3.2-1`).
+    /// zfs-fuse has no `zfs version`; 0.7 is its last release and the one zrep is tested on.
+    pub fn implementation(&self) -> (&'static str, &str) {
+        match self {
+            Self::OpenZfs { version } => ("openzfs", version),
+            Self::Legacy => ("zfs-fuse", "0.7"),
+        }
+    }
+}
+
 /// What the local `zfs` supports beyond the common core.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(clippy::struct_excessive_bools)]
@@ -38,7 +49,8 @@ pub struct Capabilities {
     pub dialect: Dialect,
     /// `zfs list -p` (exact numbers).
     pub list_parsable: bool,
-    /// `zfs bookmark` and bookmarks as incremental sources.
+    /// `zfs bookmark` and bookmarks as incremental sources; only together with `createtxg`,
+    /// which places a bookmark among the snapshots (see [`Capabilities::with_createtxg`]).
     pub bookmarks: bool,
     /// `zfs receive -s`, `receive_resume_token`, `zfs send -t`, `zfs receive -A`.
     pub resumable_receive: bool,
@@ -62,7 +74,8 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// Derives capabilities from `zfs` usage text, the property list, and `zfs version` output
-    /// (empty when the command does not exist).
+    /// (empty when the command does not exist): what the texts show, before
+    /// [`Capabilities::with_createtxg`] settles `createtxg` and what depends on it.
     pub fn from_probe(usage: &str, properties: &str, version_output: &str) -> Self {
         let dialect = parse_version(version_output)
             .map(|version| Dialect::OpenZfs { version })
@@ -89,6 +102,17 @@ impl Capabilities {
             createtxg: property_listed(properties, "createtxg"),
             holds_scriptable: holds.contains('H'),
         }
+    }
+
+    /// These capabilities with `createtxg` as finally found (listed, or answered where hidden,
+    /// as [`crate::SystemZfs::probe`] asks). Without
+    /// it bookmarks are off: the snapshot order would be list positions, among which a bookmark
+    /// has no place, and a bookmark base out of order could pick an older base than the newest.
+    #[must_use]
+    pub fn with_createtxg(mut self, createtxg: bool) -> Self {
+        self.createtxg = createtxg;
+        self.bookmarks &= createtxg;
+        self
     }
 
     /// The capabilities of a plain zfs-fuse 0.7, for fakes and tests.
@@ -248,6 +272,26 @@ mod tests {
             recorded_probe!("2.1.11"),
             Capabilities::openzfs("2.1.11-1+deb12u1")
         );
+    }
+
+    #[test]
+    fn bookmarks_need_createtxg() {
+        let caps = Capabilities::from_probe(OPENZFS_USAGE, "\tguid  NO NO <uint64>\n", "");
+        assert!(!caps.createtxg && caps.bookmarks);
+        assert!(caps.clone().with_createtxg(true).bookmarks);
+        assert!(!caps.with_createtxg(false).bookmarks);
+    }
+
+    #[test]
+    fn implementation_names() {
+        assert_eq!(
+            Dialect::OpenZfs {
+                version: "2.3.2-1".into()
+            }
+            .implementation(),
+            ("openzfs", "2.3.2-1")
+        );
+        assert_eq!(Dialect::Legacy.implementation(), ("zfs-fuse", "0.7"));
     }
 
     #[test]

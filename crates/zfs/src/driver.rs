@@ -60,6 +60,12 @@ pub struct SnapshotInfo {
     /// The transaction group that created it, where the dialect reports it; it orders snapshots
     /// taken within the same second.
     pub createtxg: Option<u64>,
+    /// Its place in the dataset's creation order, always filled by the driver: `createtxg` where
+    /// the dialect reports it, otherwise the 1-based position in the dataset's listing (which is
+    /// creation order). Either way the orders of one dataset's snapshots and bookmarks compare
+    /// with each other (without `createtxg` no bookmarks are used: see
+    /// [`Capabilities::bookmarks`]); orders of different datasets or hosts do not.
+    pub order: u64,
 }
 
 /// One bookmark (OpenZFS).
@@ -73,6 +79,9 @@ pub struct BookmarkInfo {
     pub creation: u64,
     /// The transaction group of that snapshot, where reported.
     pub createtxg: Option<u64>,
+    /// That snapshot's place in the dataset's creation order, comparable with
+    /// [`SnapshotInfo::order`] of the same dataset.
+    pub order: u64,
 }
 
 /// A property's value and where it comes from.
@@ -416,7 +425,8 @@ pub trait Zfs: Send + Sync {
         bookmark: &BookmarkName,
     ) -> impl Future<Output = Result<(), ZfsError>> + Send;
 
-    /// Bookmarks of one dataset, oldest first (OpenZFS; empty where unsupported).
+    /// Bookmarks of one dataset, oldest first (OpenZFS; empty where unsupported or where the
+    /// dialect has no `createtxg` to order them among snapshots).
     fn list_bookmarks(
         &self,
         dataset: &DatasetName,

@@ -97,8 +97,11 @@ struct Bookmark {
 }
 
 impl FakeZfs {
-    /// An empty fake with the given dialect.
+    /// An empty fake with the given dialect (bookmarks only with `createtxg`, as the real
+    /// driver's probe settles it).
     pub fn new(caps: Capabilities) -> Self {
+        let createtxg = caps.createtxg;
+        let caps = caps.with_createtxg(createtxg);
         static INSTANCES: AtomicU64 = AtomicU64::new(1);
         let state = State {
             seed: INSTANCES.fetch_add(1, Ordering::Relaxed),
@@ -295,12 +298,18 @@ impl Zfs for FakeZfs {
             if !recursive && name != dataset.as_str() {
                 continue;
             }
-            for snap in &ds.snapshots {
+            // The order real ZFS gives: the txg, or without it the position in the listing.
+            for (position, snap) in (1..).zip(&ds.snapshots) {
                 out.push(SnapshotInfo {
                     name: SnapshotName::parse(&format!("{name}@{}", snap.short))?,
                     guid: Guid(snap.guid),
                     creation: snap.creation,
                     createtxg: self.caps.createtxg.then_some(snap.txg),
+                    order: if self.caps.createtxg {
+                        snap.txg
+                    } else {
+                        position
+                    },
                 });
             }
         }
@@ -747,6 +756,7 @@ impl Zfs for FakeZfs {
                     guid: Guid(b.guid),
                     creation: b.creation,
                     createtxg: Some(b.txg),
+                    order: b.txg,
                 })
             })
             .collect()

@@ -74,10 +74,9 @@ impl SystemZfs {
         let properties = runner.output_any_status(vec!["get".into()]).await?;
         let version = runner.output_any_status(vec!["version".into()]).await?;
         let mut caps = Capabilities::from_probe(&usage, &properties, &version);
-        if !caps.createtxg {
-            // zfs-fuse answers `createtxg` without listing it; ask a pool's root dataset.
-            caps.createtxg = runner.createtxg_answers().await;
-        }
+        // zfs-fuse answers `createtxg` without listing it; ask a pool's root dataset.
+        let createtxg = caps.createtxg || runner.createtxg_answers().await;
+        caps = caps.with_createtxg(createtxg);
         debug!(?caps, "probed ZFS");
         Ok(Self {
             config: runner.config,
@@ -263,14 +262,7 @@ impl Zfs for SystemZfs {
         if !recursive {
             snapshots.retain(|snap| snap.name.dataset() == *dataset);
         }
-        // Stable: keeps ZFS's dataset grouping, orders by txg within a dataset where known.
-        snapshots.sort_by(|a, b| {
-            let same = a.name.dataset() == b.name.dataset();
-            match (same, a.createtxg, b.createtxg) {
-                (true, Some(x), Some(y)) => x.cmp(&y),
-                _ => std::cmp::Ordering::Equal,
-            }
-        });
+        fill_order(&mut snapshots);
         Ok(snapshots)
     }
 
@@ -503,14 +495,10 @@ impl Zfs for SystemZfs {
     }
 
     async fn list_bookmarks(&self, dataset: &DatasetName) -> Result<Vec<BookmarkInfo>, ZfsError> {
-        if !self.caps.bookmarks {
+        // Without createtxg a bookmark has no place among the snapshots (see `with_createtxg`).
+        if !self.caps.bookmarks || !self.caps.createtxg {
             return Ok(Vec::new());
         }
-        let props = if self.caps.createtxg {
-            "name,guid,creation,createtxg"
-        } else {
-            "name,guid,creation"
-        };
         let args = args([
             "list",
             "-Hp",
@@ -518,7 +506,7 @@ impl Zfs for SystemZfs {
             "bookmark",
             "-d1",
             "-o",
-            props,
+            "name,guid,creation,createtxg",
             "-s",
             "createtxg",
             dataset.as_str(),
@@ -528,17 +516,20 @@ impl Zfs for SystemZfs {
         out.lines()
             .map(|line| {
                 let fields: Vec<&str> = line.split('\t').collect();
-                if fields.len() < 3 {
-                    return Err(parse_error(&command, line, "expected name, guid, creation"));
-                }
+                let [name, guid, creation, createtxg] = fields[..] else {
+                    return Err(parse_error(
+                        &command,
+                        line,
+                        "expected name, guid, creation, createtxg",
+                    ));
+                };
+                let createtxg = parse_number(&command, line, createtxg)?;
                 Ok(BookmarkInfo {
-                    name: BookmarkName::parse(fields[0])?,
-                    guid: parse_number(&command, line, fields[1]).map(Guid)?,
-                    creation: parse_number(&command, line, fields[2])?,
-                    createtxg: fields
-                        .get(3)
-                        .map(|txg| parse_number(&command, line, txg))
-                        .transpose()?,
+                    name: BookmarkName::parse(name)?,
+                    guid: parse_number(&command, line, guid).map(Guid)?,
+                    creation: parse_number(&command, line, creation)?,
+                    createtxg: Some(createtxg),
+                    order: createtxg,
                 })
             })
             .collect()
@@ -1172,9 +1163,36 @@ fn parse_snapshot_table(command: &CommandLine, out: &str) -> Result<Vec<Snapshot
                 .contains_key("createtxg")
                 .then(|| field("createtxg"))
                 .transpose()?,
+            order: 0,
         });
     }
     Ok(snapshots)
+}
+
+/// Orders each dataset's snapshots by `createtxg` and fills [`SnapshotInfo::order`]: the txg
+/// where every snapshot of the dataset has one, otherwise the 1-based position in ZFS's listing
+/// (which is creation order). Datasets stay grouped as ZFS listed them.
+fn fill_order(snapshots: &mut [SnapshotInfo]) {
+    let mut start = 0;
+    while start < snapshots.len() {
+        let dataset = snapshots[start].name.dataset();
+        let len = snapshots[start..]
+            .iter()
+            .take_while(|s| s.name.dataset() == dataset)
+            .count();
+        let group = &mut snapshots[start..start + len];
+        if group.iter().all(|s| s.createtxg.is_some()) {
+            group.sort_by_key(|s| s.createtxg);
+            for snap in group.iter_mut() {
+                snap.order = snap.createtxg.unwrap_or_default();
+            }
+        } else {
+            for (position, snap) in (1..).zip(group.iter_mut()) {
+                snap.order = position;
+            }
+        }
+        start += len;
+    }
 }
 
 #[cfg(test)]
@@ -1192,6 +1210,39 @@ mod tests {
         assert_eq!(snaps[0].name.as_str(), "p/a b@s 1");
         assert_eq!(snaps[0].guid, Guid(u64::MAX));
         assert_eq!(snaps[0].createtxg, Some(11));
+    }
+
+    fn listed(name: &str, createtxg: Option<u64>) -> SnapshotInfo {
+        SnapshotInfo {
+            name: SnapshotName::parse(name).unwrap(),
+            guid: Guid(1),
+            creation: 1,
+            createtxg,
+            order: 0,
+        }
+    }
+
+    #[test]
+    fn order_is_createtxg_or_list_position_per_dataset() {
+        let mut snaps = vec![
+            listed("p/a@y", Some(20)),
+            listed("p/a@x", Some(10)),
+            listed("p/b@first", None),
+            listed("p/b@second", None),
+            listed("p/c@only", Some(5)),
+        ];
+        fill_order(&mut snaps);
+        let got: Vec<(&str, u64)> = snaps.iter().map(|s| (s.name.as_str(), s.order)).collect();
+        assert_eq!(
+            got,
+            [
+                ("p/a@x", 10),
+                ("p/a@y", 20),
+                ("p/b@first", 1),
+                ("p/b@second", 2),
+                ("p/c@only", 5)
+            ]
+        );
     }
 
     #[test]
