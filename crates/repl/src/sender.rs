@@ -1,6 +1,7 @@
 //! One replication cycle of one dataset, on the sending side: snapshot, plan by GUID, stream,
 //! wait for the commit, then move the hold and prune zrep's older snapshots — never the newest
-//! common one.
+//! common one. The decisions are `plan`'s (pure); this module gathers the facts from ZFS and the
+//! receiver and carries them out.
 
 use std::time::{Duration, Instant, SystemTime};
 
