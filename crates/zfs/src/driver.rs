@@ -361,6 +361,19 @@ pub trait Zfs: Send + Sync {
         snapshot: &SnapshotName,
     ) -> impl Future<Output = Result<Vec<HoldTag>, ZfsError>> + Send;
 
+    /// Every user hold's tag on a snapshot as ZFS lists it, including tags zrep could not place
+    /// itself (an admin's `keep me`, OpenZFS's temporary `.send-PID-N`); needs `zfs holds -H`
+    /// like [`Zfs::holds`].
+    fn hold_tags(
+        &self,
+        snapshot: &SnapshotName,
+    ) -> impl Future<Output = Result<Vec<String>, ZfsError>> + Send {
+        async move {
+            let tags = self.holds(snapshot).await?;
+            Ok(tags.iter().map(|tag| tag.as_str().to_owned()).collect())
+        }
+    }
+
     /// A property, or `None` where ZFS reports `-` (not applicable).
     fn get_property<O: ObjectName>(
         &self,

@@ -321,6 +321,23 @@ impl Zfs for SystemZfs {
             .collect()
     }
 
+    async fn hold_tags(&self, snapshot: &SnapshotName) -> Result<Vec<String>, ZfsError> {
+        if !self.caps.holds_scriptable {
+            return Err(self.unsupported("`zfs holds -H`"));
+        }
+        let args = args(["holds", "-H", snapshot.as_str()]);
+        let command = command_line(&self.config, &args);
+        let out = self.zfs(args).await?;
+        out.lines()
+            .map(|line| {
+                line.split('\t')
+                    .nth(1)
+                    .map(str::to_owned)
+                    .ok_or_else(|| parse_error(&command, line, "expected name, tag, timestamp"))
+            })
+            .collect()
+    }
+
     async fn get_property<O: ObjectName>(
         &self,
         object: &O,

@@ -836,10 +836,15 @@ fn children_with(needle: &str) -> Vec<(u32, char, String)> {
 }
 
 /// This process's `zfs send` children of `snapshot`'s dataset. (zfs-fuse's `zfs` overwrites the
-/// `@` of its arguments with a NUL, so the snapshot name itself is not in its command line.)
+/// `@` of its arguments with a NUL, shown as a space; OpenZFS's leaves it.)
 fn sends_of(snapshot: &SnapshotName) -> Vec<(u32, char, String)> {
-    let mut sends = children_with(&format!("{} ", snapshot.dataset()));
-    sends.retain(|(_, _, cmdline)| cmdline.starts_with("zfs send "));
+    let dataset = snapshot.dataset().to_string();
+    let mut sends = children_with(&dataset);
+    sends.retain(|(_, _, cmdline)| {
+        cmdline.starts_with("zfs send ")
+            && (cmdline.contains(&format!("{dataset}@"))
+                || cmdline.contains(&format!("{dataset} ")))
+    });
     sends
 }
 
@@ -1024,4 +1029,33 @@ async fn stream_process_ignoring_its_closed_pipe_is_killed_and_reaped() {
     );
     assert!(took >= abort, "{took:?}");
     assert!(!process_exists(sleeping[0].0), "killed but not reaped");
+}
+
+/// `hold_tags` lists every tag ZFS shows, also those zrep could not place itself, so that
+/// `zrep-send status` can name what holds a snapshot (issue 13).
+#[tokio::test]
+async fn hold_tags_lists_tags_zrep_does_not_make() {
+    let pool = TestPool::create("tags");
+    let zfs = driver().await;
+    let ds = pool.create_dataset("d");
+    let snap = ds.snapshot("s").unwrap();
+    zfs.create_snapshot(&snap, false).await.unwrap();
+    zfs_cmd(&["hold", "keep me", snap.as_str()]);
+    zfs.hold(&HoldTag::parse("zrep:b1").unwrap(), &snap)
+        .await
+        .unwrap();
+    assert_eq!(zfs_get(snap.as_str(), "userrefs"), "2");
+    if applies(&zfs, zfs.capabilities().holds_scriptable, "`zfs holds -H`") {
+        let mut tags = zfs.hold_tags(&snap).await.unwrap();
+        tags.sort();
+        assert_eq!(tags, ["keep me", "zrep:b1"]);
+        // The typed listing cannot hold such a tag.
+        assert!(matches!(zfs.holds(&snap).await, Err(ZfsError::Name(_))));
+    } else {
+        assert!(matches!(
+            zfs.hold_tags(&snap).await,
+            Err(ZfsError::Unsupported { .. })
+        ));
+    }
+    zfs_cmd(&["release", "keep me", snap.as_str()]);
 }
