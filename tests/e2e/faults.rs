@@ -161,8 +161,8 @@ impl Setup {
             .expect("start zrep-send once");
         let deadline = Instant::now() + self.limit();
         let (send_pid, receive_pid) = loop {
-            let sends = processes_with(&format!("send -I {}", self.source));
-            let receives = processes_with(&format!("receive {}", self.target));
+            let sends = zfs_commands("send", &self.source);
+            let receives = zfs_commands("receive", &self.target);
             if proxy.relayed() >= PASS
                 && let ([send], [receive]) = (&sends[..], &receives[..])
             {
@@ -337,6 +337,14 @@ fn processes_with(needle: &str) -> Vec<Proc> {
         .filter_map(proc_of)
         .filter(|p| p.cmdline.contains(needle))
         .collect()
+}
+
+/// `zfs <subcommand> ... <dataset>...` processes, whatever options come in between (OpenZFS
+/// adds `-c -L -e` to a send, `-s -u -o ...` to a receive).
+fn zfs_commands(subcommand: &str, dataset: &DatasetName) -> Vec<Proc> {
+    let mut found = processes_with(&format!("{dataset}"));
+    found.retain(|p| p.cmdline.starts_with(&format!("zfs {subcommand} ")));
+    found
 }
 
 fn exists(pid: u32) -> bool {
