@@ -16,4 +16,5 @@ mod replication;
 mod retention;
 mod security;
 mod status;
+mod stopping;
 mod unprivileged;

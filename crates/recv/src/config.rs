@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use zrep_repl::receiver::Retention;
 use zrep_repl::retention::{KeepPolicy, parse_grid};
+use zrep_repl::transport::Liveness;
 use zrep_tls::PeerName;
 use zrep_zfs::DatasetName;
 
@@ -37,8 +38,14 @@ struct RawConfig {
     handshake_timeout: Duration,
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     idle_timeout: Duration,
+    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    heartbeat_interval: Duration,
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    write_timeout: Duration,
     #[serde(default = "default_receive_timeout", with = "humantime_serde")]
     receive_timeout: Duration,
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    shutdown_grace: Duration,
     metrics_listen: Option<String>,
     #[serde(default)]
     keep: BTreeMap<String, RawKeep>,
@@ -95,6 +102,15 @@ fn default_handshake_timeout() -> Duration {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(120)
 }
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_receive_timeout() -> Duration {
     Duration::from_secs(600)
 }
@@ -127,10 +143,13 @@ pub struct RecvConfig {
     pub max_unauthenticated_per_ip: usize,
     /// Limit from TCP accept until the protocol hellos crossed (TLS handshake included).
     pub handshake_timeout: Duration,
-    /// A peer silent for this long (no frame, not even a heartbeat) is disconnected.
-    pub idle_timeout: Duration,
+    /// Heartbeat interval, silence and write-stall limits of the sessions with peers.
+    pub liveness: Liveness,
     /// Limit for `zfs receive` to finish once the stream has ended.
     pub receive_timeout: Duration,
+    /// After SIGTERM, how long a running transfer may take to finish before it is cut (and
+    /// undone); idle sessions end at once.
+    pub shutdown_grace: Duration,
     /// Each peer's root dataset, by certificate name.
     pub peers: BTreeMap<PeerName, DatasetName>,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
@@ -168,6 +187,12 @@ impl RecvConfig {
         if raw.handshake_timeout.is_zero() {
             return Err(invalid("handshake-timeout must be longer than 0s".into()));
         }
+        let liveness = Liveness {
+            heartbeat_interval: raw.heartbeat_interval,
+            idle_timeout: raw.idle_timeout,
+            write_timeout: raw.write_timeout,
+        };
+        liveness.check().map_err(invalid)?;
         // `recv.toml` alone has the parent "", which no file operation accepts as a directory.
         let base = path
             .parent()
@@ -254,8 +279,9 @@ impl RecvConfig {
             max_unauthenticated: raw.max_unauthenticated,
             max_unauthenticated_per_ip: raw.max_unauthenticated_per_ip,
             handshake_timeout: raw.handshake_timeout,
-            idle_timeout: raw.idle_timeout,
+            liveness,
             receive_timeout: raw.receive_timeout,
+            shutdown_grace: raw.shutdown_grace,
             peers,
             retention,
             metrics_listen,
@@ -446,7 +472,7 @@ root = "backup/nas2"
     fn parses_and_resolves_paths() {
         let config = RecvConfig::parse(EXAMPLE, Path::new("/etc/zrep/recv.toml")).unwrap();
         assert_eq!(config.cert, Path::new("/etc/zrep/backup1.pem"));
-        assert_eq!(config.idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.liveness.idle_timeout, Duration::from_secs(30));
         assert_eq!(config.max_connections, 16);
         assert_eq!(config.max_unauthenticated, 256);
         assert_eq!(config.max_unauthenticated_per_ip, 16);

@@ -52,8 +52,22 @@ mod admission;
 
 use admission::{Admission, Limits, Refusal, RefusalLog, Refused, Ticket};
 
-/// How long running sessions may finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// After the grace period, how long cut sessions may take to undo their transfers.
+const UNDO_LIMIT: Duration = Duration::from_secs(60);
+
+/// Where a shutdown stands; sessions watch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Running,
+    /// SIGTERM: no new transfer; idle sessions end, running transfers finish.
+    Draining,
+    /// The grace period is over: every session ends now.
+    Now,
+}
+
+async fn drain(tasks: &mut JoinSet<()>) {
+    while tasks.join_next().await.is_some() {}
+}
 /// How often the registry file is checked for changes (besides on every new connection).
 const REGISTRY_POLL: Duration = Duration::from_secs(1);
 /// Refusals beyond a few per window are logged as one summary per window.
@@ -155,7 +169,7 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
         }),
         refusals: RefusalLog::default(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
-        stopping: watch::Sender::new(false),
+        stopping: watch::Sender::new(Stop::Running),
         config,
     });
     check_open_files(&shared.config);
@@ -214,13 +228,33 @@ pub async fn run(config: RecvConfig) -> anyhow::Result<()> {
     }
     poller.abort();
     summaries.abort();
-    // Connections that have not authenticated end now; sessions get the grace period.
+    // Connections that have not authenticated end now; idle sessions are told at once, and a
+    // running transfer gets the grace period to finish.
     shared.admission.close_all();
-    shared.stopping.send_replace(true);
-    info!(running = tasks.len(), "shutting down");
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-        warn!("sessions still running after {SHUTDOWN_GRACE:?}; ending them");
+    shared.stopping.send_replace(Stop::Draining);
+    let grace = shared.config.shutdown_grace;
+    info!(running = tasks.len(), ?grace, "shutting down");
+    if tokio::time::timeout(grace, drain(&mut tasks))
+        .await
+        .is_err()
+    {
+        warn!(
+            running = tasks.len(),
+            ?grace,
+            "transfers still running after the grace period: cutting them"
+        );
+        shared.stopping.send_replace(Stop::Now);
+        // A cut transfer is undone (its ZFS commands have their own time limits) before the
+        // session ends; past this bound the process exits regardless.
+        if tokio::time::timeout(UNDO_LIMIT, drain(&mut tasks))
+            .await
+            .is_err()
+        {
+            warn!(
+                running = tasks.len(),
+                "sessions did not end; exiting anyway"
+            );
+        }
     }
     Ok(())
 }
@@ -282,7 +316,7 @@ struct Shared {
     /// One per authenticated session (`max-connections`).
     slots: Arc<Semaphore>,
     /// Set at shutdown: every session is told and ends at its next frame boundary.
-    stopping: watch::Sender<bool>,
+    stopping: watch::Sender<Stop>,
     config: RecvConfig,
 }
 
@@ -448,7 +482,7 @@ impl Shared {
             reader,
             writer,
             Instant::now(),
-            self.config.idle_timeout,
+            self.config.liveness.write_timeout,
         )
     }
 
@@ -516,13 +550,23 @@ impl Shared {
                     }
                 }
             };
-            let mut stopping = self.stopping.subscribe();
+            // At shutdown an idle session ends at once and a transfer in flight first gets its
+            // answer; once the grace period is over, it is cut too.
+            let mut draining = self.stopping.subscribe();
+            let mut cut = self.stopping.subscribe();
+            conn.stop_when_idle(async move {
+                let _ = draining.wait_for(|stop| *stop != Stop::Running).await;
+                (
+                    ErrorCode::ShuttingDown,
+                    "zrep-recv is shutting down; try again later".to_owned(),
+                )
+            });
             conn.stop_on(async move {
                 tokio::select! {
                     withdrawn = withdrawn => withdrawn,
-                    _ = stopping.wait_for(|stopping| *stopping) => (
+                    _ = cut.wait_for(|stop| *stop == Stop::Now) => (
                         ErrorCode::ShuttingDown,
-                        "zrep-recv is shutting down; try again later".to_owned(),
+                        "zrep-recv is shutting down and its grace period is over; the transfer was cut".to_owned(),
                     ),
                 }
             });
@@ -702,8 +746,7 @@ impl Shared {
     }
 
     fn session_config(&self) -> SessionConfig {
-        let mut session = SessionConfig::default();
-        session.idle_timeout = self.config.idle_timeout;
+        let mut session = self.config.liveness.apply(SessionConfig::default());
         session.software = concat!("zrep-recv ", env!("CARGO_PKG_VERSION")).to_owned();
         // Resume, bookmarks and raw streams are offered only where the local ZFS has them.
         session.features = zrep_repl::session_features(self.zfs.capabilities());

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use serde::Serialize;
-use zrep_zfs::{DatasetName, PropertyName, Zfs};
+use zrep_zfs::{DatasetName, Zfs};
 
 use crate::config::RecvConfig;
 use crate::registry::RegistryFile;
@@ -58,7 +58,6 @@ pub async fn collect<Z: Zfs>(zfs: &Z, config: &RecvConfig) -> anyhow::Result<Vec
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let token = PropertyName::parse("receive_resume_token").context("property name")?;
     let mut out = Vec::new();
     for (peer, root) in roots {
         if !zfs.exists(&root).await? {
@@ -78,11 +77,9 @@ pub async fn collect<Z: Zfs>(zfs: &Z, config: &RecvConfig) -> anyhow::Result<Vec
                 continue; // a placeholder parent
             }
             let newest = snapshots.last();
-            let resume_pending = zfs.capabilities().resumable_receive
-                && zfs
-                    .get_property(&dataset.name, &token)
-                    .await?
-                    .is_some_and(|v| v.value != "-");
+            let resume_pending = zrep_zfs::received::resume_token(zfs, &dataset.name)
+                .await?
+                .is_some();
             let created = newest.map(|s| s.creation);
             out.push(TargetStatus {
                 peer: peer.clone(),

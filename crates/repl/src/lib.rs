@@ -12,7 +12,7 @@ pub mod retention;
 pub mod sender;
 pub mod transport;
 
-pub use error::ReplicationError;
+pub use error::{ReplicationError, SendFailure};
 
 /// The protocol features this side announces, from what the local ZFS can do.
 pub fn session_features(caps: &zrep_zfs::Capabilities) -> zrep_proto::Features {

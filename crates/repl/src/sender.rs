@@ -16,7 +16,7 @@ use zrep_zfs::{
     Zfs, ZfsError,
 };
 
-use crate::error::ReplicationError;
+use crate::error::{ReplicationError, SendFailure};
 use crate::naming::{bookmark_short_name, snapshot_short_name};
 use crate::plan::{Plan, Resume, plan, plan_resume, settlement, stale_bookmarks};
 use crate::rate::Pacer;
@@ -379,7 +379,7 @@ where
     let mut buf = vec![0u8; chunk_size];
     let mut filled = 0;
     let mut wire = 0u64;
-    let mut send_error: Option<String> = None;
+    let mut send_error: Option<SendFailure> = None;
     let mut pacer = options.bandwidth_limit.map(Pacer::new);
     loop {
         // One `read` per wait: it is cancel-safe, so an event arriving first loses no bytes.
@@ -396,7 +396,7 @@ where
             }
             Either::Other(Ok(n)) => n,
             Either::Other(Err(err)) => {
-                send_error = Some(format!("reading zfs send output: {err}"));
+                send_error = Some(SendFailure::Read(err));
                 0
             }
         };
@@ -420,16 +420,17 @@ where
         }
     }
     if let Err(err) = send.finish().await {
-        send_error.get_or_insert(err.to_string());
+        send_error.get_or_insert(SendFailure::Zfs(err));
     }
-    if let Some(message) = send_error {
-        conn.session.abort_stream(message.clone())?;
+    if let Some(failure) = send_error {
+        conn.session.abort_stream(format!(
+            "zfs send failed: {}",
+            zrep_chain::one_line(&failure)
+        ))?;
         conn.flush().await?;
         // The receiver answers the abort; its answer is secondary to the local cause.
         let _ = tokio::time::timeout(options.commit_timeout, conn.next_event()).await;
-        return Err(ReplicationError::Unexpected(format!(
-            "zfs send failed, stream aborted: {message}"
-        )));
+        return Err(ReplicationError::SendFailed(failure));
     }
     report(stream_bytes, wire, true);
     let summary = conn.session.finish_stream(outgoing.summary())?;
@@ -483,7 +484,9 @@ async fn settle<Z: Zfs>(
         match zfs.release(tag, snap).await {
             Ok(()) => debug!(snapshot = %snap, "released the previous base"),
             Err(ZfsError::NoSuchHold { .. }) => {}
-            Err(err) => warn!(snapshot = %snap, cause = %err, "could not release hold"),
+            Err(err) => {
+                warn!(snapshot = %snap, cause = %zrep_chain::one_line(&err), "could not release hold")
+            }
         }
     }
     if zfs.capabilities().bookmarks {
@@ -497,7 +500,7 @@ async fn settle<Z: Zfs>(
                 pruned.push(snap.clone());
             }
             // Held by someone else (another receiver's base, an admin): not ours to force.
-            Err(err) => warn!(snapshot = %snap, cause = %err, "not pruned"),
+            Err(err) => warn!(snapshot = %snap, cause = %zrep_chain::one_line(&err), "not pruned"),
         }
     }
     Ok(pruned)
@@ -518,20 +521,20 @@ async fn bookmark_base<Z: Zfs>(zfs: &Z, job: &DatasetJob, tag: &HoldTag, base: &
     match zfs.create_bookmark(&base.name, &mark).await {
         Ok(()) | Err(ZfsError::AlreadyExists { .. }) => {}
         Err(err) => {
-            warn!(bookmark = %mark, cause = %err, "could not bookmark the base");
+            warn!(bookmark = %mark, cause = %zrep_chain::one_line(&err), "could not bookmark the base");
             return;
         }
     }
     let bookmarks = match zfs.list_bookmarks(&job.source).await {
         Ok(bookmarks) => bookmarks,
         Err(err) => {
-            warn!(dataset = %job.source, cause = %err, "could not list bookmarks");
+            warn!(dataset = %job.source, cause = %zrep_chain::one_line(&err), "could not list bookmarks");
             return;
         }
     };
     for old in stale_bookmarks(&job.prefix, tag, &bookmarks, base.guid) {
         if let Err(err) = zfs.destroy_bookmark(old).await {
-            warn!(bookmark = %old, cause = %err, "could not drop an old bookmark");
+            warn!(bookmark = %old, cause = %zrep_chain::one_line(&err), "could not drop an old bookmark");
         }
     }
 }

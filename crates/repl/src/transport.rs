@@ -20,7 +20,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A failure of the connection or of the peer's protocol conduct.
 ///
 /// A message never repeats its source: a variant that wraps a cause says what was being done,
-/// and exposes the cause as `source()`; print chains with `zrep_cli::one_line`.
+/// and exposes the cause as `source()`; print chains with `zrep_chain::one_line`.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum TransportError {
@@ -62,6 +62,44 @@ impl std::fmt::Debug for StopSignal {
 /// The session the connection drives (either side), and what a side is.
 pub use zrep_proto::{Session, Side};
 
+/// The liveness settings of one side's sessions, as its config file gives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    /// A heartbeat goes out when nothing else was sent for this long (announced in the hello).
+    pub heartbeat_interval: Duration,
+    /// A peer silent this long (not even a heartbeat) is given up on; never less than three of
+    /// the heartbeat intervals the peer announced, so a healthy peer is never dropped.
+    pub idle_timeout: Duration,
+    /// A write to the peer that makes no progress for this long ends the session.
+    pub write_timeout: Duration,
+}
+
+impl Liveness {
+    /// The rule for configured values, the same for both programs: none shorter than the
+    /// protocol's shortest heartbeat interval. The error is one line for the config file's
+    /// report.
+    pub fn check(&self) -> Result<(), String> {
+        let min = zrep_proto::MIN_HEARTBEAT_INTERVAL;
+        for (key, value) in [
+            ("heartbeat-interval", self.heartbeat_interval),
+            ("idle-timeout", self.idle_timeout),
+            ("write-timeout", self.write_timeout),
+        ] {
+            if value < min {
+                return Err(format!("{key} must be at least {min:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `config` with these heartbeat and silence settings.
+    pub fn apply(&self, mut config: zrep_proto::SessionConfig) -> zrep_proto::SessionConfig {
+        config.heartbeat_interval = self.heartbeat_interval;
+        config.idle_timeout = self.idle_timeout;
+        config
+    }
+}
+
 /// What [`Connection::next_event_or`] produced first.
 #[derive(Debug)]
 pub enum Either<E, T> {
@@ -85,6 +123,9 @@ pub struct Connection<S: Side, R, W> {
     /// by the next [`Connection::next_event_or`].
     stashed: Option<Result<S::Event, TransportError>>,
     stop: Option<StopSignal>,
+    /// Like `stop`, but waits while the connection is [busy](Connection::set_busy).
+    stop_when_idle: Option<StopSignal>,
+    busy: bool,
 }
 
 impl<S, R, W> Connection<S, R, W>
@@ -110,6 +151,8 @@ where
             write_timeout,
             stashed: None,
             stop: None,
+            stop_when_idle: None,
+            busy: false,
         }
     }
 
@@ -120,6 +163,22 @@ where
     /// its end first.
     pub fn stop_on(&mut self, signal: impl Future<Output = (ErrorCode, String)> + Send + 'static) {
         self.stop = Some(StopSignal(Box::pin(signal)));
+    }
+
+    /// Like [`Connection::stop_on`], but the signal takes effect only while the connection is
+    /// not [busy](Connection::set_busy): a graceful shutdown lets a transfer in flight finish
+    /// and ends the session right after it (or at once if it is idle).
+    pub fn stop_when_idle(
+        &mut self,
+        signal: impl Future<Output = (ErrorCode, String)> + Send + 'static,
+    ) {
+        self.stop_when_idle = Some(StopSignal(Box::pin(signal)));
+    }
+
+    /// Marks a stretch of the conversation (a transfer, from accept to its answer) that a
+    /// [`stop_when_idle`](Connection::stop_when_idle) signal must not cut.
+    pub fn set_busy(&mut self, busy: bool) {
+        self.busy = busy;
     }
 
     /// The session clock.
@@ -252,6 +311,11 @@ where
                 }
                 return Err(err);
             }
+            // A stop that has come takes effect before buffered input is handled: a stopping
+            // receiver must not start on an offer that was already in its buffer.
+            if let Some((code, message)) = self.stop_due().await {
+                return Err(self.stopped(code, message).await);
+            }
             let now = self.now();
             match self.session.handle_bytes(&mut self.inbuf, now) {
                 Ok(Some(event)) => {
@@ -282,17 +346,13 @@ where
                     }
                 }
                 out = &mut other => return Ok(Either::Other(out)),
-                (code, message) = async {
-                    match self.stop.as_mut() {
-                        Some(signal) => signal.0.as_mut().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                (code, message) = signalled(self.stop.as_mut()) => {
                     self.stop = None;
-                    self.session.error(code, message.clone());
-                    // Telling the peer is a courtesy; the session ends either way.
-                    let _ = self.flush().await;
-                    return Err(TransportError::Stopped { code, message });
+                    return Err(self.stopped(code, message).await);
+                }
+                (code, message) = signalled(self.stop_when_idle.as_mut()), if !self.busy => {
+                    self.stop_when_idle = None;
+                    return Err(self.stopped(code, message).await);
                 }
                 () = tokio::time::sleep(deadline) => {
                     let now = self.now();
@@ -304,6 +364,33 @@ where
                 }
             }
         }
+    }
+
+    /// The code and reason of a stop signal that has already resolved (and may take effect
+    /// now), without waiting.
+    async fn stop_due(&mut self) -> Option<(ErrorCode, String)> {
+        let busy = self.busy;
+        let (stop, idle) = (&mut self.stop, &mut self.stop_when_idle);
+        std::future::poll_fn(|cx| {
+            for (slot, allowed) in [(&mut *stop, true), (&mut *idle, !busy)] {
+                if allowed
+                    && let Some(signal) = slot.as_mut()
+                    && let std::task::Poll::Ready(said) = signal.0.as_mut().poll(cx)
+                {
+                    *slot = None;
+                    return std::task::Poll::Ready(Some(said));
+                }
+            }
+            std::task::Poll::Ready(None)
+        })
+        .await
+    }
+
+    async fn stopped(&mut self, code: ErrorCode, message: String) -> TransportError {
+        self.session.error(code, message.clone());
+        // Telling the peer is a courtesy; the session ends either way.
+        let _ = self.flush().await;
+        TransportError::Stopped { code, message }
     }
 
     /// Sends what is queued (e.g. an error frame or `Bye`), shuts the write side down, then reads
@@ -318,5 +405,13 @@ where
             while matches!(self.reader.read(&mut sink).await, Ok(n) if n > 0) {}
         };
         let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+}
+
+/// Resolves when `signal` does; never without one.
+async fn signalled(signal: Option<&mut StopSignal>) -> (ErrorCode, String) {
+    match signal {
+        Some(signal) => signal.0.as_mut().await,
+        None => std::future::pending().await,
     }
 }

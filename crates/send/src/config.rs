@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use zrep_repl::retention::{KeepPolicy, parse_grid};
+use zrep_repl::transport::Liveness;
 use zrep_zfs::{DatasetName, RelativeName};
 
 pub use zrep_cli::ConfigError;
@@ -23,6 +24,12 @@ struct RawConfig {
     connect_timeout: Duration,
     #[serde(default = "default_commit_timeout", with = "humantime_serde")]
     commit_timeout: Duration,
+    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    heartbeat_interval: Duration,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    idle_timeout: Duration,
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    write_timeout: Duration,
     #[serde(default = "default_compression_level")]
     compression_level: i32,
     keep_last: Option<usize>,
@@ -91,6 +98,15 @@ fn default_connect_timeout() -> Duration {
 fn default_commit_timeout() -> Duration {
     Duration::from_secs(600)
 }
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_compression_level() -> i32 {
     3
 }
@@ -121,6 +137,8 @@ pub struct SendConfig {
     pub connect_timeout: Duration,
     /// Limit for the receiver's commit answer after the stream ended.
     pub commit_timeout: Duration,
+    /// Heartbeat interval, silence and write-stall limits of the session with the receiver.
+    pub liveness: Liveness,
     /// zstd level for data chunks (1 to 19).
     pub compression_level: i32,
     /// Renew the certificate when less than this is left (default: a third of its lifetime).
@@ -203,6 +221,12 @@ impl SendConfig {
         if !(1..=19).contains(&raw.compression_level) {
             return Err(invalid("compression-level must be 1 to 19".into()));
         }
+        let liveness = Liveness {
+            heartbeat_interval: raw.heartbeat_interval,
+            idle_timeout: raw.idle_timeout,
+            write_timeout: raw.write_timeout,
+        };
+        liveness.check().map_err(invalid)?;
         let check_prefix = |prefix: &str| {
             let ok = !prefix.is_empty()
                 && prefix.len() <= 32
@@ -335,6 +359,7 @@ impl SendConfig {
             ca: base.join(raw.ca),
             connect_timeout: raw.connect_timeout,
             commit_timeout: raw.commit_timeout,
+            liveness,
             renew_before: raw.renew_before,
             rotate_key: raw.rotate_key,
             metrics_listen,

@@ -125,6 +125,16 @@ pub async fn seal_tree<Z: Zfs>(
     Ok(changed)
 }
 
+/// Creates `dataset` as an empty placeholder parent of received targets: never mounted and
+/// read-only, so nothing can be written into the tree above what a peer sends.
+pub async fn create_placeholder<Z: Zfs>(zfs: &Z, dataset: &DatasetName) -> Result<(), ZfsError> {
+    let props = [
+        (property("canmount"), "off".to_owned()),
+        (property("readonly"), "on".to_owned()),
+    ];
+    zfs.create_dataset(dataset, &props, false).await
+}
+
 /// Whether `readonly` reads `on`.
 pub async fn is_read_only<Z: Zfs>(zfs: &Z, dataset: &DatasetName) -> Result<bool, ZfsError> {
     Ok(value(zfs, dataset, "readonly").await?.as_deref() == Some("on"))

@@ -384,7 +384,7 @@ impl Core {
     /// Queues an error frame for `err` (if it has a code) and closes. Returns `err`.
     fn fail(&mut self, err: ProtoError) -> ProtoError {
         if let Some(code) = err.code() {
-            self.send_error(code, err.to_string());
+            self.send_error(code, zrep_chain::one_line(&err));
         }
         self.closed = true;
         err

@@ -25,7 +25,12 @@ pub(super) async fn finalize<Z: Zfs>(
     guid: u64,
     summary: Option<&StreamSummary>,
 ) -> Result<(), (FailureCode, String)> {
-    let internal = |what: &str, err: ZfsError| (FailureCode::Internal, format!("{what}: {err}"));
+    let internal = |what: &str, err: ZfsError| {
+        (
+            FailureCode::Internal,
+            format!("{what}: {}", zrep_chain::one_line(&err)),
+        )
+    };
     let kind = match summary.map(|s| s.kind) {
         Some(ObjectKind::Volume) => DatasetKind::Volume,
         _ => DatasetKind::Filesystem,
@@ -99,7 +104,7 @@ pub(super) async fn undo<Z: Zfs>(
     partial: Partial,
 ) {
     if let Err(err) = try_undo(zfs, peer, dataset, before, partial).await {
-        warn!(%peer, target = %dataset, cause = %err, "cannot undo the failed transfer: what it left on the target is unverified; destroy it (or roll back to the base) by hand");
+        warn!(%peer, target = %dataset, cause = %zrep_chain::one_line(&err), "cannot undo the failed transfer: what it left on the target is unverified; destroy it (or roll back to the base) by hand");
     }
 }
 

@@ -38,7 +38,7 @@ use zrep_proto::{
     SnapshotInfo as WireSnapshot, TargetState, TransferOffer,
 };
 use zrep_zfs::received::{is_read_only, resume_token, seal_tree};
-use zrep_zfs::{DatasetName, PropertyName, RelativeName, Zfs, ZfsError};
+use zrep_zfs::{DatasetName, RelativeName, Zfs, ZfsError};
 
 use self::landing::{Partial, finalize, undo};
 use self::offer::{Accepted, accept, expectation};
@@ -117,7 +117,7 @@ pub enum ServeError {
     #[error("commit answer dropped by the test hook")]
     DroppedCommitAnswer,
     /// A protocol call was out of order: a bug in zrep.
-    #[error("internal error: {0}")]
+    #[error("internal error")]
     Usage(#[from] zrep_proto::UsageError),
 }
 
@@ -172,15 +172,21 @@ where
                 match state {
                     Ok(state) => conn.session.send_state(state)?,
                     Err(err) => {
-                        conn.session
-                            .error(ErrorCode::Internal, format!("reading {target}: {err}"));
+                        conn.session.error(
+                            ErrorCode::Internal,
+                            format!("reading {target}: {}", zrep_chain::one_line(&err)),
+                        );
                         conn.shutdown().await;
                         return Err(err.into());
                     }
                 }
             }
             ReceiverEvent::TransferOffered(offer) => {
-                receive_offer(zfs, conn, policy, offer).await?;
+                // A graceful stop waits for the transfer's answer (see `stop_when_idle`).
+                conn.set_busy(true);
+                let received = receive_offer(zfs, conn, policy, offer).await;
+                conn.set_busy(false);
+                received?;
             }
             ReceiverEvent::AbortResumeRequested { target } => {
                 let dataset = resolve(conn, policy, &target).await?;
@@ -309,22 +315,16 @@ async fn target_state<Z: Zfs>(
         .list_snapshots(dataset, false)
         .await?
         .into_iter()
-        .enumerate()
-        .map(|(i, s)| WireSnapshot {
+        .map(|s| WireSnapshot {
             name: s.name.short_name().to_owned(),
             guid: s.guid.0,
-            createtxg: s.createtxg.unwrap_or(i as u64),
+            createtxg: s.order,
             creation: s.creation,
         })
         .collect();
     state.read_only = is_read_only(zfs, dataset).await?;
     state.resume_token = resume_token(zfs, dataset).await?;
     Ok(state)
-}
-
-fn property(name: &'static str) -> PropertyName {
-    // Constant, valid names.
-    PropertyName::parse(name).unwrap_or_else(|_| unreachable!("{name} is a valid property name"))
 }
 
 /// Seals every peer root at start-up: anything below a root that is writable or mounted
@@ -446,7 +446,7 @@ where
 }
 
 fn classify_failure(err: &ZfsError) -> (FailureCode, String) {
-    let text = err.to_string();
+    let text = zrep_chain::one_line(err);
     let code = match err {
         ZfsError::NoSpace { .. } => FailureCode::NoSpace,
         _ => FailureCode::ZfsReceive,
@@ -485,7 +485,7 @@ async fn abort_resume<Z: Zfs>(
         Ok(()) => AbortResumeOutcome::Discarded,
         Err(err) => AbortResumeOutcome::Refused {
             code: RefusalCode::NotPermitted,
-            message: err.to_string(),
+            message: zrep_chain::one_line(&err),
         },
     }
 }

@@ -10,7 +10,7 @@ use zrep_zfs::{DatasetName, SnapshotName, Zfs, ZfsError};
 
 use super::landing::Before;
 use super::shared::TargetGuard;
-use super::{ReceiverPolicy, property, target_dataset};
+use super::{ReceiverPolicy, target_dataset};
 use crate::transport::Connection;
 
 /// An offer the receiver takes: its target, locked until the transfer is answered.
@@ -51,7 +51,7 @@ where
         .map_err(|err| {
             (
                 RefusalCode::NotPermitted,
-                format!("cannot create parents: {err}"),
+                format!("cannot create parents: {}", zrep_chain::one_line(&err)),
             )
         })?;
     Ok(Accepted {
@@ -101,7 +101,7 @@ async fn check_offer<Z: Zfs>(
             ),
         ));
     }
-    let internal = |err: ZfsError| (RefusalCode::NotPermitted, err.to_string());
+    let internal = |err: ZfsError| (RefusalCode::NotPermitted, zrep_chain::one_line(&err));
     let exists = zfs.exists(dataset).await.map_err(internal)?;
     let (pending, newest) = if exists {
         let token = resume_token(zfs, dataset).await.map_err(internal)?;
@@ -213,11 +213,7 @@ async fn ensure_parents<Z: Zfs>(
     }
     for p in missing.into_iter().rev() {
         debug!(dataset = %p, within = %root, "creating placeholder");
-        let props = [
-            (property("canmount"), "off".to_owned()),
-            (property("readonly"), "on".to_owned()),
-        ];
-        zfs.create_dataset(&p, &props, false).await?;
+        zrep_zfs::received::create_placeholder(zfs, &p).await?;
     }
     Ok(())
 }

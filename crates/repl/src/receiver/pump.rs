@@ -177,7 +177,7 @@ async fn feed<Z: Zfs>(
         let started = zfs.receive(&request).await.map_err(|err| {
             Pumped::Failed((
                 FailureCode::Internal,
-                format!("cannot start zfs receive: {err}"),
+                format!("cannot start zfs receive: {}", zrep_chain::one_line(&err)),
             ))
         })?;
         *sink = Some(started);

@@ -31,7 +31,7 @@ pub async fn prune_target<Z: Zfs>(
     let snapshots = match zfs.list_snapshots(dataset, false).await {
         Ok(snapshots) => snapshots,
         Err(err) => {
-            warn!(peer = %policy.peer, target = %dataset, cause = %err, "retention: cannot list snapshots");
+            warn!(peer = %policy.peer, target = %dataset, cause = %zrep_chain::one_line(&err), "retention: cannot list snapshots");
             return Vec::new();
         }
     };
@@ -69,7 +69,7 @@ pub async fn prune_target<Z: Zfs>(
                 policy.metrics.pruned(&policy.peer, relative);
             }
             Err(err) => {
-                warn!(peer = %policy.peer, snapshot = %name, cause = %err, "retention: not pruned");
+                warn!(peer = %policy.peer, snapshot = %name, cause = %zrep_chain::one_line(&err), "retention: not pruned");
             }
         }
     }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 use zrep_proto::{SenderEvent, SenderSession, SenderSide, SessionConfig};
-use zrep_repl::transport::Connection;
+use zrep_repl::transport::{Connection, Liveness};
 use zrep_tls::Connector;
 use zrep_tls::tokio_rustls::client::TlsStream;
 
@@ -86,18 +86,20 @@ impl Connect for TlsConnect {
     }
 }
 
-/// Connects and negotiates a session offering `features`, all within `connect_timeout`.
+/// Connects and negotiates a session offering `features`, all within `connect_timeout`, with
+/// the configured heartbeat, silence and write-stall limits.
 pub(crate) async fn open<C: Connect>(
     connector: &C,
     receiver: &str,
     connect_timeout: Duration,
+    liveness: Liveness,
     features: zrep_proto::Features,
 ) -> Result<SenderConn<C::Stream>, ConnectError> {
     let limit = connect_timeout;
     let work = async {
         let stream = connector.connect().await?;
         let (reader, writer) = tokio::io::split(stream);
-        let mut session_config = SessionConfig::default();
+        let mut session_config = liveness.apply(SessionConfig::default());
         session_config.software = concat!("zrep-send ", env!("CARGO_PKG_VERSION")).to_owned();
         session_config.features = features;
         let session = SenderSession::new(session_config, Duration::ZERO);
@@ -106,7 +108,7 @@ pub(crate) async fn open<C: Connect>(
             reader,
             writer,
             Instant::now(),
-            limit.max(Duration::from_secs(30)),
+            liveness.write_timeout,
         );
         match conn.next_event().await {
             Ok(SenderEvent::Negotiated(n)) => {

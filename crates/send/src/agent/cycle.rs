@@ -83,7 +83,13 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
         let config = &agent.config;
         let features = zrep_repl::session_features(agent.zfs.capabilities()).with_renew(true);
         let opened = tokio::select! {
-            opened = open(&agent.connector, &config.receiver, config.connect_timeout, features) => opened,
+            opened = open(
+                &agent.connector,
+                &config.receiver,
+                config.connect_timeout,
+                config.liveness,
+                features,
+            ) => opened,
             () = self.shutdown.recv() => return None,
         };
         let mut conn = match opened {
@@ -236,5 +242,7 @@ fn session_is_broken(err: &ReplicationError) -> bool {
             | ReplicationError::CommitTimeout(_)
             | ReplicationError::Usage(_)
             | ReplicationError::Unexpected(_)
+            // The stream was aborted; the receiver's answer to that may not have come.
+            | ReplicationError::SendFailed(_)
     )
 }
