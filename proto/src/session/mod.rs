@@ -212,7 +212,51 @@ impl<S: Side> Session<S> {
         self.core.fail(err)
     }
 }
-// The sides' conversations.
+/// The [`Side`] calls that differ between the sides only in their types: both events have
+/// `Negotiated` and `PeerError`, both sides a `state` whose enum has `AwaitHello`, `Ready` and
+/// `Closed` and a `name()`. Expands inside `impl Side for ...`.
+macro_rules! side_basics {
+    ($event:ident, $role:expr) => {
+        type Event = $event;
+
+        fn peer_error(event: &$event) -> Option<(ErrorCode, &str)> {
+            match event {
+                $event::PeerError { code, message } => Some((*code, message.as_str())),
+                _ => None,
+            }
+        }
+
+        fn state_name(&self) -> &'static str {
+            self.state.name()
+        }
+
+        fn role() -> Role {
+            $role
+        }
+
+        fn awaits_hello(&self) -> bool {
+            matches!(self.state, State::AwaitHello)
+        }
+
+        fn negotiated_event(negotiated: Negotiated) -> $event {
+            $event::Negotiated(negotiated)
+        }
+
+        fn error_event(code: ErrorCode, message: String) -> $event {
+            $event::PeerError { code, message }
+        }
+
+        fn set_closed(&mut self) {
+            self.state = State::Closed;
+        }
+
+        fn set_ready(&mut self) {
+            self.state = State::Ready;
+        }
+    };
+}
+
+// The sides' conversations (after the macro, which they use).
 mod receiver;
 mod sender;
 

@@ -157,48 +157,13 @@ pub struct ReceiverSide {
 pub type ReceiverSession = Session<ReceiverSide>;
 
 impl Side for ReceiverSide {
-    type Event = ReceiverEvent;
-
-    fn peer_error(event: &ReceiverEvent) -> Option<(ErrorCode, &str)> {
-        match event {
-            ReceiverEvent::PeerError { code, message } => Some((*code, message.as_str())),
-            _ => None,
-        }
-    }
-
-    fn state_name(&self) -> &'static str {
-        self.state.name()
-    }
-
-    fn role() -> Role {
-        Role::Receiver
-    }
-
-    fn awaits_hello(&self) -> bool {
-        matches!(self.state, State::AwaitHello)
-    }
-
-    fn negotiated_event(negotiated: Negotiated) -> ReceiverEvent {
-        ReceiverEvent::Negotiated(negotiated)
-    }
-
-    fn error_event(code: ErrorCode, message: String) -> ReceiverEvent {
-        ReceiverEvent::PeerError { code, message }
-    }
+    side_basics!(ReceiverEvent, Role::Receiver);
 
     fn on_frame(
         session: &mut Session<Self>,
         frame: Frame,
     ) -> Result<Option<ReceiverEvent>, ProtoError> {
         session.on_frame(frame)
-    }
-
-    fn set_closed(&mut self) {
-        self.state = State::Closed;
-    }
-
-    fn set_ready(&mut self) {
-        self.state = State::Ready;
     }
 }
 

@@ -145,34 +145,7 @@ pub struct SenderSide {
 pub type SenderSession = Session<SenderSide>;
 
 impl Side for SenderSide {
-    type Event = SenderEvent;
-
-    fn peer_error(event: &SenderEvent) -> Option<(ErrorCode, &str)> {
-        match event {
-            SenderEvent::PeerError { code, message } => Some((*code, message.as_str())),
-            _ => None,
-        }
-    }
-
-    fn state_name(&self) -> &'static str {
-        self.state.name()
-    }
-
-    fn role() -> Role {
-        Role::Sender
-    }
-
-    fn awaits_hello(&self) -> bool {
-        matches!(self.state, State::AwaitHello)
-    }
-
-    fn negotiated_event(negotiated: Negotiated) -> SenderEvent {
-        SenderEvent::Negotiated(negotiated)
-    }
-
-    fn error_event(code: ErrorCode, message: String) -> SenderEvent {
-        SenderEvent::PeerError { code, message }
-    }
+    side_basics!(SenderEvent, Role::Sender);
 
     fn on_frame(
         session: &mut Session<Self>,
@@ -183,14 +156,6 @@ impl Side for SenderSide {
             Frame::Pairing(message) => session.on_pair_message(message),
             other => Err(session.unexpected(&other)),
         }
-    }
-
-    fn set_closed(&mut self) {
-        self.state = State::Closed;
-    }
-
-    fn set_ready(&mut self) {
-        self.state = State::Ready;
     }
 }
 
