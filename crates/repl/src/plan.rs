@@ -242,8 +242,9 @@ pub(crate) fn stale_bookmarks<'a>(
         .collect()
 }
 
-/// The source's snapshots as the planning helper takes them.
-fn to_wire(snapshots: &[SnapshotInfo]) -> Vec<WireSnapshot> {
+/// Snapshots as the protocol and its planning helper take them (the sender's own, and the
+/// receiver's in its state answer).
+pub(crate) fn to_wire(snapshots: &[SnapshotInfo]) -> Vec<WireSnapshot> {
     snapshots
         .iter()
         .map(|s| WireSnapshot {

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::{ClientConfig, ServerConfig};
+use rustls::{ClientConfig, ServerConfig, ServerConnection};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{client, server};
@@ -55,20 +55,7 @@ impl Acceptor {
             .accept(stream)
             .await
             .map_err(TlsError::Handshake)?;
-        let identity = peer_identity(tls.get_ref().1)?;
-        if let Some(check) = &self.revocation
-            && check.is_revoked(&identity)
-        {
-            return Err(TlsError::Revoked {
-                peer: identity.name,
-                fingerprint: identity.fingerprint,
-            });
-        }
-        debug!(
-            peer = %identity.name,
-            fingerprint = %identity.fingerprint,
-            "peer authenticated"
-        );
+        let identity = self.authenticate(tls.get_ref().1)?;
         Ok((tls, identity))
     }
 }
@@ -99,7 +86,13 @@ impl Acceptor {
             debug!("client presented no certificate: pairing only");
             return Ok((tls, None));
         }
-        let identity = peer_identity(tls.get_ref().1)?;
+        let identity = self.authenticate(tls.get_ref().1)?;
+        Ok((tls, Some(identity)))
+    }
+
+    /// The verified client certificate's identity, unless it is revoked.
+    fn authenticate(&self, connection: &ServerConnection) -> Result<PeerIdentity, TlsError> {
+        let identity = peer_identity(connection)?;
         if let Some(check) = &self.revocation
             && check.is_revoked(&identity)
         {
@@ -113,7 +106,7 @@ impl Acceptor {
             fingerprint = %identity.fingerprint,
             "peer authenticated"
         );
-        Ok((tls, Some(identity)))
+        Ok(identity)
     }
 }
 

@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 use zrep_proto::{
     AbortResumeOutcome, ErrorCode, FailureCode, ReceiverEvent, ReceiverSide, RefusalCode,
-    SnapshotInfo as WireSnapshot, TargetState, TransferOffer,
+    TargetState, TransferOffer,
 };
 use zrep_zfs::received::{is_read_only, resume_token, seal_tree};
 use zrep_zfs::{DatasetName, RelativeName, Zfs, ZfsError};
@@ -311,17 +311,7 @@ async fn target_state<Z: Zfs>(
         return Ok(state);
     }
     state.exists = true;
-    state.snapshots = zfs
-        .list_snapshots(dataset, false)
-        .await?
-        .into_iter()
-        .map(|s| WireSnapshot {
-            name: s.name.short_name().to_owned(),
-            guid: s.guid.0,
-            createtxg: s.order,
-            creation: s.creation,
-        })
-        .collect();
+    state.snapshots = crate::plan::to_wire(&zfs.list_snapshots(dataset, false).await?);
     state.read_only = is_read_only(zfs, dataset).await?;
     state.resume_token = resume_token(zfs, dataset).await?;
     Ok(state)
