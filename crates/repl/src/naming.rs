@@ -1,5 +1,10 @@
 //! zrep's snapshot names: `<prefix>_<yyyymmddTHHMMSSZ>` in UTC, so that names sort by time and an
-//! admin reads the age at a glance. Only snapshots of this form are ever pruned by zrep.
+//! admin reads the age at a glance. A cycle that finds a snapshot of its second on the source
+//! already (two `once` runs, or `run` at a short interval, within one second) numbers its own:
+//! `<prefix>_<yyyymmddTHHMMSSZ>-02`, `-03`, … — one past the highest of that second, so every
+//! cycle has a snapshot of its own, taken after it started, and names still sort in creation
+//! order (the first of a second has no number, and `Z` sorts before `Z-`). Only snapshots of this
+//! form are ever pruned by zrep.
 //!
 //! zrep's bookmarks (OpenZFS) are per receiver: `<snapshot name>.<hold tag>`, the receiver named
 //! by the hold tag it keeps on the source (`zrep_20261127T054910Z.zrep:backup1`), so that a
@@ -13,7 +18,13 @@ use zrep_zfs::HoldTag;
 /// The default prefix.
 pub const DEFAULT_PREFIX: &str = "zrep";
 
-/// The short snapshot name for `time` (`zrep_20261127T054910Z`).
+/// Before the number of a second's second and later snapshots.
+const SEQUENCE_SEPARATOR: char = '-';
+
+/// The number the first snapshot of a second has (not written).
+const FIRST_OF_SECOND: u32 = 1;
+
+/// The short snapshot name for `time` (`zrep_20261127T054910Z`): the first of its second.
 pub fn snapshot_short_name(prefix: &str, time: SystemTime) -> String {
     let secs = time
         .duration_since(UNIX_EPOCH)
@@ -29,10 +40,89 @@ pub fn snapshot_short_name(prefix: &str, time: SystemTime) -> String {
     )
 }
 
+/// The short name of a new snapshot taken at `time`, given the short names of the source's
+/// snapshots (`existing`): the name of `time`'s second, or, if zrep snapshots of that second
+/// exist, numbered one past the highest of them (not the first gap: a gap left by a destroyed
+/// snapshot would sort the new name before older ones).
+pub fn next_snapshot_short_name<'a>(
+    prefix: &str,
+    time: SystemTime,
+    existing: impl IntoIterator<Item = &'a str>,
+) -> String {
+    let second = snapshot_short_name(prefix, time);
+    let highest = existing
+        .into_iter()
+        .filter(|name| name.starts_with(second.as_str()))
+        .filter_map(|name| parse_snapshot(prefix, name))
+        .map(|snap| snap.sequence)
+        .max();
+    match highest {
+        None => second,
+        Some(n) => sequenced(&second, n.saturating_add(1)),
+    }
+}
+
+/// `second` (a first-of-second name) numbered `n`.
+fn sequenced(second: &str, n: u32) -> String {
+    if n <= FIRST_OF_SECOND {
+        second.to_owned()
+    } else {
+        format!("{second}{SEQUENCE_SEPARATOR}{n:02}")
+    }
+}
+
+/// One of zrep's snapshots, as its name tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZrepSnapshot {
+    /// The second in the name.
+    pub time: SystemTime,
+    /// Which of that second's snapshots: 1 for the unnumbered first, then 2, 3, …
+    pub sequence: u32,
+}
+
+/// What the snapshot short name `short` says if it is one of zrep's of this prefix (either form:
+/// with or without a number), or `None` (so it is never pruned).
+pub fn parse_snapshot(prefix: &str, short: &str) -> Option<ZrepSnapshot> {
+    match split_name(prefix, short)? {
+        (snapshot, "") => Some(snapshot),
+        _ => None,
+    }
+}
+
 /// The time encoded in a zrep snapshot name of this prefix, or `None` if the name is not one of
 /// zrep's (so it is never pruned).
 pub fn parse_snapshot_time(prefix: &str, short: &str) -> Option<SystemTime> {
-    let stamp = short.strip_prefix(prefix)?.strip_prefix('_')?;
+    parse_snapshot(prefix, short).map(|snapshot| snapshot.time)
+}
+
+/// Splits `short` into the zrep snapshot name it starts with and what follows.
+fn split_name<'a>(prefix: &str, short: &'a str) -> Option<(ZrepSnapshot, &'a str)> {
+    let rest = short.strip_prefix(prefix)?.strip_prefix('_')?;
+    let (stamp, rest) = rest.split_at_checked(16)?;
+    let time = parse_stamp(stamp)?;
+    let Some(numbered) = rest.strip_prefix(SEQUENCE_SEPARATOR) else {
+        return Some((
+            ZrepSnapshot {
+                time,
+                sequence: FIRST_OF_SECOND,
+            },
+            rest,
+        ));
+    };
+    let digits = numbered
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(numbered.len());
+    let (number, rest) = numbered.split_at(digits);
+    let sequence: u32 = number.parse().ok()?;
+    // One spelling per number, so that a name says one thing and sorts where it belongs.
+    if sequence <= FIRST_OF_SECOND || format!("{sequence:02}") != number {
+        return None;
+    }
+    Some((ZrepSnapshot { time, sequence }, rest))
+}
+
+/// `yyyymmddTHHMMSSZ` as a time.
+fn parse_stamp(stamp: &str) -> Option<SystemTime> {
     let bytes = stamp.as_bytes();
     if bytes.len() != 16 || bytes[8] != b'T' || bytes[15] != b'Z' {
         return None;
@@ -62,7 +152,7 @@ pub fn parse_snapshot_time(prefix: &str, short: &str) -> Option<SystemTime> {
 }
 
 /// Between the snapshot name and the receiver's hold tag in a bookmark name (allowed in ZFS
-/// names; the stamp's fixed length makes the split unambiguous).
+/// names; the stamp's fixed length and the number's digits make the split unambiguous).
 const RECEIVER_SEPARATOR: char = '.';
 
 /// The short name of the bookmark zrep keeps of `snapshot` (a short name) for the receiver whose
@@ -76,6 +166,8 @@ pub fn bookmark_short_name(snapshot: &str, receiver: &HoldTag) -> String {
 pub struct ZrepBookmark<'a> {
     /// The time in the bookmarked snapshot's name.
     pub time: SystemTime,
+    /// Which of that second's snapshots it marks (1 for the unnumbered first).
+    pub sequence: u32,
     /// The receiver's hold tag; `None` for a bookmark of the form before bookmarks were per
     /// receiver (the snapshot's name alone).
     pub receiver: Option<&'a str>,
@@ -83,9 +175,7 @@ pub struct ZrepBookmark<'a> {
 
 /// What the bookmark short name `short` says if it is one of zrep's of this prefix, or `None`.
 pub fn parse_bookmark<'a>(prefix: &str, short: &'a str) -> Option<ZrepBookmark<'a>> {
-    // `<prefix>_` and the 16-byte stamp.
-    let (snapshot, rest) = short.split_at_checked(prefix.len() + 1 + 16)?;
-    let time = parse_snapshot_time(prefix, snapshot)?;
+    let (snapshot, rest) = split_name(prefix, short)?;
     let receiver = match rest {
         "" => None,
         tagged => Some(
@@ -94,7 +184,11 @@ pub fn parse_bookmark<'a>(prefix: &str, short: &'a str) -> Option<ZrepBookmark<'
                 .filter(|tag| HoldTag::parse(tag).is_ok())?,
         ),
     };
-    Some(ZrepBookmark { time, receiver })
+    Some(ZrepBookmark {
+        time: snapshot.time,
+        sequence: snapshot.sequence,
+        receiver,
+    })
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
@@ -157,6 +251,7 @@ mod tests {
             parse_bookmark("zrep", &short),
             Some(ZrepBookmark {
                 time: t,
+                sequence: 1,
                 receiver: Some("zrep:backup1")
             })
         );
@@ -165,7 +260,17 @@ mod tests {
             parse_bookmark("zrep", "zrep_20261127T054910Z"),
             Some(ZrepBookmark {
                 time: t,
+                sequence: 1,
                 receiver: None
+            })
+        );
+        // A numbered snapshot's bookmark.
+        assert_eq!(
+            parse_bookmark("zrep", "zrep_20261127T054910Z-02.zrep:backup1"),
+            Some(ZrepBookmark {
+                time: t,
+                sequence: 2,
+                receiver: Some("zrep:backup1")
             })
         );
         for foreign in [
@@ -173,6 +278,8 @@ mod tests {
             "zrep_20261127T054910Z.-x",
             "zrep_20261127T054910Zbackup1",
             "zrep_20261127T054910",
+            "zrep_20261127T054910Z-1.zrep:backup1",
+            "zrep_20261127T054910Z-.zrep:backup1",
             "other_20261127T054910Z.zrep:backup1",
             "manual.zrep:backup1",
         ] {
@@ -190,9 +297,81 @@ mod tests {
             "zrep_20260230T000000Z",
             "zrep_20261327T000000Z",
             "zrep_2026112+T054910Z",
+            // Numbers have one spelling: two digits at least, no leading zero beyond, from 2.
+            "zrep_20261127T054910Z-",
+            "zrep_20261127T054910Z-1",
+            "zrep_20261127T054910Z-01",
+            "zrep_20261127T054910Z-2",
+            "zrep_20261127T054910Z-002",
+            "zrep_20261127T054910Z-+2",
+            "zrep_20261127T054910Z-02x",
+            "zrep_20261127T054910Z-99999999999",
+            "zrep_20261127T054910Z_02",
             "manual",
         ] {
             assert_eq!(parse_snapshot_time("zrep", name), None, "{name}");
+        }
+    }
+
+    const T: u64 = 1_795_758_550; // 2026-11-27T05:49:10Z
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_second_taken_gets_the_next_number() {
+        let now = at(T);
+        assert_eq!(
+            next_snapshot_short_name("zrep", now, []),
+            "zrep_20261127T054910Z"
+        );
+        // Other seconds, other prefixes and foreign names do not count.
+        let others = [
+            "zrep_20261127T054909Z-05",
+            "zrep_20261127T054911Z",
+            "other_20261127T054910Z",
+            "zrep_20261127T054910Zx",
+            "manual",
+        ];
+        assert_eq!(
+            next_snapshot_short_name("zrep", now, others),
+            "zrep_20261127T054910Z"
+        );
+        assert_eq!(
+            next_snapshot_short_name("zrep", now, ["zrep_20261127T054910Z"]),
+            "zrep_20261127T054910Z-02"
+        );
+        // One past the highest, not into a gap a destroyed snapshot left.
+        assert_eq!(
+            next_snapshot_short_name("zrep", now, ["zrep_20261127T054910Z-03"]),
+            "zrep_20261127T054910Z-04"
+        );
+        let mut taken = vec!["zrep_20261127T054910Z".to_owned()];
+        for _ in 0..120 {
+            let next = next_snapshot_short_name("zrep", now, taken.iter().map(String::as_str));
+            taken.push(next);
+        }
+        assert_eq!(taken[9], "zrep_20261127T054910Z-10");
+        assert_eq!(taken[120], "zrep_20261127T054910Z-121");
+        // Up to 99 in one second (far more than ZFS creates) the names sort in creation order,
+        // and before the next second's.
+        let mut sorted = taken[..99].to_vec();
+        sorted.push(snapshot_short_name("zrep", at(T + 1)));
+        let mut by_name = sorted.clone();
+        by_name.sort();
+        assert_eq!(by_name, sorted);
+        // Every one is zrep's, of that second, numbered in order: retention and pruning see it.
+        for (i, name) in taken.iter().enumerate() {
+            assert_eq!(
+                parse_snapshot("zrep", name),
+                Some(ZrepSnapshot {
+                    time: now,
+                    sequence: u32::try_from(i).unwrap() + 1
+                }),
+                "{name}"
+            );
+            assert_eq!(parse_snapshot_time("zrep", name), Some(now));
         }
     }
 }

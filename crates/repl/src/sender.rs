@@ -17,7 +17,7 @@ use zrep_zfs::{
 };
 
 use crate::error::{ReplicationError, SendFailure};
-use crate::naming::{bookmark_short_name, snapshot_short_name};
+use crate::naming::{bookmark_short_name, next_snapshot_short_name};
 use crate::plan::{Plan, Resume, plan, plan_resume, settlement, stale_bookmarks};
 use crate::rate::Pacer;
 use crate::retention::KeepPolicy;
@@ -141,10 +141,9 @@ where
 {
     let started = Instant::now();
     let source = &job.source;
-    let snapshot = source.snapshot(&snapshot_short_name(&job.prefix, now))?;
     // ZFS work runs while the connection goes on: the peer sees heartbeats however long it takes.
     let (local, newest) = conn
-        .drive_while(take_snapshot(zfs, source, &snapshot))
+        .drive_while(take_snapshot(zfs, source, &job.prefix, now))
         .await?;
 
     let mut state = request_state(conn, job.target.as_str()).await?;
@@ -196,32 +195,32 @@ where
     })
 }
 
-/// Takes `snapshot` unless it exists already; returns the source's snapshots and its own entry.
+/// Takes this cycle's snapshot, named for `now` and never one that exists: a snapshot of the
+/// same second taken by an earlier cycle predates writes this cycle must carry. Returns the
+/// source's snapshots and the new one's entry.
 async fn take_snapshot<Z: Zfs>(
     zfs: &Z,
     source: &DatasetName,
-    snapshot: &SnapshotName,
+    prefix: &str,
+    now: SystemTime,
 ) -> Result<(Vec<SnapshotInfo>, SnapshotInfo), ReplicationError> {
-    let mut local = zfs
-        .list_snapshots(source, false)
-        .await
-        .map_err(ReplicationError::zfs(format!(
-            "listing snapshots of {source}"
-        )))?;
-    if !local.iter().any(|s| s.name == *snapshot) {
-        zfs.create_snapshot(snapshot, false)
-            .await
-            .map_err(ReplicationError::zfs(format!("creating {snapshot}")))?;
-        local = zfs
-            .list_snapshots(source, false)
+    let list = || async {
+        zfs.list_snapshots(source, false)
             .await
             .map_err(ReplicationError::zfs(format!(
                 "listing snapshots of {source}"
-            )))?;
-    }
+            )))
+    };
+    let before = list().await?;
+    let short = next_snapshot_short_name(prefix, now, before.iter().map(|s| s.name.short_name()));
+    let snapshot = source.snapshot(&short)?;
+    zfs.create_snapshot(&snapshot, false)
+        .await
+        .map_err(ReplicationError::zfs(format!("creating {snapshot}")))?;
+    let local = list().await?;
     let newest = local
         .iter()
-        .find(|s| s.name == *snapshot)
+        .find(|s| s.name == snapshot)
         .cloned()
         .ok_or_else(|| {
             ReplicationError::Unexpected(format!("{snapshot} vanished after creation"))

@@ -768,3 +768,68 @@ async fn an_old_form_bookmark_is_a_base_and_stays() {
     );
     assert_eq!(two.a.dst.files(&two.a.target())["f"], b"2");
 }
+
+/// Issue 14: two cycles within one second reused that second's snapshot, so the second
+/// replicated nothing ("already on the target") although data was written in between. Each
+/// cycle now takes a snapshot of its own, numbered after the second's first, and the names sort
+/// in creation order; retention on both sides counts the numbered ones as zrep's.
+#[tokio::test]
+async fn cycles_in_one_second_each_take_their_own_snapshot() {
+    let mut bed = Bed::new().await;
+    bed.retention = Some(Retention {
+        prefix: "zrep".into(),
+        keep: zrep_repl::retention::KeepPolicy::last(2),
+    });
+    let (mut conn, receiver) = bed.connect().await;
+    // The sender's clock stands still: every cycle below is in the same second.
+    let now = UNIX_EPOCH + Duration::from_secs(1_795_758_550); // 2026-11-27T05:49:10Z
+    let mut cycles = Vec::new();
+    for version in [b"1", b"2", b"3"] {
+        bed.src.write_file(&bed.source, "f", version);
+        let done = replicate(&bed.src, &mut conn, &bed.job(), &bed.options(), now)
+            .await
+            .unwrap();
+        assert_eq!(bed.dst.files(&bed.target())["f"], version);
+        cycles.push(done);
+    }
+    bye(conn, receiver).await;
+
+    let names: Vec<&str> = cycles.iter().map(|c| c.snapshot.short_name()).collect();
+    assert_eq!(
+        names,
+        [
+            "zrep_20261127T054910Z",
+            "zrep_20261127T054910Z-02",
+            "zrep_20261127T054910Z-03"
+        ]
+    );
+    assert_eq!(cycles[0].shape, StreamShape::Full);
+    for pair in cycles.windows(2) {
+        assert_eq!(
+            pair[1].shape,
+            StreamShape::Incremental {
+                base: pair[0].snapshot.short_name().to_owned(),
+                intermediates: true,
+                from_bookmark: false
+            }
+        );
+        assert!(pair[1].stream_bytes > 0);
+        assert_ne!(pair[1].guid, pair[0].guid);
+    }
+    // The source keeps its newest (keep-last 1), pruned by name like any other; the receiver
+    // keeps its last two, the oldest of the second pruned.
+    assert_eq!(
+        Bed::guids(&bed.src, &bed.source).await,
+        [(names[2].to_owned(), cycles[2].guid)]
+    );
+    assert_eq!(cycles[1].pruned, [cycles[0].snapshot.clone()]);
+    assert_eq!(cycles[2].pruned, [cycles[1].snapshot.clone()]);
+    assert_eq!(
+        Bed::guids(&bed.dst, &bed.target()).await,
+        [
+            (names[1].to_owned(), cycles[1].guid),
+            (names[2].to_owned(), cycles[2].guid)
+        ]
+    );
+    assert_eq!(bed.src.holds_of(&cycles[2].snapshot), ["zrep:backup1"]);
+}
