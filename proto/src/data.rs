@@ -347,28 +347,27 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn decompression_is_bounded_by_declared_length() {
-        // A zstd body that expands to 4096 bytes, declared as 100: must fail, not grow.
-        let body = zstd::bulk::compress(&[0u8; 4096], 3).unwrap();
+    /// A zstd chunk whose body expands to `raw` but whose prefix declares `declared` bytes.
+    fn zstd_chunk_declaring(raw: &[u8], declared: u32) -> DataChunk {
+        let body = zstd::bulk::compress(raw, 3).unwrap();
         let mut frame = BytesMut::new();
         write_header(&mut frame, FrameKind::Data, DATA_PREFIX_LEN + body.len());
         frame.put_u8(1);
-        frame.put_u32(100);
+        frame.put_u32(declared);
         frame.extend_from_slice(&body);
-        let chunk = DataChunk::from_frame(frame.freeze()).unwrap();
+        DataChunk::from_frame(frame.freeze()).unwrap()
+    }
+
+    #[test]
+    fn decompression_is_bounded_by_declared_length() {
+        // A zstd body that expands to 4096 bytes, declared as 100: must fail, not grow.
+        let chunk = zstd_chunk_declaring(&[0u8; 4096], 100);
         assert!(matches!(decompress_chunk(&chunk), Err(ChunkError::Zstd(_))));
     }
 
     #[test]
     fn short_decompression_is_a_length_mismatch() {
-        let body = zstd::bulk::compress(&[1u8; 50], 3).unwrap();
-        let mut frame = BytesMut::new();
-        write_header(&mut frame, FrameKind::Data, DATA_PREFIX_LEN + body.len());
-        frame.put_u8(1);
-        frame.put_u32(100);
-        frame.extend_from_slice(&body);
-        let chunk = DataChunk::from_frame(frame.freeze()).unwrap();
+        let chunk = zstd_chunk_declaring(&[1u8; 50], 100);
         assert!(matches!(
             decompress_chunk(&chunk),
             Err(ChunkError::LengthMismatch {

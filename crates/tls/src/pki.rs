@@ -246,13 +246,7 @@ impl CertificateAuthority {
         ttl: Duration,
     ) -> Result<SignedCert, TlsError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(TlsError::Csr)?;
-        let cert = peer_params(peer, ttl)?.signed_by(&csr.public_key, &self.issuer)?;
-        let signed = SignedCert {
-            cert_der: cert.der().clone(),
-            cert_pem: cert.pem(),
-        };
-        debug!(%peer, fingerprint = %signed.fingerprint(), "signed peer CSR");
-        Ok(signed)
+        self.sign_peer(&csr, peer, ttl)
     }
 
     /// Like [`sign_peer_csr`](Self::sign_peer_csr), for a DER CSR (as it travels in a pairing
@@ -265,6 +259,16 @@ impl CertificateAuthority {
     ) -> Result<SignedCert, TlsError> {
         let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der);
         let csr = CertificateSigningRequestParams::from_der(&der).map_err(TlsError::Csr)?;
+        self.sign_peer(&csr, peer, ttl)
+    }
+
+    /// A peer certificate (CN = `peer`, `clientAuth` only) for the key of `csr`.
+    fn sign_peer(
+        &self,
+        csr: &CertificateSigningRequestParams,
+        peer: &PeerName,
+        ttl: Duration,
+    ) -> Result<SignedCert, TlsError> {
         let cert = peer_params(peer, ttl)?.signed_by(&csr.public_key, &self.issuer)?;
         let signed = SignedCert {
             cert_der: cert.der().clone(),

@@ -18,6 +18,19 @@ fn unknown_issuer(err: &TlsError) -> bool {
     )
 }
 
+/// The certificate is valid, but for the other end's purpose (clientAuth vs serverAuth).
+fn assert_wrong_purpose(err: &TlsError) {
+    assert!(
+        matches!(
+            err.rustls_error(),
+            Some(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
+            ))
+        ),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn valid_client_is_accepted_and_named_by_its_cn() {
     let pki = Pki::new("zrep CA backup1");
@@ -142,15 +155,7 @@ async fn peer_cert_cannot_impersonate_the_server() {
     let acceptor = Acceptor::new(server_with_cert(&pki, &backup1));
     let (_server, client) = handshake(&acceptor, pki.client_config(&nas1), "backup1").await;
     let err = client.unwrap_err();
-    assert!(
-        matches!(
-            err.rustls_error(),
-            Some(rustls::Error::InvalidCertificate(
-                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
-            ))
-        ),
-        "{err:?}"
-    );
+    assert_wrong_purpose(&err);
 }
 
 #[tokio::test]
@@ -159,15 +164,7 @@ async fn server_cert_cannot_log_in_as_a_peer() {
     let acceptor = Acceptor::new(pki.server_config());
     let (server, client) = handshake(&acceptor, pki.client_config(&pki.server), "backup1").await;
     let err = server.unwrap_err();
-    assert!(
-        matches!(
-            err.rustls_error(),
-            Some(rustls::Error::InvalidCertificate(
-                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
-            ))
-        ),
-        "{err:?}"
-    );
+    assert_wrong_purpose(&err);
     assert_client_cut_off(client).await;
 }
 
