@@ -212,46 +212,56 @@ impl<S: Side> Session<S> {
         self.core.fail(err)
     }
 }
-/// The [`Side`] calls that differ between the sides only in their types: both events have
-/// `Negotiated` and `PeerError`, both sides a `state` whose enum has `AwaitHello`, `Ready` and
-/// `Closed` and a `name()`. Expands inside `impl Side for ...`.
-macro_rules! side_basics {
-    ($event:ident, $role:expr) => {
-        type Event = $event;
+/// `impl Side` for a side: the calls differ between the sides only in their types. Both events
+/// have `Negotiated` and `PeerError`; both sides have a `state` whose enum has `AwaitHello`,
+/// `Ready`, `Closed` and a `name()`, and their conversation in an inherent
+/// `Session<side>::on_frame`.
+macro_rules! impl_side {
+    ($side:ident, $event:ident, $role:expr) => {
+        impl Side for $side {
+            type Event = $event;
 
-        fn peer_error(event: &$event) -> Option<(ErrorCode, &str)> {
-            match event {
-                $event::PeerError { code, message } => Some((*code, message.as_str())),
-                _ => None,
+            fn peer_error(event: &$event) -> Option<(ErrorCode, &str)> {
+                match event {
+                    $event::PeerError { code, message } => Some((*code, message.as_str())),
+                    _ => None,
+                }
             }
-        }
 
-        fn state_name(&self) -> &'static str {
-            self.state.name()
-        }
+            fn state_name(&self) -> &'static str {
+                self.state.name()
+            }
 
-        fn role() -> Role {
-            $role
-        }
+            fn role() -> Role {
+                $role
+            }
 
-        fn awaits_hello(&self) -> bool {
-            matches!(self.state, State::AwaitHello)
-        }
+            fn awaits_hello(&self) -> bool {
+                matches!(self.state, State::AwaitHello)
+            }
 
-        fn negotiated_event(negotiated: Negotiated) -> $event {
-            $event::Negotiated(negotiated)
-        }
+            fn negotiated_event(negotiated: Negotiated) -> $event {
+                $event::Negotiated(negotiated)
+            }
 
-        fn error_event(code: ErrorCode, message: String) -> $event {
-            $event::PeerError { code, message }
-        }
+            fn error_event(code: ErrorCode, message: String) -> $event {
+                $event::PeerError { code, message }
+            }
 
-        fn set_closed(&mut self) {
-            self.state = State::Closed;
-        }
+            fn on_frame(
+                session: &mut Session<Self>,
+                frame: Frame,
+            ) -> Result<Option<$event>, ProtoError> {
+                session.on_frame(frame)
+            }
 
-        fn set_ready(&mut self) {
-            self.state = State::Ready;
+            fn set_closed(&mut self) {
+                self.state = State::Closed;
+            }
+
+            fn set_ready(&mut self) {
+                self.state = State::Ready;
+            }
         }
     };
 }

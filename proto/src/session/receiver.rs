@@ -156,16 +156,7 @@ pub struct ReceiverSide {
 /// The receiver's session.
 pub type ReceiverSession = Session<ReceiverSide>;
 
-impl Side for ReceiverSide {
-    side_basics!(ReceiverEvent, Role::Receiver);
-
-    fn on_frame(
-        session: &mut Session<Self>,
-        frame: Frame,
-    ) -> Result<Option<ReceiverEvent>, ProtoError> {
-        session.on_frame(frame)
-    }
-}
+impl_side!(ReceiverSide, ReceiverEvent, Role::Receiver);
 
 impl Session<ReceiverSide> {
     /// A new session; its hello is queued for `poll_transmit`.

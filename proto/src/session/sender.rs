@@ -144,20 +144,7 @@ pub struct SenderSide {
 /// The sender's session.
 pub type SenderSession = Session<SenderSide>;
 
-impl Side for SenderSide {
-    side_basics!(SenderEvent, Role::Sender);
-
-    fn on_frame(
-        session: &mut Session<Self>,
-        frame: Frame,
-    ) -> Result<Option<SenderEvent>, ProtoError> {
-        match frame {
-            Frame::Control(message) => session.on_message(message),
-            Frame::Pairing(message) => session.on_pair_message(message),
-            other => Err(session.unexpected(&other)),
-        }
-    }
-}
+impl_side!(SenderSide, SenderEvent, Role::Sender);
 
 impl Session<SenderSide> {
     /// A new session; its hello is queued for `poll_transmit`.
@@ -337,6 +324,14 @@ impl Session<SenderSide> {
             });
         }
         Ok(())
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Result<Option<SenderEvent>, ProtoError> {
+        match frame {
+            Frame::Control(message) => self.on_message(message),
+            Frame::Pairing(message) => self.on_pair_message(message),
+            other => Err(self.unexpected(&other)),
+        }
     }
 
     fn unexpected(&self, frame: &Frame) -> ProtoError {
