@@ -41,9 +41,10 @@ pub fn snapshot_short_name(prefix: &str, time: SystemTime) -> String {
 }
 
 /// The short name of a new snapshot taken at `time`, given the short names of the source's
-/// snapshots (`existing`): the name of `time`'s second, or, if zrep snapshots of that second
-/// exist, numbered one past the highest of them (not the first gap: a gap left by a destroyed
-/// snapshot would sort the new name before older ones).
+/// snapshots and bookmarks (`existing`): the name of `time`'s second, or, if zrep snapshots of
+/// that second exist or are bookmarked, numbered one past the highest of them (not the first
+/// gap: a gap left by a destroyed snapshot would sort the new name before older ones, and a
+/// bookmarked base destroyed on the source still exists on the target under its name).
 pub fn next_snapshot_short_name<'a>(
     prefix: &str,
     time: SystemTime,
@@ -53,8 +54,11 @@ pub fn next_snapshot_short_name<'a>(
     let highest = existing
         .into_iter()
         .filter(|name| name.starts_with(second.as_str()))
-        .filter_map(|name| parse_snapshot(prefix, name))
-        .map(|snap| snap.sequence)
+        .filter_map(|name| {
+            parse_snapshot(prefix, name)
+                .map(|snap| snap.sequence)
+                .or_else(|| parse_bookmark(prefix, name).map(|mark| mark.sequence))
+        })
         .max();
     match highest {
         None => second,
@@ -346,6 +350,11 @@ mod tests {
         assert_eq!(
             next_snapshot_short_name("zrep", now, ["zrep_20261127T054910Z-03"]),
             "zrep_20261127T054910Z-04"
+        );
+        // A bookmark's name counts: its snapshot, gone from the source, is on the target.
+        assert_eq!(
+            next_snapshot_short_name("zrep", now, ["zrep_20261127T054910Z.zrep:backup1"]),
+            "zrep_20261127T054910Z-02"
         );
         let mut taken = vec!["zrep_20261127T054910Z".to_owned()];
         for _ in 0..120 {

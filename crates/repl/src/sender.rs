@@ -12,8 +12,8 @@ use zrep_proto::{
     TargetState, TransferOffer,
 };
 use zrep_zfs::{
-    DatasetName, Guid, HoldTag, RelativeName, SendKind, SendRequest, SnapshotInfo, SnapshotName,
-    Zfs, ZfsError,
+    BookmarkInfo, DatasetName, Guid, HoldTag, RelativeName, SendKind, SendRequest, SnapshotInfo,
+    SnapshotName, Zfs, ZfsError,
 };
 
 use crate::error::{ReplicationError, SendFailure};
@@ -142,7 +142,7 @@ where
     let started = Instant::now();
     let source = &job.source;
     // ZFS work runs while the connection goes on: the peer sees heartbeats however long it takes.
-    let (local, newest) = conn
+    let (local, bookmarks, newest) = conn
         .drive_while(take_snapshot(zfs, source, &job.prefix, now))
         .await?;
 
@@ -152,12 +152,6 @@ where
         resumed = finish_interrupted(zfs, conn, job, options, &local, &token).await?;
         state = request_state(conn, job.target.as_str()).await?;
     }
-    let bookmarks =
-        conn.drive_while(zfs.list_bookmarks(source))
-            .await
-            .map_err(ReplicationError::zfs(format!(
-                "listing bookmarks of {source}"
-            )))?;
     let mut plan = plan(job, &local, &bookmarks, &newest, &state)?;
     if let Plan::Send { request, offer, .. } = &mut plan {
         // An estimate only feeds progress and space checks; without one the transfer goes on.
@@ -195,15 +189,15 @@ where
     })
 }
 
-/// Takes this cycle's snapshot, named for `now` and never one that exists: a snapshot of the
-/// same second taken by an earlier cycle predates writes this cycle must carry. Returns the
-/// source's snapshots and the new one's entry.
+/// Takes this cycle's snapshot, named for `now` and never a name the source has (as snapshot or
+/// bookmark): a snapshot of the same second taken by an earlier cycle predates writes this
+/// cycle must carry. Returns the source's snapshots, its bookmarks and the new snapshot's entry.
 async fn take_snapshot<Z: Zfs>(
     zfs: &Z,
     source: &DatasetName,
     prefix: &str,
     now: SystemTime,
-) -> Result<(Vec<SnapshotInfo>, SnapshotInfo), ReplicationError> {
+) -> Result<(Vec<SnapshotInfo>, Vec<BookmarkInfo>, SnapshotInfo), ReplicationError> {
     let list = || async {
         zfs.list_snapshots(source, false)
             .await
@@ -212,7 +206,17 @@ async fn take_snapshot<Z: Zfs>(
             )))
     };
     let before = list().await?;
-    let short = next_snapshot_short_name(prefix, now, before.iter().map(|s| s.name.short_name()));
+    let bookmarks = zfs
+        .list_bookmarks(source)
+        .await
+        .map_err(ReplicationError::zfs(format!(
+            "listing bookmarks of {source}"
+        )))?;
+    let taken = before
+        .iter()
+        .map(|s| s.name.short_name())
+        .chain(bookmarks.iter().map(|b| b.name.short_name()));
+    let short = next_snapshot_short_name(prefix, now, taken);
     let snapshot = source.snapshot(&short)?;
     zfs.create_snapshot(&snapshot, false)
         .await
@@ -225,7 +229,7 @@ async fn take_snapshot<Z: Zfs>(
         .ok_or_else(|| {
             ReplicationError::Unexpected(format!("{snapshot} vanished after creation"))
         })?;
-    Ok((local, newest))
+    Ok((local, bookmarks, newest))
 }
 
 /// The target holds a cut resumable receive: finish it (`zfs send -t`), or, when its snapshot is

@@ -833,3 +833,37 @@ async fn cycles_in_one_second_each_take_their_own_snapshot() {
     );
     assert_eq!(bed.src.holds_of(&cycles[2].snapshot), ["zrep:backup1"]);
 }
+
+/// A base destroyed on the source within its second: its bookmark still holds the name (and the
+/// target the snapshot), so the next cycle of that second numbers its own and sends from the
+/// bookmark rather than colliding with the target's copy.
+#[tokio::test]
+async fn a_bookmarked_name_is_not_taken_again_in_its_second() {
+    let mut two = TwoReceivers::new().await;
+    let bed = &mut two.a;
+    let now = UNIX_EPOCH + Duration::from_secs(1_795_758_550);
+    let (mut conn, receiver) = bed.connect().await;
+    bed.src.write_file(&bed.source, "f", b"1");
+    let first = replicate(&bed.src, &mut conn, &bed.job(), &bed.options(), now)
+        .await
+        .unwrap();
+    let tag = HoldTag::parse(TwoReceivers::TAG_A).unwrap();
+    bed.src.release(&tag, &first.snapshot).await.unwrap();
+    bed.src.destroy_snapshot(&first.snapshot).await.unwrap();
+    bed.src.write_file(&bed.source, "f", b"2");
+    let second = replicate(&bed.src, &mut conn, &bed.job(), &bed.options(), now)
+        .await
+        .unwrap();
+    bye(conn, receiver).await;
+    assert_eq!(first.snapshot.short_name(), "zrep_20261127T054910Z");
+    assert_eq!(second.snapshot.short_name(), "zrep_20261127T054910Z-02");
+    assert_eq!(
+        second.shape,
+        StreamShape::Incremental {
+            base: bookmark_of(&first, TwoReceivers::TAG_A),
+            intermediates: false,
+            from_bookmark: true
+        }
+    );
+    assert_eq!(bed.dst.files(&bed.target())["f"], b"2");
+}
