@@ -135,3 +135,75 @@ fn past_the_grace_period_the_transfer_is_cut_and_undone() {
         dst.dataset("nas1/data")
     );
 }
+
+/// The liveness settings do what README says: a `zrep-send run` that announced
+/// `heartbeat-interval = "500ms"` and then falls silent (stopped with SIGSTOP between cycles)
+/// is dropped after the receiver's `idle-timeout`, not after a built-in limit (it used to be
+/// three fixed 10 s heartbeats, 30 s).
+#[test]
+fn a_silent_sender_is_dropped_after_the_configured_idle_timeout() {
+    let idle = Duration::from_secs(2 * time_scale());
+    let src = TestPool::create("stisrc");
+    let dst = TestPool::create("stidst");
+    let source = src.create_dataset("data");
+    write_file(&source, "f", b"small");
+    let receiver = Receiver::start_full(
+        &format!("idle-timeout = \"{}ms\"", idle.as_millis()),
+        &[("nas1", &dst.dataset("nas1"), "")],
+        &[],
+    );
+    let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
+    let path = config.dir().join("send.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let heartbeat = idle / 4;
+    std::fs::write(
+        &path,
+        format!(
+            "heartbeat-interval = \"{}ms\"\ninterval = \"1h\"\n{text}",
+            heartbeat.as_millis()
+        ),
+    )
+    .unwrap();
+    let daemon = zrep_e2e::Daemon::start(&config);
+    // The first cycle commits; the session then stays open, kept alive by heartbeats.
+    let limit = Duration::from_secs(60 * time_scale());
+    let start = Instant::now();
+    while !exists(&dst.dataset("nas1/data")) || snapshots(&dst.dataset("nas1/data")).is_empty() {
+        assert!(start.elapsed() < limit, "no first cycle: {}", daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Three of its heartbeats' worth of quiet that the receiver tolerates.
+    std::thread::sleep(heartbeat * 3);
+    assert!(
+        !receiver.log_text().contains("peer silent for"),
+        "a sender with heartbeats was dropped: {}",
+        receiver.log_text()
+    );
+    let pid = daemon.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let silent = Instant::now();
+    while !receiver.log_text().contains("peer silent for") {
+        assert!(
+            silent.elapsed() < idle * 10,
+            "still connected {:?} after the sender stopped: {}",
+            silent.elapsed(),
+            receiver.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dropped = silent.elapsed();
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert!(
+        dropped + heartbeat >= idle,
+        "dropped after {dropped:?}, before the configured {idle:?}"
+    );
+    println!(
+        "silent sender dropped after {dropped:?} (idle-timeout {idle:?}, heartbeat {heartbeat:?})"
+    );
+}

@@ -75,11 +75,14 @@ impl Receiver {
         let dir = tempfile::tempdir().unwrap();
         let certs = certs_dir();
         let mut config = format!(
-            "listen = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nidle-timeout = \"20s\"\n",
+            "listen = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
             certs.join("backup1.pem").display(),
             certs.join("backup1.key").display(),
             certs.join("ca.pem").display(),
         );
+        if !top.contains("idle-timeout") {
+            config.push_str("idle-timeout = \"20s\"\n");
+        }
         config.push_str(top);
         config.push('\n');
         for (name, root, extra) in peers {
@@ -485,6 +488,11 @@ impl Daemon {
     /// What it printed so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Its process id (to stop or continue it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Its log so far.
