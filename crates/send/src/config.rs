@@ -30,6 +30,8 @@ struct RawConfig {
     idle_timeout: Duration,
     #[serde(default = "default_write_timeout", with = "humantime_serde")]
     write_timeout: Duration,
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    shutdown_grace: Duration,
     #[serde(default = "default_compression_level")]
     compression_level: i32,
     keep_last: Option<usize>,
@@ -107,6 +109,12 @@ fn default_idle_timeout() -> Duration {
 fn default_write_timeout() -> Duration {
     Duration::from_secs(30)
 }
+/// Below the shipped unit's `TimeoutStopSec=30s`, so that an abort after the grace still has
+/// time to close `zfs send`'s pipe and let it exit before the service manager kills it (a
+/// signalled `zfs send` leaves holds on zfs-fuse).
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(20)
+}
 fn default_compression_level() -> i32 {
     3
 }
@@ -119,6 +127,9 @@ fn default_keep_last() -> usize {
 fn default_true() -> bool {
     true
 }
+
+/// The longest `shutdown-grace`: a stop that may take longer is a hang to whoever waits for it.
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
 
 /// A validated sender configuration.
 #[derive(Debug, Clone)]
@@ -139,6 +150,9 @@ pub struct SendConfig {
     pub commit_timeout: Duration,
     /// Heartbeat interval, silence and write-stall limits of the session with the receiver.
     pub liveness: Liveness,
+    /// After the first SIGTERM or SIGINT, how long a transfer in flight may take to commit before
+    /// it is aborted (0: at once).
+    pub shutdown_grace: Duration,
     /// zstd level for data chunks (1 to 19).
     pub compression_level: i32,
     /// Renew the certificate when less than this is left (default: a third of its lifetime).
@@ -227,6 +241,12 @@ impl SendConfig {
             write_timeout: raw.write_timeout,
         };
         liveness.check().map_err(invalid)?;
+        if raw.shutdown_grace > MAX_SHUTDOWN_GRACE {
+            return Err(invalid(format!(
+                "shutdown-grace must be at most {} (a service manager's stop timeout must outlast it)",
+                humantime_serde::re::humantime::format_duration(MAX_SHUTDOWN_GRACE)
+            )));
+        }
         let check_prefix = |prefix: &str| {
             let ok = !prefix.is_empty()
                 && prefix.len() <= 32
@@ -360,6 +380,7 @@ impl SendConfig {
             connect_timeout: raw.connect_timeout,
             commit_timeout: raw.commit_timeout,
             liveness,
+            shutdown_grace: raw.shutdown_grace,
             renew_before: raw.renew_before,
             rotate_key: raw.rotate_key,
             metrics_listen,
@@ -406,6 +427,13 @@ keep-last = 3
         assert_eq!(config.datasets[0].keep, KeepPolicy::last(1));
         assert_eq!(home.prefix, "zrep");
         assert!(config.datasets[0].intermediates);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(20));
+        let text = EXAMPLE.replace(
+            "ca = \"ca.pem\"",
+            "ca = \"ca.pem\"\nshutdown-grace = \"0s\"",
+        );
+        let config = SendConfig::parse(&text, Path::new("send.toml")).unwrap();
+        assert_eq!(config.shutdown_grace, Duration::ZERO, "0: abort at once");
     }
 
     #[test]
@@ -475,6 +503,20 @@ keep-last = 3
                     "ca = \"ca.pem\"\nbandwidth-limit = \"50MiB\"",
                 ),
                 "bandwidth-limit",
+            ),
+            (
+                EXAMPLE.replace(
+                    "ca = \"ca.pem\"",
+                    "ca = \"ca.pem\"\nshutdown-grace = \"2h\"",
+                ),
+                "shutdown-grace must be at most 1h",
+            ),
+            (
+                EXAMPLE.replace(
+                    "ca = \"ca.pem\"",
+                    "ca = \"ca.pem\"\nshutdown-grace = \"soon\"",
+                ),
+                "shutdown-grace",
             ),
         ];
         for (text, want) in cases {

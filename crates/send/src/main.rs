@@ -23,13 +23,16 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Replicate every configured dataset once (for cron); one line per dataset on stdout.
+    /// SIGTERM or SIGINT: no dataset starts after it, a transfer in flight may commit within
+    /// `shutdown-grace` (a second signal aborts it), and one line says what it was doing.
     Once {
         /// The configuration file (TOML).
         #[arg(long, short, env = "ZREP_SEND_CONFIG")]
         config: PathBuf,
     },
     /// Run as a daemon: replicate each dataset every `interval` over one session until SIGTERM or
-    /// SIGINT (a running transfer is aborted; the next start resumes or restarts it).
+    /// SIGINT (a running transfer may commit within `shutdown-grace`, a second signal aborts
+    /// it; the next start resumes or restarts an aborted one).
     Run {
         /// The configuration file (TOML).
         #[arg(long, short, env = "ZREP_SEND_CONFIG")]
@@ -95,6 +98,8 @@ const NAME: &str = "zrep-send";
 const EXIT_SOME_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 const EXIT_SETUP: u8 = 3;
+/// `once` was stopped by a signal before it was through.
+const EXIT_STOPPED: u8 = 4;
 /// `status --check` could not judge (monitoring plugins' UNKNOWN).
 const EXIT_CHECK_UNKNOWN: u8 = 3;
 
@@ -132,6 +137,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run_once(&config)) {
         Ok(RunOutcome::AllReplicated) => ExitCode::SUCCESS,
         Ok(RunOutcome::SomeFailed) => ExitCode::from(EXIT_SOME_FAILED),
+        Ok(RunOutcome::Stopped) => ExitCode::from(EXIT_STOPPED),
         Err(err) => {
             eprintln!("zrep-send: {}", zrep_cli::one_line(err.as_ref()));
             ExitCode::from(EXIT_SETUP)

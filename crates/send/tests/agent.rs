@@ -10,16 +10,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::io::DuplexStream;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 use zrep_proto::{ReceiverSession, SessionConfig};
 use zrep_repl::receiver::{ReceiverPolicy, ServeError, TargetLocks, serve};
+use zrep_repl::sender::{Progress, ProgressSink};
 use zrep_repl::transport::Connection;
-use zrep_send::agent::{Agent, BACKOFF_MAX, Connect, ConnectError, RunOutcome};
+use zrep_send::agent::{
+    Agent, BACKOFF_MAX, Connect, ConnectError, RunOutcome, StopRequests, StopSender,
+};
 use zrep_send::config::SendConfig;
 use zrep_send::state::{DatasetState, StateDir};
 use zrep_tls::{CertificateAuthority, DEFAULT_CA_TTL, write_cert_file};
-use zrep_zfs::fake::FakeZfs;
+use zrep_zfs::fake::{FakeOp, FakeZfs};
 use zrep_zfs::{Capabilities, DatasetName, Guid, RelativeName, Zfs};
 
 const RECEIVER: &str = "backup.test:7711";
@@ -37,6 +41,8 @@ struct MemReceiver {
     locks: TargetLocks,
     /// This many more connection attempts are refused.
     refuse: Arc<AtomicUsize>,
+    /// Connection attempts hang (an unanswered SYN).
+    hang: Arc<std::sync::atomic::AtomicBool>,
     /// When each attempt was made (virtual time).
     attempts: Arc<Mutex<Vec<Instant>>>,
     sessions: Arc<Mutex<Vec<Served>>>,
@@ -47,6 +53,9 @@ impl Connect for MemReceiver {
 
     async fn connect(&self) -> Result<DuplexStream, ConnectError> {
         self.attempts.lock().unwrap().push(Instant::now());
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         let refused = self
             .refuse
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -132,6 +141,7 @@ impl Bed {
                 root: backup.child("nas1").unwrap(),
                 locks: TargetLocks::default(),
                 refuse: Arc::default(),
+                hang: Arc::default(),
                 attempts: Arc::default(),
                 sessions: Arc::default(),
             },
@@ -221,6 +231,63 @@ async fn snapshots(zfs: &FakeZfs, dataset: &DatasetName) -> Vec<(String, Guid)> 
         .collect()
 }
 
+/// One stop request after `after` (virtual time).
+fn stop_after(after: Duration) -> StopRequests {
+    let (tx, requests) = StopRequests::channel();
+    tokio::spawn(async move {
+        sleep(after).await;
+        let _ = tx.send("test");
+    });
+    requests
+}
+
+/// The newest progress report (stream bytes, stream ended), to stop on what a transfer did rather
+/// than at a guessed time.
+fn progress_watch() -> (ProgressSink, watch::Receiver<(u64, bool)>) {
+    let (tx, rx) = watch::channel((0, false));
+    let sink = ProgressSink(Arc::new(move |p: &Progress| {
+        tx.send_replace((p.stream_bytes, p.done));
+    }));
+    (sink, rx)
+}
+
+/// A condition on the newest progress report (stream bytes, stream ended).
+type OnProgress = Box<dyn Fn(&(u64, bool)) -> bool + Send + Sync>;
+
+/// Sends one stop request per `when` condition on the progress, each after the one before,
+/// and records the virtual time of each.
+fn stop_on_progress(
+    mut progress: watch::Receiver<(u64, bool)>,
+    when: Vec<OnProgress>,
+) -> (StopRequests, Arc<Mutex<Vec<Instant>>>) {
+    let (tx, requests): (StopSender, _) = StopRequests::channel();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let times = sent.clone();
+    tokio::spawn(async move {
+        for condition in when {
+            if progress.wait_for(|p| condition(p)).await.is_err() {
+                return;
+            }
+            times.lock().unwrap().push(Instant::now());
+            let _ = tx.send("test");
+        }
+    });
+    (requests, sent)
+}
+
+/// 4 MiB that do not compress: at `bandwidth-limit = "100kB/s"` about 40 s of stream.
+fn noise() -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// The name zrep gives the snapshot of a cycle at virtual second `t`.
 fn snapshot_at(t: u64) -> String {
     zrep_repl::naming::snapshot_short_name("zrep", UNIX_EPOCH + Duration::from_secs(EPOCH_SECS + t))
@@ -298,7 +365,7 @@ async fn run_at_an_interval_does_n_cycles_in_n_intervals_over_one_session() {
     let bed = Bed::new(&["a"]).await;
     let agent = bed.agent(bed.config(&format!("{INTERVAL}s"), &["a"]));
     let stop = Duration::from_secs(CYCLES * INTERVAL - 1);
-    agent.run(sleep(stop), None).await;
+    agent.run(stop_after(stop), None).await;
     assert_eq!(bed.elapsed(), stop, "stops when told");
 
     let expected: Vec<String> = (0..CYCLES).map(|i| snapshot_at(i * INTERVAL)).collect();
@@ -343,7 +410,10 @@ async fn run_backs_off_while_the_receiver_is_gone_and_reconnects_when_it_returns
         assert_eq!(state.last_success, None);
         assert!(bed.received("a").await.is_empty());
     };
-    tokio::join!(agent.run(sleep(Duration::from_secs(600)), None), while_gone);
+    tokio::join!(
+        agent.run(stop_after(Duration::from_secs(600)), None),
+        while_gone
+    );
 
     let attempts = bed.receiver.attempts();
     assert_eq!(attempts.len(), REFUSED + 1, "{attempts:?}");
@@ -373,7 +443,7 @@ async fn run_backs_off_while_the_receiver_is_gone_and_reconnects_when_it_returns
 async fn shutdown_between_cycles_ends_the_session_with_bye() {
     let bed = Bed::new(&["a"]).await;
     let agent = bed.agent(bed.config("60s", &["a"]));
-    agent.run(sleep(Duration::from_secs(30)), None).await;
+    agent.run(stop_after(Duration::from_secs(30)), None).await;
     // At once: no linger, since the receiver closes on our Bye.
     assert_eq!(bed.elapsed(), Duration::from_secs(30));
     assert_eq!(bed.received("a").await.len(), 1);
@@ -384,35 +454,126 @@ async fn shutdown_between_cycles_ends_the_session_with_bye() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn shutdown_mid_transfer_aborts_it_and_records_it() {
+async fn a_stop_while_the_receiver_commits_lets_the_commit_land_within_the_grace() {
+    // The receiver's `zfs receive` takes 30 s to finish after the stream: the stop comes while
+    // the sender waits for the commit, and the grace (60 s) outlasts it.
+    const COMMIT: Duration = Duration::from_secs(30);
     let bed = Bed::new(&["a"]).await;
-    // 4 MiB that do not compress, at 100 kB/s: about 40 s of stream, cut at 5 s.
-    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-    let noise: Vec<u8> = (0..4 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    bed.src.write_file(&source("a"), "noise", &noise);
-    let agent = bed.agent(bed.config_with("1h", &["a"], "bandwidth-limit = \"100kB/s\""));
-    agent.run(sleep(Duration::from_secs(5)), None).await;
+    bed.receiver.dst.set_latency(FakeOp::Receive, COMMIT);
+    let (sink, progress) = progress_watch();
+    let (stop, sent) = stop_on_progress(progress, vec![Box::new(|&(_, done)| done)]);
+    let agent = bed
+        .agent(bed.config_with("1h", &["a"], "shutdown-grace = \"60s\""))
+        .with_progress(sink);
+    agent.run(stop, None).await;
+    let stopped_at = sent.lock().unwrap()[0] - bed.start;
+    let took = bed.elapsed() - stopped_at;
+    assert!(
+        took >= COMMIT.mul_f64(0.99) && took < Duration::from_secs(60),
+        "ended {took:?} after the stop, the commit took {COMMIT:?}"
+    );
+    let lines = bed.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "tank/a@{} replicated to {RECEIVER} (",
+            snapshot_at(0)
+        )),
+        "{lines:?}"
+    );
+    // Committed with the source's GUID, recorded, and the session ended with Bye.
+    let received = bed.received("a").await;
+    assert_eq!(received, snapshots(&bed.src, &source("a")).await);
+    assert_eq!(received.len(), 1);
+    let state = bed.state("a");
+    assert_eq!(state.last_error, None);
+    assert_eq!(state.last_guid, Some(received[0].1.0));
+    let ends = bed.receiver.ended().await;
+    assert!(matches!(ends[..], [Ok(())]), "{ends:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_mid_stream_lets_the_transfer_finish_and_starts_nothing_after_it() {
+    let bed = Bed::new(&["a", "b"]).await;
+    bed.src.write_file(&source("a"), "noise", &noise());
+    let (sink, progress) = progress_watch();
+    let (stop, sent) = stop_on_progress(progress, vec![Box::new(|&(bytes, _)| bytes > 0)]);
+    let agent = bed
+        .agent(bed.config_with(
+            "1h",
+            &["a", "b"],
+            "bandwidth-limit = \"100kB/s\"\nshutdown-grace = \"10m\"",
+        ))
+        .with_progress(sink);
+    assert_eq!(agent.once_until(stop).await, RunOutcome::Stopped);
+    let stopped_at = sent.lock().unwrap()[0] - bed.start;
+    // The stream takes about 40 s at the limit: the stop came early in it, the end after it.
+    assert!(stopped_at < Duration::from_secs(20), "{stopped_at:?}");
+    assert!(
+        bed.elapsed() > Duration::from_secs(30),
+        "{:?}",
+        bed.elapsed()
+    );
+    let received = bed.received("a").await;
+    assert_eq!(received, snapshots(&bed.src, &source("a")).await);
+    assert_eq!(
+        bed.receiver.dst.files(&bed.target("a")),
+        bed.src.files(&source("a"))
+    );
+    // tank/b did not start: no snapshot, no state, nothing sent.
+    assert!(snapshots(&bed.src, &source("b")).await.is_empty());
+    assert!(bed.received("b").await.is_empty());
+    let state = bed.state("a");
+    let snapshot = format!("tank/a@{}", snapshot_at(0));
+    let lines = bed.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!("{snapshot} replicated to ")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            "stopped by test while replicating {snapshot} ({} stream bytes sent): finished; tank/b not started",
+            state.bytes
+        )
+    );
+    let ends = bed.receiver.ended().await;
+    assert!(matches!(ends[..], [Ok(())]), "{ends:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grace_shorter_than_the_transfer_aborts_it_when_it_passes() {
+    const GRACE: Duration = Duration::from_secs(5);
+    let bed = Bed::new(&["a"]).await;
+    bed.src.write_file(&source("a"), "noise", &noise());
+    let (sink, progress) = progress_watch();
+    let (stop, sent) = stop_on_progress(progress, vec![Box::new(|&(bytes, _)| bytes > 0)]);
+    let agent = bed
+        .agent(bed.config_with(
+            "1h",
+            &["a"],
+            "bandwidth-limit = \"100kB/s\"\nshutdown-grace = \"5s\"",
+        ))
+        .with_progress(sink);
+    agent.run(stop, None).await;
+    let stopped_at = sent.lock().unwrap()[0] - bed.start;
     assert_eq!(
         bed.elapsed(),
-        Duration::from_secs(5),
-        "aborted, not awaited"
+        stopped_at + GRACE,
+        "aborted when the grace passed"
     );
+    let why = "aborted by shutdown: shutdown-grace 5s passed";
     assert_eq!(
         bed.lines(),
-        [format!(
-            "tank/a NOT replicated to {RECEIVER}: aborted by shutdown"
-        )]
+        [format!("tank/a NOT replicated to {RECEIVER}: {why}")]
     );
     let state = bed.state("a");
-    assert_eq!(state.last_error.as_deref(), Some("aborted by shutdown"));
-    assert_eq!(state.last_attempt, Some(EPOCH_SECS + 5));
+    assert_eq!(state.last_error.as_deref(), Some(why));
+    assert_eq!(
+        state.last_attempt,
+        Some(EPOCH_SECS + bed.elapsed().as_secs())
+    );
     assert_eq!(state.last_success, None);
     // The receiver saw the connection cut (no Bye) and kept nothing of the stream.
     let ends = bed.receiver.ended().await;
@@ -423,12 +584,97 @@ async fn shutdown_mid_transfer_aborts_it_and_records_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_second_stop_aborts_at_once() {
+    let bed = Bed::new(&["a", "b"]).await;
+    bed.src.write_file(&source("a"), "noise", &noise());
+    let (sink, progress) = progress_watch();
+    // The second request once the stream went on after the first: it was not aborted by that.
+    let (stop, sent) = stop_on_progress(
+        progress,
+        vec![
+            Box::new(|&(bytes, _)| bytes > 0),
+            Box::new(|&(bytes, _)| bytes > 1 << 20),
+        ],
+    );
+    let agent = bed
+        .agent(bed.config_with(
+            "1h",
+            &["a", "b"],
+            "bandwidth-limit = \"100kB/s\"\nshutdown-grace = \"10m\"",
+        ))
+        .with_progress(sink);
+    assert_eq!(agent.once_until(stop).await, RunOutcome::Stopped);
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        bed.elapsed(),
+        sent[1] - bed.start,
+        "aborted at the second request"
+    );
+    let lines = bed.lines();
+    let why = "aborted by shutdown: a second stop request came";
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        format!("tank/a NOT replicated to {RECEIVER}: {why}")
+    );
+    let head = format!(
+        "stopped by test while replicating tank/a@{} (",
+        snapshot_at(0)
+    );
+    let bytes: u64 = lines[1]
+        .strip_prefix(&head)
+        .and_then(|rest| {
+            rest.strip_suffix(" stream bytes sent): aborted, a second stop request came")
+        })
+        .unwrap_or_else(|| panic!("{lines:?}"))
+        .parse()
+        .unwrap();
+    assert!(bytes > 1 << 20 && bytes < 4 << 20, "{bytes}");
+    assert_eq!(bed.state("a").last_error.as_deref(), Some(why));
+    let ends = bed.receiver.ended().await;
+    assert!(matches!(ends[..], [Err(_)]), "{ends:?}");
+    assert!(bed.received("a").await.is_empty());
+    assert!(snapshots(&bed.src, &source("b")).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn once_stopped_before_or_while_connecting_says_so() {
+    let bed = Bed::new(&["a"]).await;
+    let agent = bed.agent(bed.config("1h", &["a"]));
+    // A request that came before the pass: nothing starts.
+    let (tx, stop) = StopRequests::channel();
+    tx.send("SIGTERM").unwrap();
+    assert_eq!(agent.once_until(stop).await, RunOutcome::Stopped);
+    assert_eq!(bed.lines(), ["stopped by SIGTERM before tank/a"]);
+    assert!(snapshots(&bed.src, &source("a")).await.is_empty());
+    assert_eq!(bed.elapsed(), Duration::ZERO);
+
+    // While the receiver does not answer: at once, not after connect-timeout (15 s).
+    bed.receiver.hang.store(true, Ordering::SeqCst);
+    bed.lines.lock().unwrap().clear();
+    let after = Duration::from_secs(1);
+    assert_eq!(
+        agent.once_until(stop_after(after)).await,
+        RunOutcome::Stopped
+    );
+    assert_eq!(
+        bed.lines(),
+        [format!(
+            "stopped by test while connecting to {RECEIVER} for tank/a"
+        )]
+    );
+    assert_eq!(bed.elapsed(), after);
+    assert!(snapshots(&bed.src, &source("a")).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_while_backing_off_stops_at_once() {
     let bed = Bed::new(&["a"]).await;
     bed.receiver.refuse.store(usize::MAX, Ordering::SeqCst);
     let agent = bed.agent(bed.config("1h", &["a"]));
     // Attempts at about 0, 1, 3, 7 and 15 s; the shutdown at 20 s falls in the wait for the next.
-    agent.run(sleep(Duration::from_secs(20)), None).await;
+    agent.run(stop_after(Duration::from_secs(20)), None).await;
     assert_eq!(bed.elapsed(), Duration::from_secs(20));
     let attempts = bed.receiver.attempts().len();
     assert!((4..=6).contains(&attempts), "{attempts} attempts");

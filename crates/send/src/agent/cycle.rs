@@ -2,11 +2,13 @@
 //! recorded and reported; and the session it runs over.
 
 use std::fmt::Display;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use humantime_serde::re::humantime::format_duration;
 use tracing::{info, warn};
 use zrep_repl::ReplicationError;
-use zrep_repl::sender::{DatasetJob, replicate};
-use zrep_zfs::Zfs;
+use zrep_repl::sender::{DatasetJob, Progress, ProgressSink, SenderOptions, replicate};
+use zrep_zfs::{DatasetName, Zfs};
 
 use super::connect::{Connect, SenderConn, open};
 use super::error::ConnectError;
@@ -24,6 +26,19 @@ pub(super) enum Flow {
     Stop,
 }
 
+/// Why a transfer in flight was given up after a stop request.
+#[derive(Debug, Clone, Copy)]
+enum Abort {
+    /// `shutdown-grace` passed first.
+    Grace,
+    /// A second stop request came first.
+    Second,
+}
+
+/// The newest progress of the current member's stream: its label (`pool/ds@snap`) and stream
+/// bytes so far.
+type Seen = Arc<Mutex<Option<(String, u64)>>>;
+
 /// The task that replicates: the agent's dataset loop with its session.
 pub(super) struct Worker<'a, Z, C: Connect> {
     pub(super) agent: &'a Agent<Z, C>,
@@ -33,11 +48,29 @@ pub(super) struct Worker<'a, Z, C: Connect> {
     renewal_checked: bool,
     pub(super) shutdown: Shutdown,
     failed: bool,
+    /// The agent's options, with a progress sink that also keeps the newest progress in `seen`.
+    options: SenderOptions,
+    seen: Seen,
+    /// What the worker was doing when it heard the stop request, for `once`'s line.
+    stop_note: Option<String>,
+    /// A stop request aborted a transfer or kept a dataset from starting.
+    interrupted: bool,
     _done: Done,
 }
 
 impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
     pub(super) fn new(agent: &'a Agent<Z, C>, mode: Mode, shutdown: Shutdown, done: Done) -> Self {
+        let seen = Seen::default();
+        let mut options = agent.options.clone();
+        let inner = options.progress.take();
+        let keep = seen.clone();
+        options.progress = Some(ProgressSink(Arc::new(move |p: &Progress| {
+            *keep.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((p.snapshot.clone(), p.stream_bytes));
+            if let Some(inner) = &inner {
+                (inner.0)(p);
+            }
+        })));
         Self {
             agent,
             mode,
@@ -45,6 +78,10 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
             renewal_checked: false,
             shutdown,
             failed: false,
+            options,
+            seen,
+            stop_note: None,
+            interrupted: false,
             _done: done,
         }
     }
@@ -61,19 +98,43 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
             }
             Mode::Run => {
                 self.schedule().await;
-                info!("stopping");
+                info!(cause = self.shutdown.cause().unwrap_or("-"), "stopping");
             }
         }
         if let Some(mut conn) = self.conn.take()
             && conn.session.close().is_ok()
         {
-            conn.shutdown().await;
+            tokio::select! {
+                () = conn.shutdown() => {}
+                () = self.shutdown.aborted() => {}
+            }
         }
-        if self.failed {
+        if self.mode == Mode::Once
+            && let (Some(cause), Some(note)) = (self.shutdown.cause(), &self.stop_note)
+        {
+            self.say(&format!("stopped by {cause} {note}"));
+        }
+        if self.interrupted {
+            RunOutcome::Stopped
+        } else if self.failed {
             RunOutcome::SomeFailed
         } else {
             RunOutcome::AllReplicated
         }
+    }
+
+    /// Whether a stop request came, in which case `next` does not start (and `once`'s line says
+    /// so).
+    fn stop_before(&mut self, next: &DatasetName) -> bool {
+        if !self.shutdown.requested() {
+            return false;
+        }
+        self.interrupted = true;
+        match &mut self.stop_note {
+            Some(note) => note.push_str(&format!("; {next} not started")),
+            None => self.stop_note = Some(format!("before {next}")),
+        }
+        true
     }
 
     /// Connects a new session (renewing the certificate when due), or says why not. `None`:
@@ -119,6 +180,9 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
     /// connected before, and the members after a broken session wait for the next cycle.
     pub(super) async fn dataset(&mut self, dataset: &DatasetConfig) -> Flow {
         let agent = self.agent;
+        if self.stop_before(&dataset.source) {
+            return Flow::Stop;
+        }
         let members = match crate::recursive::expand(&agent.zfs, dataset).await {
             Ok(members) => members,
             Err(err) => {
@@ -132,6 +196,9 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
             }
         };
         for member in &members {
+            if self.stop_before(&member.source) {
+                return Flow::Stop;
+            }
             let _lock = match crate::state::try_lock(&agent.config, member) {
                 Ok(lock) => lock,
                 Err(why) => {
@@ -144,7 +211,14 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
                     break;
                 }
                 match self.connect().await {
-                    None => return Flow::Stop,
+                    None => {
+                        self.interrupted = true;
+                        self.stop_note = Some(format!(
+                            "while connecting to {} for {}",
+                            agent.config.receiver, member.source
+                        ));
+                        return Flow::Stop;
+                    }
                     Some(Ok(())) => {}
                     Some(Err(err)) => {
                         let why = zrep_cli::one_line(&err);
@@ -161,7 +235,8 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
         Flow::Go
     }
 
-    /// Replicates one member over the open session.
+    /// Replicates one member over the open session. A stop request meanwhile lets it go on for
+    /// `shutdown-grace` (or until a second request) before it is aborted.
     async fn member(&mut self, member: &DatasetConfig) -> Flow {
         let agent = self.agent;
         let Some(conn) = self.conn.as_mut() else {
@@ -169,18 +244,71 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
         };
         let job = job(member);
         let now = (agent.clock)();
-        let result = tokio::select! {
-            result = replicate(&agent.zfs, conn, &job, &agent.options, now) => Some(result),
-            () = self.shutdown.recv() => None,
+        *lock(&self.seen) = None;
+        // The cycle borrows the session until it ends or is given up.
+        let (heard, result) = {
+            let mut work = std::pin::pin!(replicate(&agent.zfs, conn, &job, &self.options, now));
+            let first = tokio::select! {
+                biased;
+                result = &mut work => Some(result),
+                () = self.shutdown.recv() => None,
+            };
+            let heard = first.is_none();
+            let result = match first {
+                Some(result) => Ok(result),
+                None => {
+                    let grace = agent.config.shutdown_grace;
+                    let (stream, bytes) = sent(&self.seen, member);
+                    info!(
+                        dataset = %member.source,
+                        %stream,
+                        stream_bytes = bytes,
+                        cause = self.shutdown.cause().unwrap_or("-"),
+                        grace = %format_duration(grace),
+                        "stop requested: letting the transfer in flight finish"
+                    );
+                    tokio::select! {
+                        biased;
+                        result = &mut work => Ok(result),
+                        () = self.shutdown.aborted() => Err(Abort::Second),
+                        () = tokio::time::sleep(grace) => Err(Abort::Grace),
+                    }
+                }
+            };
+            (heard, result)
         };
-        let Some(result) = result else {
-            // Dropping the cycle killed zfs send; dropping the session cuts the stream.
-            warn!(dataset = %member.source, "stopping: transfer aborted");
-            self.record(member, Err("aborted by shutdown"));
-            self.fail(member, "aborted by shutdown");
-            self.conn = None;
-            return Flow::Stop;
+        let result = match result {
+            Ok(result) => result,
+            Err(abort) => {
+                // Dropping the cycle closed zfs send's pipe; dropping the session cuts the
+                // stream, and the receiver undoes it.
+                let reason = match abort {
+                    Abort::Grace => format!(
+                        "shutdown-grace {} passed",
+                        format_duration(agent.config.shutdown_grace)
+                    ),
+                    Abort::Second => "a second stop request came".to_owned(),
+                };
+                let (stream, bytes) = sent(&self.seen, member);
+                warn!(
+                    dataset = %member.source,
+                    %stream,
+                    stream_bytes = bytes,
+                    %reason,
+                    "stopping: transfer aborted"
+                );
+                let why = format!("aborted by shutdown: {reason}");
+                self.record(member, Err(&why));
+                self.fail(member, &why);
+                self.conn = None;
+                self.interrupted = true;
+                self.stop_note = Some(format!(
+                    "while replicating {stream} ({bytes} stream bytes sent): aborted, {reason}"
+                ));
+                return Flow::Stop;
+            }
         };
+        let finished = result.is_ok();
         match result {
             Ok(done) => {
                 self.record(member, Ok::<_, &str>(&done));
@@ -195,6 +323,19 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
                 }
             }
         }
+        if heard {
+            let (stream, bytes) = sent(&self.seen, member);
+            let end = if finished {
+                "finished"
+            } else {
+                "failed (see its line)"
+            };
+            info!(dataset = %member.source, %stream, stream_bytes = bytes, end, "stopping: the transfer in flight ended");
+            self.stop_note = Some(format!(
+                "while replicating {stream} ({bytes} stream bytes sent): {end}"
+            ));
+        }
+        // After a stop request the next dataset, or the schedule, stops before anything new.
         Flow::Go
     }
 
@@ -220,6 +361,19 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
     fn say(&self, line: &str) {
         (self.agent.output)(line);
     }
+}
+
+/// What the current member's stream is and how far it got: its label and stream bytes, or the
+/// dataset when no stream started yet.
+fn sent(seen: &Seen, member: &DatasetConfig) -> (String, u64) {
+    lock(seen)
+        .clone()
+        .unwrap_or_else(|| (format!("{} (no stream started)", member.source), 0))
+}
+
+fn lock(seen: &Seen) -> std::sync::MutexGuard<'_, Option<(String, u64)>> {
+    // The sink only stores a value: a panic elsewhere cannot leave it half-written.
+    seen.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn job(dataset: &DatasetConfig) -> DatasetJob {

@@ -4,11 +4,14 @@
 //! between cycles, `Bye` at the end), the schedule (one pass, or each dataset every
 //! `interval`), the reconnect backoff and shutdown.
 //!
-//! Shutdown follows mini-redis's server: the caller's signal is broadcast to every task (the
-//! dataset loop, the metrics endpoint), each holds a completion guard, and the agent returns
-//! once all guards are dropped. Between cycles the session ends with `Bye`; during a transfer
-//! the transfer is aborted (the connection is dropped and `zfs send` killed) and recorded, and
-//! the next start resumes or replicates from the last common snapshot.
+//! Shutdown follows mini-redis's server: the caller's stop requests are broadcast to every task
+//! (the dataset loop, the metrics endpoint), each holds a completion guard, and the agent
+//! returns once all guards are dropped. The first request is graceful: no new cycle or dataset
+//! starts, an idle session ends with `Bye` at once, and a transfer in flight may go on for
+//! `shutdown-grace` to its commit (then the session ends with `Bye`). Past the grace, or on a
+//! second request, the transfer is aborted (the connection is dropped and `zfs send`'s pipe
+//! closed) and recorded, and the next start resumes or replicates from the last common
+//! snapshot. `once` then prints one line saying what it was doing.
 //!
 //! The agent is generic over the ZFS ([`Zfs`]) and over how it reaches the receiver
 //! ([`Connect`]; [`TlsConnect`] in production), so it runs in tests against `FakeZfs` and an
@@ -22,7 +25,6 @@ mod report;
 mod schedule;
 mod shutdown;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -35,6 +37,7 @@ pub use backoff::{BACKOFF_MAX, BACKOFF_START, delay as backoff_delay};
 pub use connect::{Connect, SenderConn, TlsConnect};
 pub use error::ConnectError;
 pub use report::{failure_line, renewal_line, success_line};
+pub use shutdown::{StopRequests, StopSender};
 
 use crate::config::SendConfig;
 use cycle::Worker;
@@ -53,6 +56,9 @@ pub enum RunOutcome {
     AllReplicated,
     /// At least one dataset failed.
     SomeFailed,
+    /// A stop request ended the pass before it was through: a transfer was aborted, or a
+    /// dataset was not started.
+    Stopped,
 }
 
 /// When datasets are replicated.
@@ -136,19 +142,25 @@ impl<Z: Zfs, C: Connect> Agent<Z, C> {
     /// Replicates every dataset once over one session (reconnecting for the next dataset when
     /// it breaks), then closes it with `Bye`.
     pub async fn once(&self) -> RunOutcome {
-        self.serve(Mode::Once, std::future::pending(), None).await
+        self.once_until(StopRequests::never()).await
     }
 
-    /// Replicates each dataset every `interval` until `shutdown` resolves; serves metrics on
+    /// [`Agent::once`], stopped by `stop` (see the module documentation); stopped, it prints
+    /// what it was doing in one line.
+    pub async fn once_until(&self, stop: StopRequests) -> RunOutcome {
+        self.serve(Mode::Once, stop, None).await
+    }
+
+    /// Replicates each dataset every `interval` until `stop` asks for it; serves metrics on
     /// `metrics` meanwhile.
-    pub async fn run(&self, shutdown: impl Future<Output = ()>, metrics: Option<TcpListener>) {
-        self.serve(Mode::Run, shutdown, metrics).await;
+    pub async fn run(&self, stop: StopRequests, metrics: Option<TcpListener>) {
+        self.serve(Mode::Run, stop, metrics).await;
     }
 
     async fn serve(
         &self,
         mode: Mode,
-        signal: impl Future<Output = ()>,
+        mut stop: StopRequests,
         metrics: Option<TcpListener>,
     ) -> RunOutcome {
         let stopper = Stopper::new();
@@ -158,16 +170,20 @@ impl<Z: Zfs, C: Connect> Agent<Z, C> {
         }
         let (shutdown, done) = stopper.task();
         let mut work = std::pin::pin!(Worker::new(self, mode, shutdown, done).run());
-        let mut signal = std::pin::pin!(signal);
-        let finished = tokio::select! {
-            outcome = &mut work => Some(outcome),
-            () = &mut signal => None,
-        };
-        let outcome = match finished {
-            Some(outcome) => outcome,
-            None => {
-                stopper.announce();
-                work.await
+        let mut requests = 0u32;
+        let outcome = loop {
+            tokio::select! {
+                // A request that came is heard before any more work is done.
+                biased;
+                cause = stop.next() => {
+                    requests += 1;
+                    // The worker logs what each request made it do.
+                    match requests {
+                        1 => stopper.announce(cause),
+                        _ => stopper.abort(),
+                    }
+                }
+                outcome = &mut work => break outcome,
             }
         };
         stopper.stop().await;

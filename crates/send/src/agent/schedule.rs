@@ -1,7 +1,8 @@
 //! `run`'s schedule: each dataset every `interval`, measured from the start of one cycle to the
 //! next (an overrun starts the next cycle at once, never two cycles of one dataset together).
 //! All cycles go one after the other over one session, kept alive with heartbeats between
-//! cycles and re-established with backoff when it breaks.
+//! cycles and re-established with backoff when it breaks. A stop request ends it at once when
+//! idle; a cycle under way stops before its next dataset.
 
 use tokio::time::{Instant, sleep_until};
 use tracing::{info, warn};
@@ -21,6 +22,10 @@ impl<Z: Zfs, C: Connect> Worker<'_, Z, C> {
         let mut backoff = Backoff::default();
         info!(datasets = config.datasets.len(), receiver = %config.receiver, "zrep-send run started");
         while let Some((i, due)) = next_due.iter().copied().enumerate().min_by_key(|(_, d)| *d) {
+            // After a stop request no cycle starts, even one overdue.
+            if self.shutdown.requested() {
+                return;
+            }
             // Idle until the next cycle is due, answering heartbeats on the open session.
             let idle = async {
                 match self.conn.as_mut() {
