@@ -79,14 +79,14 @@ pub struct DatasetName(String);
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SnapshotName {
     full: String,
-    at: usize,
+    sep: usize,
 }
 
 /// A bookmark name: a dataset, `#`, and a short name (OpenZFS only).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BookmarkName {
     full: String,
-    hash: usize,
+    sep: usize,
 }
 
 /// A dataset path relative to some root (`nfs/vm/esxi`): no pool, no leading `/`.
@@ -159,6 +159,29 @@ fn check_short(short: &str, full: &str, what: &'static str) -> Result<(), NameEr
         });
     }
     Ok(())
+}
+
+/// A `what` of 1 to `max_len` of `[A-Za-z0-9_.:-]` whose start the caller judged (`start_ok`).
+fn check_word(
+    name: &str,
+    max_len: usize,
+    start_ok: bool,
+    what: &'static str,
+) -> Result<String, NameError> {
+    let valid = !name.is_empty()
+        && name.len() <= max_len
+        && start_ok
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(NameError::BadShortName {
+            name: name.to_owned(),
+            what,
+        })
+    }
 }
 
 impl DatasetName {
@@ -238,72 +261,52 @@ impl DatasetName {
     }
 }
 
+/// Writes `parse` and the accessors of a name that is a dataset, `$sep`, and a short name
+/// (`full` holds the whole name, `sep` the separator's byte offset).
+macro_rules! dataset_child_name {
+    ($ty:ident, $sep:literal, $what:literal) => {
+        impl $ty {
+            #[doc = concat!("Parses `dataset", $sep, "short`.")]
+            pub fn parse(name: &str) -> Result<Self, NameError> {
+                check_len(name)?;
+                let (dataset, short) =
+                    name.split_once($sep).ok_or(NameError::MissingSeparator {
+                        name: name.to_owned(),
+                        form: concat!("dataset", $sep, $what),
+                    })?;
+                DatasetName::parse(dataset)?;
+                check_short(short, name, concat!($what, " name"))?;
+                Ok(Self {
+                    full: name.to_owned(),
+                    sep: dataset.len(),
+                })
+            }
+
+            #[doc = concat!("The full name, `dataset", $sep, "short`.")]
+            pub fn as_str(&self) -> &str {
+                &self.full
+            }
+
+            /// The dataset part.
+            pub fn dataset(&self) -> DatasetName {
+                DatasetName(self.full[..self.sep].to_owned())
+            }
+
+            #[doc = concat!("The part after `", $sep, "`.")]
+            pub fn short_name(&self) -> &str {
+                &self.full[self.sep + 1..]
+            }
+        }
+    };
+}
+
+dataset_child_name!(SnapshotName, '@', "snapshot");
+dataset_child_name!(BookmarkName, '#', "bookmark");
+
 impl SnapshotName {
-    /// Parses `dataset@short`.
-    pub fn parse(name: &str) -> Result<Self, NameError> {
-        check_len(name)?;
-        let (dataset, short) = name.split_once('@').ok_or(NameError::MissingSeparator {
-            name: name.to_owned(),
-            form: "dataset@snapshot",
-        })?;
-        DatasetName::parse(dataset)?;
-        check_short(short, name, "snapshot name")?;
-        Ok(Self {
-            full: name.to_owned(),
-            at: dataset.len(),
-        })
-    }
-
-    /// The full name, `dataset@short`.
-    pub fn as_str(&self) -> &str {
-        &self.full
-    }
-
-    /// The dataset part.
-    pub fn dataset(&self) -> DatasetName {
-        DatasetName(self.full[..self.at].to_owned())
-    }
-
-    /// The part after `@`.
-    pub fn short_name(&self) -> &str {
-        &self.full[self.at + 1..]
-    }
-
     /// The same short name on another dataset.
     pub fn on_dataset(&self, dataset: &DatasetName) -> Result<SnapshotName, NameError> {
         dataset.snapshot(self.short_name())
-    }
-}
-
-impl BookmarkName {
-    /// Parses `dataset#short`.
-    pub fn parse(name: &str) -> Result<Self, NameError> {
-        check_len(name)?;
-        let (dataset, short) = name.split_once('#').ok_or(NameError::MissingSeparator {
-            name: name.to_owned(),
-            form: "dataset#bookmark",
-        })?;
-        DatasetName::parse(dataset)?;
-        check_short(short, name, "bookmark name")?;
-        Ok(Self {
-            full: name.to_owned(),
-            hash: dataset.len(),
-        })
-    }
-
-    /// The full name, `dataset#short`.
-    pub fn as_str(&self) -> &str {
-        &self.full
-    }
-
-    /// The dataset part.
-    pub fn dataset(&self) -> DatasetName {
-        DatasetName(self.full[..self.hash].to_owned())
-    }
-
-    /// The part after `#`.
-    pub fn short_name(&self) -> &str {
-        &self.full[self.hash + 1..]
     }
 }
 
@@ -328,20 +331,8 @@ impl RelativeName {
 impl HoldTag {
     /// Parses a hold tag: 1 to 64 of `[A-Za-z0-9_.:-]`, not starting with `-` or `.`.
     pub fn parse(tag: &str) -> Result<Self, NameError> {
-        let valid = !tag.is_empty()
-            && tag.len() <= 64
-            && !tag.starts_with(['-', '.'])
-            && tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
-        if valid {
-            Ok(Self(tag.to_owned()))
-        } else {
-            Err(NameError::BadShortName {
-                name: tag.to_owned(),
-                what: "hold tag",
-            })
-        }
+        let start_ok = !tag.starts_with(['-', '.']);
+        check_word(tag, 64, start_ok, "hold tag").map(Self)
     }
 
     /// The tag as given.
@@ -353,20 +344,8 @@ impl HoldTag {
 impl PropertyName {
     /// Parses a native (`readonly`) or user (`com.example:owner`) property name.
     pub fn parse(name: &str) -> Result<Self, NameError> {
-        let valid = !name.is_empty()
-            && name.len() <= 256
-            && name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
-        if valid {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(NameError::BadShortName {
-                name: name.to_owned(),
-                what: "property name",
-            })
-        }
+        let start_ok = name.starts_with(|c: char| c.is_ascii_lowercase());
+        check_word(name, 256, start_ok, "property name").map(Self)
     }
 
     /// The name as given.

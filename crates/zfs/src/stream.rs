@@ -235,73 +235,124 @@ pub enum HeaderType {
     Compound,
 }
 
-/// Stream feature flags (`drr_versioninfo` from bit 2 up, so bit 0 here is `DEDUP`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct FeatureFlags(pub u64);
+/// Declares flag words: each a `pub struct` over its raw bits with its named bits (constants and
+/// their `NAMED` table), `contains`, `|`, and `Display`/`Debug` by name (`|`-separated, then
+/// unknown bits in hex; `none` when empty).
+macro_rules! flag_set {
+    ($(
+        $(#[$type_doc:meta])*
+        pub struct $name:ident($bits:ty) { $($(#[$doc:meta])* $flag:ident = $bit:literal,)* }
+    )*) => {$(
+        $(#[$type_doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+        pub struct $name(pub $bits);
+
+        impl $name {
+            $($(#[$doc])* pub const $flag: $name = $name(1 << $bit);)*
+
+            const NAMED: &'static [($name, &'static str)] =
+                &[$((Self::$flag, stringify!($flag)),)*];
+
+            /// Whether every flag of `other` is set here.
+            pub fn contains(self, other: $name) -> bool {
+                self.0 & other.0 == other.0
+            }
+
+            fn unknown_bits(self) -> $bits {
+                Self::NAMED
+                    .iter()
+                    .fold(self.0, |rest, (flag, _)| rest & !flag.0)
+            }
+        }
+
+        impl std::ops::BitOr for $name {
+            type Output = $name;
+            fn bitor(self, rhs: $name) -> $name {
+                $name(self.0 | rhs.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let names = Self::NAMED
+                    .iter()
+                    .filter(|(flag, _)| self.contains(*flag))
+                    .map(|(_, name)| (*name).to_owned());
+                let unknown = self.unknown_bits();
+                let unknown = (unknown != 0).then(|| format!("unknown {unknown:#x}"));
+                let all: Vec<String> = names.chain(unknown).collect();
+                if all.is_empty() {
+                    f.write_str("none")
+                } else {
+                    f.write_str(&all.join("|"))
+                }
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self)
+            }
+        }
+    )*};
+}
+
+flag_set! {
+    /// Stream feature flags (`drr_versioninfo` from bit 2 up, so bit 0 here is `DEDUP`).
+    pub struct FeatureFlags(u64) {
+        /// Deduplicated stream (WRITE_BYREF records).
+        DEDUP = 0,
+        /// Dedup properties.
+        DEDUPPROPS = 1,
+        /// System-attribute spill blocks (ZPL version 5 and later).
+        SA_SPILL = 2,
+        /// WRITE_EMBEDDED records (`zfs send -e`).
+        EMBED_DATA = 16,
+        /// LZ4-compressed blocks.
+        LZ4 = 17,
+        /// Blocks over 128 KiB (`zfs send -L`).
+        LARGE_BLOCKS = 19,
+        /// Resumes a cut send (`zfs send -t`).
+        RESUMING = 20,
+        /// Redacted send.
+        REDACTED = 21,
+        /// Blocks as compressed on disk (`zfs send -c`).
+        COMPRESSED = 22,
+        /// Dnodes over 512 bytes.
+        LARGE_DNODE = 23,
+        /// Raw (encrypted) blocks (`zfs send -w`).
+        RAW = 24,
+        /// ZSTD-compressed blocks.
+        ZSTD = 25,
+        /// User holds (`zfs send -h`).
+        HOLDS = 26,
+        /// Switch to large blocks (defined, not set by OpenZFS 2.3).
+        SWITCH_TO_LARGE_BLOCKS = 27,
+        /// File names over 255 bytes.
+        LONGNAME = 28,
+        /// Micro ZAPs over 128 KiB.
+        LARGE_MICROZAP = 29,
+    }
+    /// BEGIN record flags (`drr_flags`, `DRR_FLAG_*`).
+    pub struct BeginFlags(u32) {
+        /// The snapshot is a clone's: its origin lives in another dataset.
+        CLONE = 0,
+        /// Case-insensitive dataset.
+        CI_DATA = 1,
+        /// A full stream that carries FREE and FREEOBJECTS records.
+        FREERECORDS = 2,
+        /// OBJECT/SPILL records carry meaningful spill flags.
+        SPILL_BLOCK = 3,
+    }
+}
 
 impl FeatureFlags {
     /// No feature.
     pub const NONE: FeatureFlags = FeatureFlags(0);
-    /// Deduplicated stream (WRITE_BYREF records).
-    pub const DEDUP: FeatureFlags = FeatureFlags(1 << 0);
-    /// Dedup properties.
-    pub const DEDUPPROPS: FeatureFlags = FeatureFlags(1 << 1);
-    /// System-attribute spill blocks (ZPL version 5 and later).
-    pub const SA_SPILL: FeatureFlags = FeatureFlags(1 << 2);
-    /// WRITE_EMBEDDED records (`zfs send -e`).
-    pub const EMBED_DATA: FeatureFlags = FeatureFlags(1 << 16);
-    /// LZ4-compressed blocks.
-    pub const LZ4: FeatureFlags = FeatureFlags(1 << 17);
-    /// Blocks over 128 KiB (`zfs send -L`).
-    pub const LARGE_BLOCKS: FeatureFlags = FeatureFlags(1 << 19);
-    /// Resumes a cut send (`zfs send -t`).
-    pub const RESUMING: FeatureFlags = FeatureFlags(1 << 20);
-    /// Redacted send.
-    pub const REDACTED: FeatureFlags = FeatureFlags(1 << 21);
-    /// Blocks as compressed on disk (`zfs send -c`).
-    pub const COMPRESSED: FeatureFlags = FeatureFlags(1 << 22);
-    /// Dnodes over 512 bytes.
-    pub const LARGE_DNODE: FeatureFlags = FeatureFlags(1 << 23);
-    /// Raw (encrypted) blocks (`zfs send -w`).
-    pub const RAW: FeatureFlags = FeatureFlags(1 << 24);
-    /// ZSTD-compressed blocks.
-    pub const ZSTD: FeatureFlags = FeatureFlags(1 << 25);
-    /// User holds (`zfs send -h`).
-    pub const HOLDS: FeatureFlags = FeatureFlags(1 << 26);
-    /// Switch to large blocks (defined, not set by OpenZFS 2.3).
-    pub const SWITCH_TO_LARGE_BLOCKS: FeatureFlags = FeatureFlags(1 << 27);
-    /// File names over 255 bytes.
-    pub const LONGNAME: FeatureFlags = FeatureFlags(1 << 28);
-    /// Micro ZAPs over 128 KiB.
-    pub const LARGE_MICROZAP: FeatureFlags = FeatureFlags(1 << 29);
-
-    const NAMED: [(FeatureFlags, &'static str); 16] = [
-        (Self::DEDUP, "DEDUP"),
-        (Self::DEDUPPROPS, "DEDUPPROPS"),
-        (Self::SA_SPILL, "SA_SPILL"),
-        (Self::EMBED_DATA, "EMBED_DATA"),
-        (Self::LZ4, "LZ4"),
-        (Self::LARGE_BLOCKS, "LARGE_BLOCKS"),
-        (Self::RESUMING, "RESUMING"),
-        (Self::REDACTED, "REDACTED"),
-        (Self::COMPRESSED, "COMPRESSED"),
-        (Self::LARGE_DNODE, "LARGE_DNODE"),
-        (Self::RAW, "RAW"),
-        (Self::ZSTD, "ZSTD"),
-        (Self::HOLDS, "HOLDS"),
-        (Self::SWITCH_TO_LARGE_BLOCKS, "SWITCH_TO_LARGE_BLOCKS"),
-        (Self::LONGNAME, "LONGNAME"),
-        (Self::LARGE_MICROZAP, "LARGE_MICROZAP"),
-    ];
 
     /// The raw bits.
     pub fn bits(self) -> u64 {
         self.0
-    }
-
-    /// Whether every flag of `other` is set here.
-    pub fn contains(self, other: FeatureFlags) -> bool {
-        self.0 & other.0 == other.0
     }
 
     /// Whether no flag is set.
@@ -316,106 +367,14 @@ impl FeatureFlags {
 
     /// Bits that no known feature names.
     pub fn unknown(self) -> FeatureFlags {
-        Self::NAMED
-            .iter()
-            .fold(self, |rest, (flag, _)| rest.without(*flag))
+        FeatureFlags(self.unknown_bits())
     }
 }
-
-impl std::ops::BitOr for FeatureFlags {
-    type Output = FeatureFlags;
-    fn bitor(self, rhs: FeatureFlags) -> FeatureFlags {
-        FeatureFlags(self.0 | rhs.0)
-    }
-}
-
-/// Lists the names, `|`-separated, then unknown bits in hex; `none` when empty.
-impl fmt::Display for FeatureFlags {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = Self::NAMED
-            .iter()
-            .filter(|(flag, _)| self.contains(*flag))
-            .map(|(_, name)| (*name).to_owned());
-        let unknown = self.unknown();
-        let unknown = (!unknown.is_empty()).then(|| format!("unknown {:#x}", unknown.0));
-        let all: Vec<String> = names.chain(unknown).collect();
-        if all.is_empty() {
-            f.write_str("none")
-        } else {
-            f.write_str(&all.join("|"))
-        }
-    }
-}
-
-impl fmt::Debug for FeatureFlags {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FeatureFlags({self})")
-    }
-}
-
-/// BEGIN record flags (`drr_flags`, `DRR_FLAG_*`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct BeginFlags(pub u32);
 
 impl BeginFlags {
-    /// The snapshot is a clone's: its origin lives in another dataset.
-    pub const CLONE: BeginFlags = BeginFlags(1 << 0);
-    /// Case-insensitive dataset.
-    pub const CI_DATA: BeginFlags = BeginFlags(1 << 1);
-    /// A full stream that carries FREE and FREEOBJECTS records.
-    pub const FREERECORDS: BeginFlags = BeginFlags(1 << 2);
-    /// OBJECT/SPILL records carry meaningful spill flags.
-    pub const SPILL_BLOCK: BeginFlags = BeginFlags(1 << 3);
-
-    const NAMED: [(BeginFlags, &'static str); 4] = [
-        (Self::CLONE, "CLONE"),
-        (Self::CI_DATA, "CI_DATA"),
-        (Self::FREERECORDS, "FREERECORDS"),
-        (Self::SPILL_BLOCK, "SPILL_BLOCK"),
-    ];
-
-    /// Whether every flag of `other` is set here.
-    pub fn contains(self, other: BeginFlags) -> bool {
-        self.0 & other.0 == other.0
-    }
-
     /// Bits that no known flag names.
     pub fn unknown(self) -> u32 {
-        Self::NAMED
-            .iter()
-            .fold(self.0, |rest, (flag, _)| rest & !flag.0)
-    }
-}
-
-impl std::ops::BitOr for BeginFlags {
-    type Output = BeginFlags;
-    fn bitor(self, rhs: BeginFlags) -> BeginFlags {
-        BeginFlags(self.0 | rhs.0)
-    }
-}
-
-/// Lists the names, `|`-separated, then unknown bits in hex; `none` when empty.
-impl fmt::Display for BeginFlags {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut all: Vec<String> = Self::NAMED
-            .iter()
-            .filter(|(flag, _)| self.contains(*flag))
-            .map(|(_, name)| (*name).to_owned())
-            .collect();
-        if self.unknown() != 0 {
-            all.push(format!("unknown {:#x}", self.unknown()));
-        }
-        if all.is_empty() {
-            f.write_str("none")
-        } else {
-            f.write_str(&all.join("|"))
-        }
-    }
-}
-
-impl fmt::Debug for BeginFlags {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BeginFlags({self})")
+        self.unknown_bits()
     }
 }
 
@@ -1574,6 +1533,14 @@ mod tests {
         e
     }
 
+    /// Asserts that `stream` is [`refused`] with a refusal that matches the pattern.
+    macro_rules! assert_refused {
+        ($stream:expr, $expect:expr, $($pattern:tt)+) => {{
+            let e = refused($stream, $expect);
+            assert!(matches!(e, $($pattern)+), "{e:?}");
+        }};
+    }
+
     #[test]
     fn full_and_incremental_substreams() {
         let mut s = Synth::new();
@@ -1640,17 +1607,17 @@ mod tests {
             "stream is a package (zfs send -I/-R/-p/-h), expected a single substream: the offer \
              has no intermediate snapshots"
         );
-        let e = refused(&s.bytes(), &with_intermediates(full(G3, "c")));
-        assert!(
-            matches!(e, StreamRefusal::PackageNotAllowed { .. }),
-            "{e:?}"
+        assert_refused!(
+            &s.bytes(),
+            &with_intermediates(full(G3, "c")),
+            StreamRefusal::PackageNotAllowed { .. }
         );
         let mut resuming = expect.clone();
         resuming.resuming = true;
-        let e = refused(&s.bytes(), &resuming);
-        assert!(
-            matches!(e, StreamRefusal::PackageNotAllowed { .. }),
-            "{e:?}"
+        assert_refused!(
+            &s.bytes(),
+            &resuming,
+            StreamRefusal::PackageNotAllowed { .. }
         );
     }
 
@@ -1676,10 +1643,10 @@ mod tests {
             features: FeatureFlags::SA_SPILL | FeatureFlags::HOLDS,
             ..package.clone()
         });
-        let e = refused(&p.bytes(), &expect);
-        assert!(
-            matches!(e, StreamRefusal::FeatureNotAllowed { refused, .. } if refused == FeatureFlags::HOLDS),
-            "{e:?}"
+        assert_refused!(
+            &p.bytes(),
+            &expect,
+            StreamRefusal::FeatureNotAllowed { refused, .. } if refused == FeatureFlags::HOLDS
         );
         // The package header must be followed by its END.
         let mut p = Synth::new();
@@ -1728,8 +1695,7 @@ mod tests {
         // The package header names another final snapshot.
         let mut p = Synth::new();
         p.push_begin(&s.package("b"));
-        let e = refused(&p.bytes(), &expect);
-        assert!(matches!(e, StreamRefusal::WrongTarget { .. }), "{e:?}");
+        assert_refused!(&p.bytes(), &expect, StreamRefusal::WrongTarget { .. });
         // The package's END carries a GUID.
         let mut p = Synth::new();
         p.push_begin(&package).end(G1);
@@ -1744,10 +1710,10 @@ mod tests {
         // Ends before reaching the target.
         let mut p = Synth::new();
         p.push_begin(&package).end(0).substream("b", G2, G1).end(0);
-        let e = refused(&p.bytes(), &expect);
-        assert!(
-            matches!(e, StreamRefusal::WrongTarget { found_guid: G2, .. }),
-            "{e:?}"
+        assert_refused!(
+            &p.bytes(),
+            &expect,
+            StreamRefusal::WrongTarget { found_guid: G2, .. }
         );
         // A substream after the target.
         let mut p = Synth::new();
@@ -2064,10 +2030,10 @@ mod tests {
             let mut s = Synth::new();
             start(&mut s);
             s.record(t, &fields, 0);
-            let e = refused(&s.bytes(), &expect);
-            assert!(
-                matches!(e, StreamRefusal::PayloadTooLarge { offset: 312, record: r, .. } if r == record),
-                "{e:?}"
+            assert_refused!(
+                &s.bytes(),
+                &expect,
+                StreamRefusal::PayloadTooLarge { offset: 312, record: r, .. } if r == record
             );
         }
         // Payload lengths by type: each record's payload is skipped exactly.
@@ -2153,11 +2119,7 @@ mod tests {
         s.push_begin(&b)
             .record(3, &[(32, Field::U64(0))], 4096)
             .end(G2);
-        let e = refused(&s.bytes(), &expect);
-        assert!(
-            matches!(e, StreamRefusal::UnknownRecordType { .. }),
-            "{e:?}"
-        );
+        assert_refused!(&s.bytes(), &expect, StreamRefusal::UnknownRecordType { .. });
     }
 
     #[test]
@@ -2175,11 +2137,7 @@ mod tests {
         );
         let mut r = Synth::new().begin("a", G1, 0).encode();
         r[8] ^= 1;
-        let e = refused(&r, &expect);
-        assert!(
-            matches!(e, StreamRefusal::BadMagic { offset: 0, .. }),
-            "{e:?}"
-        );
+        assert_refused!(&r, &expect, StreamRefusal::BadMagic { offset: 0, .. });
         assert_eq!(
             BeginRecord::parse(&r[..100]),
             Err(StreamRefusal::Truncated {
