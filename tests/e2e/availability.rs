@@ -426,7 +426,7 @@ fn flood_of_unauthenticated_connections_does_not_keep_an_honest_peer_out() {
         || flood.stats.holding.load(Ordering::SeqCst) < MAX_UNAUTHENTICATED
     {
         assert!(
-            spin_up.elapsed() < Duration::from_secs(20),
+            spin_up.elapsed() < Duration::from_secs(20 * scale),
             "{} of {} flood slots connected, {} holding",
             flood.stats.started.load(Ordering::SeqCst),
             flood.slots,
@@ -480,7 +480,7 @@ fn flood_of_unauthenticated_connections_does_not_keep_an_honest_peer_out() {
     );
 
     // The refusals: a few lines one by one per 10 s window, then summaries.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(15 * scale);
     while !receiver
         .log_text()
         .contains("unauthenticated connections (")
@@ -727,7 +727,7 @@ async fn authenticated_peer_over_max_connections_is_told_busy_at_once() {
     assert!(receiver.log_text().contains("peer refused: busy"));
     // The slot is free again once the session ends.
     drop(holder);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10 * time_scale());
     let run = loop {
         let run = tokio::task::block_in_place(|| config.once());
         if run.code == Some(0) || Instant::now() > deadline {

@@ -81,8 +81,6 @@ struct Bed {
     /// nas2's datasets and their snapshots (name, GUID), which nas1 must never change.
     nas2_state: Vec<(String, Vec<(String, u64)>)>,
     honest: HashMap<String, SenderConfig>,
-    /// The Unix second the last honest run started in.
-    last_honest: Option<u64>,
     failures: Vec<String>,
     /// Hostile mountpoints; last, so they are removed after the pools are gone.
     paths: Vec<ForeignPath>,
@@ -108,7 +106,6 @@ impl Bed {
             expected: BTreeSet::new(),
             nas2_state: Vec::new(),
             honest: HashMap::new(),
-            last_honest: None,
             failures: Vec::new(),
             paths: Vec::new(),
         };
@@ -345,18 +342,6 @@ impl Bed {
                 spec.extra = "keep-last = 1000\n".into();
                 SenderConfig::new(port, identity, &[spec])
             });
-        // zrep-send names its snapshots by the second, and a second run within the same
-        // second reuses the first one's snapshot (a known defect, issue 14): start each honest
-        // run in a second of its own.
-        let second = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-        };
-        while self.last_honest == Some(second()) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.last_honest = Some(second());
         let run = config.once();
         let root = if identity == "nas2" {
             &self.nas2
@@ -647,7 +632,6 @@ async fn clone_streams_are_refused() {
     // nas1 replicates the same origin, then nas2 again: a snapshot GUID that is nas1's newest
     // and also one of nas2's.
     assert!(bed.honest("nas1", &orig, "orig"));
-    std::thread::sleep(Duration::from_millis(1100));
     assert!(bed.honest("nas2", &orig, "orig"));
     let (shared, shared_guid) = newest_common(&orig, &bed.target("orig"));
     let clone2 = bed.src.dataset("clone2");

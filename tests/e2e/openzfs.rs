@@ -33,7 +33,6 @@ fn cut_transfer_resumes_where_it_stopped() {
     eprintln!("cut run: {}", cut.stdout.trim());
     let target = dst.dataset("nas1/vm");
 
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     write_file(&source, "after.txt", b"written after the cut");
     let next = direct.once();
     next.expect_code(0);
@@ -97,7 +96,8 @@ fn stale_resume_state_is_discarded_and_the_transfer_restarts() {
         note("resumable receive");
         // The sender exits as soon as it sees the cut; the receiver's zfs receive may still be
         // cleaning up the partial dataset for a moment (longer on a loaded machine).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_secs(15 * zrep_e2e::time_scale());
         while exists(&target) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -107,7 +107,6 @@ fn stale_resume_state_is_discarded_and_the_transfer_restarts() {
     for (name, _) in snapshots(&source) {
         zfs(&["destroy", &format!("{source}@{name}")]);
     }
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     let next = direct.once();
     next.expect_code(0);
     eprintln!("next run: {}", next.stdout.trim());
@@ -153,7 +152,6 @@ fn bookmark_replaces_a_destroyed_base_snapshot() {
     // An admin (or another tool) removes the base snapshot on the source.
     zfs(&["release", "zrep:backup1", &base_name]);
     zfs(&["destroy", &base_name]);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     write_file(&source, "f", b"two");
     let target = dst.dataset("nas1/data");
     let before = snapshots(&target);
@@ -245,7 +243,6 @@ fn raw_encrypted_replication_never_needs_the_key_on_the_backup() {
     let secret = pseudo_random_bytes(5, 3 * MIB);
     write_file(&source, "vault.bin", &secret);
     config.once().expect_code(0);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     write_file(&source, "later.txt", b"also encrypted");
     config.once().expect_code(0);
 

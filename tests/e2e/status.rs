@@ -122,7 +122,6 @@ fn receiver_serves_prometheus_metrics_per_peer_and_target() {
     let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
     write_file(&source, "f", &[3u8; 30_000]);
     config.once().expect_code(0);
-    std::thread::sleep(Duration::from_millis(1100));
     config.once().expect_code(0);
     let body = crate::daemon::scrape(port);
     let labels = "{peer=\"nas1\",target=\"data\"}";
@@ -202,7 +201,6 @@ fn once_shows_progress_on_a_terminal_and_log_lines_otherwise() {
     assert!(plain.stderr.contains("awaiting commit"), "{}", plain.stderr);
 
     // On a terminal (script(1) gives it one): the line is redrawn in place on stderr.
-    std::thread::sleep(Duration::from_millis(1100));
     write_file(
         &source,
         "g",
@@ -221,7 +219,12 @@ fn once_shows_progress_on_a_terminal_and_log_lines_otherwise() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("\r\x1b[2K"), "{text:?}");
-    // The rate, in whatever unit this machine's speed gives (KiB/s under emulation).
-    assert!(text.contains("iB/s"), "{text:?}");
+    // A rate, in whatever unit this machine's speed gives (B/s on a crawling one).
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert!(
+        words.windows(2).any(|w| w[0].parse::<f64>().is_ok()
+            && ["B/s", "KiB/s", "MiB/s", "GiB/s", "TiB/s"].contains(&w[1])),
+        "{text:?}"
+    );
     assert!(text.contains(" replicated to "), "{text:?}");
 }

@@ -98,7 +98,6 @@ fn receiver_runs_unprivileged_with_zfs_allow() {
     write_file(&source, "f", b"first");
     let first = config.once();
     write_file(&source, "f", b"second");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     let second = config.once();
     let _ = child.kill();
     let _ = child.wait();
