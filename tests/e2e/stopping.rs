@@ -38,7 +38,9 @@ fn stop_mid_transfer(top: &str) -> (RunResult, TestPool, TestPool, Receiver) {
     let source = src.create_dataset("data");
     write_file(&source, "big", &pseudo_random_bytes(41, DATA));
     assert!(Command::new("sync").status().unwrap().success());
-    let receiver = Receiver::start_full(top, &[("nas1", &dst.dataset("nas1"), "")], &[]);
+    // Emulated OpenZFS runs TLS several times slower than the 10 s default allows for.
+    let top = format!("{top}\nhandshake-timeout = \"{}s\"", 10 * time_scale());
+    let receiver = Receiver::start_full(&top, &[("nas1", &dst.dataset("nas1"), "")], &[]);
     let proxy = ThrottlingProxy::start(receiver.port, LINK);
     let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)])
         .with_port(proxy.port);
@@ -148,7 +150,11 @@ fn a_silent_sender_is_dropped_after_the_configured_idle_timeout() {
     let source = src.create_dataset("data");
     write_file(&source, "f", b"small");
     let receiver = Receiver::start_full(
-        &format!("idle-timeout = \"{}ms\"", idle.as_millis()),
+        &format!(
+            "idle-timeout = \"{}ms\"\nhandshake-timeout = \"{}s\"",
+            idle.as_millis(),
+            10 * time_scale()
+        ),
         &[("nas1", &dst.dataset("nas1"), "")],
         &[],
     );
