@@ -1,5 +1,6 @@
 //! `zrep-send run`: the daemon against a live zrep-recv while a writer changes files; SIGTERM in
-//! the middle of a transfer; the per-dataset lock shared with `once`.
+//! the middle of a transfer (it commits within `shutdown-grace`, or is aborted when the grace is
+//! shorter); `once` stopped mid-transfer; the per-dataset lock shared with `once`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,46 @@ use zrep_e2e::{Daemon, DatasetSpec, Receiver, SenderConfig, ThrottlingProxy, sna
 use zrep_zfs::testbed::{TestPool, mountpoint_of, pseudo_random_bytes, write_file};
 
 const INTERVAL: u64 = 2;
+/// `shutdown-grace` of the daemons that let a transfer finish: far longer than any transfer here.
+const GRACE: Duration = Duration::from_secs(60);
+/// Beyond the grace, what a stop may take: ending `zfs send`, the session's `Bye`.
+const STOP_MARGIN: Duration = Duration::from_secs(10);
+
+/// The same configuration sent to `port`, with top-level `shutdown-grace = <grace>`.
+fn with_grace(config: &SenderConfig, port: u16, grace: Duration) -> SenderConfig {
+    let config = config.with_port(port);
+    let text = std::fs::read_to_string(&config.path).unwrap();
+    let rest: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("shutdown-grace = "))
+        .collect();
+    std::fs::write(
+        &config.path,
+        format!(
+            "shutdown-grace = \"{}s\"\n{}\n",
+            grace.as_secs(),
+            rest.join("\n")
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Sessions the receiver ended cleanly (after the sender's `Bye`), and with an error.
+fn sessions_ended(receiver: &Receiver) -> (usize, usize) {
+    let log = receiver.log_text();
+    let failed = count(&log, "session ended with an error");
+    (count(&log, "session ended") - failed, failed)
+}
+
+/// Waits until the receiver logs the start of one more transfer than `before`.
+fn wait_for_transfer(receiver: &Receiver, before: usize, log: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&receiver.log_text(), "receiving peer=") == before {
+        assert!(Instant::now() < deadline, "no transfer started: {}", log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 fn state_file(config: &SenderConfig, source: &zrep_zfs::DatasetName) -> std::path::PathBuf {
     config
@@ -36,6 +77,7 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
     let mut spec = DatasetSpec::new(&source);
     spec.extra = format!("interval = \"{INTERVAL}s\"\n");
     let config = SenderConfig::new(receiver.port, "nas1", &[spec]);
+    let config = with_grace(&config, receiver.port, GRACE);
 
     // A writer changes files all the time.
     let stop = Arc::new(AtomicBool::new(false));
@@ -78,18 +120,16 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
     // Until the stop, every cycle committed.
     let during = daemon.output();
     assert_eq!(count(&during, "NOT replicated"), 0, "{during}");
-    // The stop may land between cycles or in one (then that cycle is aborted); exit 0 either
-    // way.
+    // The stop may land between cycles or in one (then that cycle commits first); exit 0
+    // either way, and nothing is aborted.
     assert_eq!(
-        daemon.terminate(Duration::from_secs(10)),
+        daemon.terminate(GRACE + STOP_MARGIN),
         Some(0),
         "{}",
         daemon.log()
     );
     let out = daemon.output();
-    let aborted = count(&out, "aborted by shutdown");
-    assert!(aborted <= 1, "{out}");
-    assert_eq!(count(&out, "NOT replicated"), aborted, "{out}");
+    assert_eq!(count(&out, "NOT replicated"), 0, "{out}");
     let cycles = successes(&out);
     // Under emulation a cycle alone can outlast the interval; the bounds stretch with it.
     let scale = zrep_e2e::time_scale();
@@ -97,13 +137,12 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
         cycles as u64 >= 8 / scale,
         "only {cycles} cycles in 22 s (time scale {scale}):\n{out}"
     );
-    // Every cycle committed its own snapshot on the target (the receiver keeps all); an
-    // aborted one may have committed before its answer was read.
+    // Every cycle committed its own snapshot on the target (the receiver keeps all).
     let on_target = snapshots(&target);
-    assert!(
-        on_target.len() == cycles || (aborted == 1 && on_target.len() == cycles + 1),
-        "{} snapshots on the target after {cycles} cycles:\n{out}",
-        on_target.len()
+    assert_eq!(
+        on_target.len(),
+        cycles,
+        "{on_target:?} on the target after {cycles} cycles:\n{out}"
     );
     assert!(samples as u64 > 30 / scale, "{samples} state samples");
     assert!(
@@ -140,44 +179,99 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
         );
         return;
     }
-    // SIGTERM in the middle of a transfer: 6 MB through a 1 MB/s link.
-    write_file(&source, "big", &pseudo_random_bytes(99, 6 << 20));
-    // zfs-fuse takes written data through FUSE: make sure all of it is in the next snapshot.
-    assert!(
-        std::process::Command::new("sync")
-            .status()
-            .unwrap()
-            .success()
-    );
+    // SIGTERM in the middle of a transfer, 6 MB through a 1 MB/s link: it commits within the
+    // grace, and the session ends with Bye.
     let proxy = ThrottlingProxy::start(receiver.port, 1 << 20);
-    let slow = config.with_port(proxy.port);
+    let big = |seed: u64| {
+        write_file(
+            &source,
+            &format!("big{seed}"),
+            &pseudo_random_bytes(seed, 6 << 20),
+        );
+        // zfs-fuse takes written data through FUSE: make sure all of it is in the next snapshot.
+        assert!(
+            std::process::Command::new("sync")
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    big(99);
+    let slow = with_grace(&config, proxy.port, GRACE);
     let before = snapshots(&target);
     let receiving = count(&receiver.log_text(), "receiving peer=");
-    let ended = count(&receiver.log_text(), "session ended");
+    let (clean, failed) = sessions_ended(&receiver);
     let mut daemon = Daemon::start(&slow);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while count(&receiver.log_text(), "receiving peer=") == receiving {
-        assert!(
-            Instant::now() < deadline,
-            "no transfer started: {}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for_transfer(&receiver, receiving, || daemon.log());
     assert_eq!(
-        daemon.terminate(Duration::from_secs(10)),
+        daemon.terminate(GRACE + STOP_MARGIN),
         Some(0),
         "{}",
         daemon.log()
     );
     let out = daemon.output();
-    assert!(out.contains("aborted by shutdown"), "{out}");
+    let log = daemon.log();
+    assert!(
+        log.contains("stop requested: letting the transfer in flight finish"),
+        "{log}"
+    );
+    assert_eq!(successes(&out), 1, "{out}\n{log}");
+    assert_eq!(count(&out, "NOT replicated"), 0, "{out}");
+    // The stopped cycle's snapshot is on the target with the source's GUID.
+    let on_source = snapshots(&source);
+    let committed = snapshots(&target);
+    assert_eq!(committed.len(), before.len() + 1, "{committed:?}");
+    assert_eq!(committed.last(), on_source.last());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sessions_ended(&receiver).0 == clean {
+        assert!(Instant::now() < deadline, "{}", receiver.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        sessions_ended(&receiver).1,
+        failed,
+        "{}",
+        receiver.log_text()
+    );
+
+    // A grace shorter than the transfer: aborted when it passes.
+    big(100);
+    let short = Duration::from_secs(1);
+    let slow = with_grace(&config, proxy.port, short);
+    let before = snapshots(&target);
+    let receiving = count(&receiver.log_text(), "receiving peer=");
+    let ended = sessions_ended(&receiver);
+    let mut daemon = Daemon::start(&slow);
+    wait_for_transfer(&receiver, receiving, || daemon.log());
+    let stopped = Instant::now();
+    assert_eq!(
+        daemon.terminate(short + STOP_MARGIN),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    assert!(stopped.elapsed() >= short, "{:?}", stopped.elapsed());
+    let out = daemon.output();
+    assert_eq!(
+        count(&out, "NOT replicated to 127.0.0.1:"),
+        1,
+        "{out}\n{}",
+        daemon.log()
+    );
+    assert!(
+        out.contains("aborted by shutdown: shutdown-grace 1s passed"),
+        "{out}"
+    );
     assert_eq!(successes(&out), 0, "{out}");
+    assert!(
+        daemon.log().contains("stopping: transfer aborted"),
+        "{}",
+        daemon.log()
+    );
     // Wait for the receiver to wind the cut session down (the relay still delivers what the
     // sender wrote before it stopped).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&receiver.log_text(), "session ended") == ended {
+    while sessions_ended(&receiver) == ended {
         assert!(Instant::now() < deadline, "{}", receiver.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -207,30 +301,98 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(daemon.terminate(Duration::from_secs(10)), Some(0));
+    assert_eq!(daemon.terminate(GRACE + STOP_MARGIN), Some(0));
     let out = daemon.output();
     // Until the receiver has wound down the cut session (the throttling relay still delivers
     // what it had buffered), it answers `busy`; the daemon retries at the next interval.
-    // The stop may also cut the cycle after the first success (under emulation cycles run
-    // back to back). Nothing else may fail.
-    let stopped = count(&out, "aborted by shutdown");
-    assert!(stopped <= 1, "{out}");
+    // Nothing else may fail: the stop lets a cycle in flight commit.
+    assert_eq!(count(&out, "aborted by shutdown"), 0, "{out}");
     assert_eq!(
         count(&out, "NOT replicated"),
-        count(&out, "(busy): another transfer to data is running") + stopped,
+        count(&out, "(busy): another transfer to data is running"),
         "{out}\n{}",
         receiver.log_text()
     );
     let after = snapshots(&target);
     let on_source = snapshots(&source);
-    // A stop that cut a cycle may leave that cycle's snapshot on the source only.
-    let newest = on_source.len() - 1;
-    let expected = &on_source[newest.saturating_sub(stopped)..];
-    assert!(
-        after.last().is_some_and(|last| expected.contains(last)),
-        "target {after:?}, source {on_source:?}\n{out}"
-    );
+    assert_eq!(after.last(), on_source.last(), "{out}");
     assert!(after.len() > before.len());
+}
+
+#[test]
+fn once_stopped_mid_transfer_says_what_it_was_doing_and_exits_4() {
+    let src = TestPool::create("osstsrc");
+    let dst = TestPool::create("osstdst");
+    let source = src.create_dataset("data");
+    let other = src.create_dataset("other");
+    let root = dst.dataset("nas1");
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    write_file(&source, "big", &pseudo_random_bytes(7, 6 << 20));
+    assert!(
+        std::process::Command::new("sync")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let proxy = ThrottlingProxy::start(receiver.port, 1 << 20);
+    let config = SenderConfig::new(
+        receiver.port,
+        "nas1",
+        &[DatasetSpec::new(&source), DatasetSpec::new(&other)],
+    );
+    let short = Duration::from_secs(1);
+    let config = with_grace(&config, proxy.port, short);
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = dir.path().join("stdout");
+    let mut once = std::process::Command::new(zrep_e2e::binary("zrep-send"))
+        .args(["once", "--config"])
+        .arg(&config.path)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_transfer(&receiver, 0, || {
+        std::fs::read_to_string(&stdout).unwrap_or_default()
+    });
+    let stopped = Instant::now();
+    let pid = once.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = stopped + short + STOP_MARGIN;
+    let status = loop {
+        if let Some(status) = once.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = once.kill();
+            panic!("once did not stop within {:?}", short + STOP_MARGIN);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = std::fs::read_to_string(&stdout).unwrap();
+    assert_eq!(status.code(), Some(4), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with(&format!("{source} NOT replicated to 127.0.0.1:"))
+            && lines[0].ends_with(": aborted by shutdown: shutdown-grace 1s passed"),
+        "{out}"
+    );
+    let head = format!("stopped by SIGTERM while replicating {source}@zrep_");
+    assert!(lines[1].starts_with(&head), "{out}");
+    assert!(
+        lines[1].ends_with(" stream bytes sent): aborted, shutdown-grace 1s passed"),
+        "{out}"
+    );
+    // The other dataset was not started.
+    assert!(snapshots(&other).is_empty());
 }
 
 #[test]
