@@ -242,10 +242,11 @@ impl fmt::Debug for SendStream {
 
 /// A running `zfs receive`: write the stream into `writer`, then call [`ReceiveSink::finish`].
 ///
-/// Dropping it closes the stream short and kills the process, which makes ZFS discard the
-/// partial stream (or keep a resume token with `-s`); the real driver reaps it in the
-/// background. To know that the process is gone before touching the target again, call `finish`
-/// instead: it ends the stream and waits for the exit (a cut stream ends as truncated).
+/// Dropping it closes the stream short: `zfs receive` sees it truncated, discards the partial
+/// stream (or keeps a resume token with `-s`) and exits; the real driver kills it only if it has
+/// not exited within its abort limit, and reaps it either way, in the background. To know that
+/// the process is gone (and the partial stream discarded) before touching the target again,
+/// call `finish` instead: it ends the stream the same way and waits for the exit.
 pub struct ReceiveSink {
     /// Where the stream goes; writes wait while `zfs receive` is busy.
     pub writer: Pin<Box<dyn AsyncWrite + Send>>,

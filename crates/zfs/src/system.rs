@@ -26,9 +26,6 @@ use crate::driver::{
 use crate::error::{CommandFailure, CommandLine, ZfsError};
 use crate::name::{BookmarkName, DatasetName, HoldTag, PropertyName, SnapshotName};
 
-/// How a receive process is named in logs (and told apart from a send).
-const RECEIVE: &str = "zfs receive";
-
 /// Only the tail of a long stderr is kept: ZFS puts the reason last.
 const MAX_STDERR: usize = 16 * 1024;
 
@@ -41,10 +38,12 @@ pub struct SystemZfsConfig {
     pub command_timeout: Duration,
     /// Limit for a send or receive process to exit once its stream has ended.
     pub finish_timeout: Duration,
-    /// Limit for a `zfs send` to exit once its reader was dropped before the end of the stream;
-    /// only then is it killed. zfs-fuse's `zfs send` releases the holds it took when it exits on
-    /// the broken pipe, but not when it is killed. (An abandoned `zfs receive` is killed at
-    /// once.) Also the longest a stream process is waited for, blocking, as the program exits.
+    /// Limit for a send or receive process to exit once its stream was abandoned (the reader of
+    /// `zfs send` or the writer of `zfs receive` dropped before the end); only then is it killed.
+    /// zfs-fuse's `zfs send` releases the holds it took when it exits on the broken pipe, but not
+    /// when it is killed; its `zfs receive` exits only once the daemon discarded the partial
+    /// stream, while a killed one leaves the daemon to do that behind its back. Also the longest
+    /// a stream process is waited for, blocking, as the program exits.
     pub abort_timeout: Duration,
 }
 
@@ -494,7 +493,7 @@ impl Zfs for SystemZfs {
             .stdin
             .take()
             .ok_or_else(|| missing_pipe(&process.command))?;
-        let (end, completion) = StreamEnd::new(process, &self.config, RECEIVE, None);
+        let (end, completion) = StreamEnd::new(process, &self.config, "zfs receive", None);
         Ok(ReceiveSink::new(
             Box::pin(ReceiveInput { stdin, end }),
             completion,
@@ -645,7 +644,7 @@ fn unlinked_file() -> std::io::Result<std::fs::File> {
 /// kills it only if it does not exit within the limit, and reaps it either way; the stream's
 /// [`crate::Completion`] reports the outcome. Ending it by closing the pipe matters: zfs-fuse's
 /// `zfs send -I` holds every snapshot it sends and releases them when it stops on the broken
-/// pipe, but a signal leaves the holds for good. (An abandoned receive is killed at once.)
+/// pipe, but a signal leaves the holds for good.
 struct StreamEnd {
     process: Option<Process>,
     what: &'static str,
@@ -702,14 +701,9 @@ impl StreamEnd {
 impl Drop for StreamEnd {
     /// Runs right after the pipe itself was closed (it is declared before this in its owner).
     fn drop(&mut self) {
-        let Some(mut process) = self.process.take() else {
+        let Some(process) = self.process.take() else {
             return;
         };
-        if self.what == RECEIVE && !self.ended {
-            // An abandoned receive holds nothing on the source, and one that stopped reading
-            // (the reason it is abandoned) would not notice its closed pipe: end it at once.
-            let _ = process.child.start_kill();
-        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime (the program is ending): wait here for the exit the closed pipe brings;
             // killing it could leave its holds.
