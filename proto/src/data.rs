@@ -284,6 +284,9 @@ fn check_raw_len(len: usize) -> Result<u32, ChunkError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::RngCore;
+    use proptest::test_runner::{RngAlgorithm, TestRng};
+
     use super::*;
 
     fn compressible(len: usize) -> Vec<u8> {
@@ -291,16 +294,11 @@ mod tests {
     }
 
     fn noise(len: usize) -> Vec<u8> {
-        // xorshift: deterministic, incompressible enough for zstd.
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+        // Deterministic, and incompressible for zstd.
+        let mut rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+        let mut out = vec![0; len];
+        rng.fill_bytes(&mut out);
+        out
     }
 
     #[test]

@@ -76,6 +76,17 @@ pub struct Features {
     pub other: Vec<FeatureEntry>,
 }
 
+/// Writes builder setters `fn $setter(self, on: bool) -> Self` that set the bool `$field`.
+macro_rules! on_off_setters {
+    ($($(#[$doc:meta])* $setter:ident => $field:ident,)*) => {$(
+        $(#[$doc])*
+        pub fn $setter(mut self, on: bool) -> Self {
+            self.$field = on;
+            self
+        }
+    )*};
+}
+
 impl Features {
     /// No features (only uncompressed data).
     pub fn new() -> Self {
@@ -88,34 +99,17 @@ impl Features {
         self
     }
 
-    /// Sets resumable-receive support.
-    pub fn with_resumable(mut self, on: bool) -> Self {
-        self.resumable = on;
-        self
-    }
-
-    /// Sets bookmark-base support.
-    pub fn with_bookmarks(mut self, on: bool) -> Self {
-        self.bookmarks = on;
-        self
-    }
-
-    /// Sets raw-stream support.
-    pub fn with_raw_send(mut self, on: bool) -> Self {
-        self.raw_send = on;
-        self
-    }
-
-    /// Sets enrolment support (key `enroll`).
-    pub fn with_enroll(mut self, on: bool) -> Self {
-        self.enroll = on;
-        self
-    }
-
-    /// Sets certificate-renewal support (key `renew`).
-    pub fn with_renew(mut self, on: bool) -> Self {
-        self.renew = on;
-        self
+    on_off_setters! {
+        /// Sets resumable-receive support.
+        with_resumable => resumable,
+        /// Sets bookmark-base support.
+        with_bookmarks => bookmarks,
+        /// Sets raw-stream support.
+        with_raw_send => raw_send,
+        /// Sets enrolment support (key `enroll`).
+        with_enroll => enroll,
+        /// Sets certificate-renewal support (key `renew`).
+        with_renew => renew,
     }
 
     /// Sets this side's ZFS implementation and version.

@@ -176,12 +176,10 @@ impl From<[u8; 32]> for StoredKey {
     }
 }
 
+/// Same text form as a fingerprint: 64 lowercase hex digits.
 impl fmt::Display for StoredKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        fmt::Display::fmt(&Fingerprint::from(self.0), f)
     }
 }
 

@@ -41,6 +41,13 @@ fn plan(p: &mut Pair, target: &str, state: TargetState) -> TargetState {
     }
 }
 
+/// The sender's next event is `outcome` (a transfer's end), after which it is ready for the next
+/// dataset.
+fn expect_outcome(p: &mut Pair, outcome: SenderEvent) {
+    assert_eq!(p.s_next(), outcome);
+    assert!(p.s.is_ready());
+}
+
 /// Offer → accept → stream → end. Returns the bytes the receiver saw.
 fn transfer(p: &mut Pair, offer: TransferOffer, stream: &[u8]) -> Vec<u8> {
     p.s.offer_transfer(offer.clone()).unwrap();
@@ -73,14 +80,13 @@ fn full_transfer_then_bye() {
     assert_eq!(got, stream);
 
     p.r.committed("zrep-1", 0xaaa).unwrap();
-    assert_eq!(
-        p.s_next(),
+    expect_outcome(
+        &mut p,
         SenderEvent::Committed {
             snapshot: "zrep-1".into(),
-            guid: 0xaaa
-        }
+            guid: 0xaaa,
+        },
     );
-    assert!(p.s.is_ready());
     p.s.close().unwrap();
     assert!(p.s.is_closed());
     assert_eq!(p.r_next(), ReceiverEvent::Bye);
@@ -140,14 +146,13 @@ fn refused_offer_leaves_session_ready() {
     p.s.offer_transfer(full_offer("t", "s", 9)).unwrap();
     assert!(matches!(p.r_next(), ReceiverEvent::TransferOffered(_)));
     p.r.refuse(RefusalCode::TargetExists, "t exists").unwrap();
-    assert_eq!(
-        p.s_next(),
+    expect_outcome(
+        &mut p,
         SenderEvent::Refused {
             code: RefusalCode::TargetExists,
-            message: "t exists".into()
-        }
+            message: "t exists".into(),
+        },
     );
-    assert!(p.s.is_ready());
     // Both sides can go on with the next dataset.
     plan(&mut p, "u", absent("u"));
 }
@@ -162,14 +167,13 @@ fn failed_receive_is_reported_with_zfs_message() {
         "cannot receive new filesystem stream: out of space",
     )
     .unwrap();
-    assert_eq!(
-        p.s_next(),
+    expect_outcome(
+        &mut p,
         SenderEvent::Failed {
             code: FailureCode::ZfsReceive,
-            message: "cannot receive new filesystem stream: out of space".into()
-        }
+            message: "cannot receive new filesystem stream: out of space".into(),
+        },
     );
-    assert!(p.s.is_ready());
     plan(&mut p, "t", absent("t"));
 }
 

@@ -169,22 +169,19 @@ impl Pair {
     /// Frames the receiver has queued for the sender, decoded (consumes them).
     pub(crate) fn frames_to_s(&mut self) -> Vec<Frame> {
         self.flush();
-        let mut frames = Vec::new();
-        while let Some(f) = decode(&mut self.to_s).unwrap() {
-            frames.push(f);
-        }
-        frames
+        decode_all(&mut self.to_s)
     }
 
     /// Frames the sender has queued for the receiver, decoded (consumes them).
     pub(crate) fn frames_to_r(&mut self) -> Vec<Frame> {
         self.flush();
-        let mut frames = Vec::new();
-        while let Some(f) = decode(&mut self.to_r).unwrap() {
-            frames.push(f);
-        }
-        frames
+        decode_all(&mut self.to_r)
     }
+}
+
+/// Decodes every whole frame in `wire` (consumes them).
+fn decode_all(wire: &mut BytesMut) -> Vec<Frame> {
+    std::iter::from_fn(|| decode(wire).unwrap()).collect()
 }
 
 pub(crate) fn snap(name: &str, guid: u64, txg: u64) -> SnapshotInfo {

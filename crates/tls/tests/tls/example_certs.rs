@@ -10,7 +10,7 @@ use zrep_tls::{
     client_config_from_files, load_certs, server_config_from_files,
 };
 
-use crate::util::{TEST_TIMEOUT, assert_client_cut_off, handshake, ping_pong};
+use crate::util::{TEST_TIMEOUT, assert_client_cut_off, assert_rustls_error, handshake, ping_pong};
 
 fn example(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -56,14 +56,11 @@ async fn example_nas1_from_other_ca_is_refused() {
     let acceptor = example_server();
     let (server, client) = handshake(&acceptor, example_client("nas1-other-ca"), "backup1").await;
     let err = server.unwrap_err();
-    assert!(
-        matches!(
-            err.rustls_error(),
-            Some(zrep_tls::rustls::Error::InvalidCertificate(
-                zrep_tls::rustls::CertificateError::UnknownIssuer
-            ))
-        ),
-        "{err:?}"
+    assert_rustls_error!(
+        &err,
+        zrep_tls::rustls::Error::InvalidCertificate(
+            zrep_tls::rustls::CertificateError::UnknownIssuer
+        )
     );
     assert_client_cut_off(client).await;
 

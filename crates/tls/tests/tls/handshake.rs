@@ -7,27 +7,17 @@ use zrep_tls::rustls::{
 };
 use zrep_tls::{Acceptor, Fingerprint, PeerIdentity, RevokedCerts, TlsError};
 
-use crate::util::{Pki, assert_client_cut_off, handshake, ping_pong, server_with_cert};
-
-fn unknown_issuer(err: &TlsError) -> bool {
-    matches!(
-        err.rustls_error(),
-        Some(rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer
-        ))
-    )
-}
+use crate::util::{
+    Pki, assert_client_cut_off, assert_rustls_error, handshake, ping_pong, server_with_cert,
+};
 
 /// The certificate is valid, but for the other end's purpose (clientAuth vs serverAuth).
 fn assert_wrong_purpose(err: &TlsError) {
-    assert!(
-        matches!(
-            err.rustls_error(),
-            Some(rustls::Error::InvalidCertificate(
-                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
-            ))
-        ),
-        "{err:?}"
+    assert_rustls_error!(
+        err,
+        rustls::Error::InvalidCertificate(
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
+        )
     );
 }
 
@@ -80,7 +70,10 @@ async fn client_cert_from_another_ca_is_refused() {
     // The impostor trusts the real CA, so only the server's check stands in its way.
     let (server, client) = handshake(&acceptor, pki.client_config(&impostor), "backup1").await;
     let err = server.unwrap_err();
-    assert!(unknown_issuer(&err), "{err:?}");
+    assert_rustls_error!(
+        &err,
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+    );
     assert_client_cut_off(client).await;
 }
 
@@ -100,13 +93,7 @@ async fn client_without_certificate_is_refused() {
 
     let (server, client) = handshake(&acceptor, Arc::new(anonymous), "backup1").await;
     let err = server.unwrap_err();
-    assert!(
-        matches!(
-            err.rustls_error(),
-            Some(rustls::Error::NoCertificatesPresented)
-        ),
-        "{err:?}"
-    );
+    assert_rustls_error!(&err, rustls::Error::NoCertificatesPresented);
     assert_client_cut_off(client).await;
 }
 
@@ -121,7 +108,10 @@ async fn server_cert_not_from_the_ca_is_refused_by_the_client() {
 
     let (server, client) = handshake(&acceptor, pki.client_config(&nas1), "backup1").await;
     let err = client.unwrap_err();
-    assert!(unknown_issuer(&err), "{err:?}");
+    assert_rustls_error!(
+        &err,
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+    );
     assert!(
         server.is_err(),
         "server must not complete without the client"
@@ -135,14 +125,11 @@ async fn server_cert_for_another_name_is_refused() {
     let acceptor = Acceptor::new(pki.server_config());
     let (_server, client) = handshake(&acceptor, pki.client_config(&nas1), "backup2").await;
     let err = client.unwrap_err();
-    assert!(
-        matches!(
-            err.rustls_error(),
-            Some(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
-            ))
-        ),
-        "{err:?}"
+    assert_rustls_error!(
+        &err,
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        )
     );
 }
 

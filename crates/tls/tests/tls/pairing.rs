@@ -7,30 +7,7 @@ use zrep_tls::pairing::{client_exporter, server_exporter};
 use zrep_tls::rustls::ServerConfig;
 use zrep_tls::{Acceptor, PairingToken, pinned_client_config, server_config_allowing_pairing};
 
-use zrep_tls::tokio_rustls::{client, server};
-use zrep_tls::{Connector, PeerIdentity, TlsError};
-
-use crate::util::{Pki, TEST_TIMEOUT, ping_pong};
-
-type Io = tokio::io::DuplexStream;
-type Accepted = Result<(server::TlsStream<Io>, Option<PeerIdentity>), TlsError>;
-
-/// Both handshakes over an in-memory pipe, the server with `accept_any`.
-async fn handshake(
-    acceptor: &Acceptor,
-    client: Arc<zrep_tls::rustls::ClientConfig>,
-    server_name: &str,
-) -> (Accepted, Result<client::TlsStream<Io>, TlsError>) {
-    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let connector = Connector::new(client);
-    let run = async {
-        tokio::join!(
-            acceptor.accept_any(server_io),
-            connector.connect(server_name, client_io)
-        )
-    };
-    tokio::time::timeout(TEST_TIMEOUT, run).await.unwrap()
-}
+use crate::util::{Pki, handshake_with, ping_pong};
 
 /// A pairing-capable server whose chain ends with its CA certificate.
 fn pairing_server(pki: &Pki) -> Arc<ServerConfig> {
@@ -49,7 +26,7 @@ async fn pinned_client_enrols_and_both_ends_agree_on_the_exporter() {
     let token = PairingToken::generate(pki.ca.fingerprint()).unwrap();
     let client = pinned_client_config(token.ca_fingerprint()).unwrap();
     // The dialled name does not matter: the pin replaces the name check.
-    let (server, client) = handshake(&acceptor, client, "10.9.8.7").await;
+    let (server, client) = handshake_with(client, "10.9.8.7", |io| acceptor.accept_any(io)).await;
     let (mut server, identity) = server.unwrap();
     let mut client = client.unwrap();
     assert!(identity.is_none());
@@ -67,7 +44,10 @@ async fn accept_any_reports_a_certificate_less_client_without_identity() {
     let acceptor = Acceptor::new(pairing_server(&pki));
     // A certified peer is still identified on the same configuration.
     let nas1 = pki.peer("nas1");
-    let (server, client) = handshake(&acceptor, pki.client_config(&nas1), "backup1").await;
+    let (server, client) = handshake_with(pki.client_config(&nas1), "backup1", |io| {
+        acceptor.accept_any(io)
+    })
+    .await;
     let (_server, identity) = server.unwrap();
     assert_eq!(identity.unwrap().name.as_str(), "nas1");
     client.unwrap();
@@ -75,7 +55,10 @@ async fn accept_any_reports_a_certificate_less_client_without_identity() {
     // A peer from another CA is refused even though certificates are optional.
     let other = Pki::new("zrep CA elsewhere");
     let impostor = other.peer("nas1");
-    let (server, _client) = handshake(&acceptor, pki.client_config(&impostor), "backup1").await;
+    let (server, _client) = handshake_with(pki.client_config(&impostor), "backup1", |io| {
+        acceptor.accept_any(io)
+    })
+    .await;
     assert!(server.is_err());
 }
 
@@ -85,7 +68,7 @@ async fn pinned_client_refuses_a_receiver_with_another_ca() {
     let mitm = Pki::new("zrep CA mitm");
     let acceptor = Acceptor::new(pairing_server(&mitm));
     let client = pinned_client_config(pki.ca.fingerprint()).unwrap();
-    let (_server, client) = handshake(&acceptor, client, "backup1").await;
+    let (_server, client) = handshake_with(client, "backup1", |io| acceptor.accept_any(io)).await;
     let err = zrep_cli::one_line(&client.unwrap_err());
     assert!(err.starts_with("TLS handshake failed: "), "{err}");
     assert!(err.contains("pairing token names"), "{err}");
@@ -99,6 +82,6 @@ async fn pinned_client_refuses_a_receiver_with_another_ca() {
     .unwrap();
     let acceptor = Acceptor::new(forged);
     let client = pinned_client_config(pki.ca.fingerprint()).unwrap();
-    let (_server, client) = handshake(&acceptor, client, "backup1").await;
+    let (_server, client) = handshake_with(client, "backup1", |io| acceptor.accept_any(io)).await;
     assert!(client.is_err());
 }

@@ -63,24 +63,41 @@ pub(crate) fn server_with_cert(pki: &Pki, cert: &IssuedCert) -> Arc<ServerConfig
 pub(crate) type ServerSide = Result<(server::TlsStream<DuplexStream>, PeerIdentity), TlsError>;
 pub(crate) type ClientSide = Result<client::TlsStream<DuplexStream>, TlsError>;
 
-/// Runs both handshakes concurrently over an in-memory pipe.
+/// Runs both handshakes concurrently over an in-memory pipe, the server with `accept`.
 pub(crate) async fn handshake(
     acceptor: &Acceptor,
     client: Arc<ClientConfig>,
     server_name: &str,
 ) -> (ServerSide, ClientSide) {
+    handshake_with(client, server_name, |io| acceptor.accept(io)).await
+}
+
+/// Both handshakes as in [`handshake`], the server's side run by `accept` (for instance
+/// `accept_any`, which takes a client without certificate as `None`).
+pub(crate) async fn handshake_with<S, F>(
+    client: Arc<ClientConfig>,
+    server_name: &str,
+    accept: impl FnOnce(DuplexStream) -> F,
+) -> (S, ClientSide)
+where
+    F: Future<Output = S>,
+{
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let connector = Connector::new(client);
-    let run = async {
-        tokio::join!(
-            acceptor.accept(server_io),
-            connector.connect(server_name, client_io)
-        )
-    };
+    let run = async { tokio::join!(accept(server_io), connector.connect(server_name, client_io)) };
     tokio::time::timeout(TEST_TIMEOUT, run)
         .await
         .expect("handshake timed out")
 }
+
+/// Asserts that a [`TlsError`] comes from a rustls error that matches the pattern.
+macro_rules! assert_rustls_error {
+    ($err:expr, $($pattern:tt)+) => {{
+        let err: &zrep_tls::TlsError = $err;
+        assert!(matches!(err.rustls_error(), Some($($pattern)+)), "{err:?}");
+    }};
+}
+pub(crate) use assert_rustls_error;
 
 /// Client says ping, server answers pong: proves the established session carries data.
 pub(crate) async fn ping_pong(
