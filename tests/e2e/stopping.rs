@@ -21,6 +21,13 @@ fn exited(pid: u32) -> bool {
     })
 }
 
+/// Puts top-level `lines` at the start of the sender's send.toml (before its tables).
+fn prepend(config: &SenderConfig, lines: &str) {
+    let path = config.dir().join("send.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{lines}\n{text}")).unwrap();
+}
+
 fn sigterm(pid: u32) {
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -44,6 +51,11 @@ fn stop_mid_transfer(top: &str) -> (RunResult, TestPool, TestPool, Receiver) {
     let proxy = ThrottlingProxy::start(receiver.port, LINK);
     let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)])
         .with_port(proxy.port);
+    // As the receiver's handshake-timeout: TLS under emulation with other tests running.
+    prepend(
+        &config,
+        &format!("connect-timeout = \"{}s\"", 15 * time_scale()),
+    );
     let pid = receiver.pid();
     let result = std::thread::scope(|scope| {
         let once = scope.spawn(|| config.once());
@@ -52,8 +64,18 @@ fn stop_mid_transfer(top: &str) -> (RunResult, TestPool, TestPool, Receiver) {
         let limit = Duration::from_secs(60 * time_scale());
         let start = Instant::now();
         while !receiver.log_text().contains("receiving peer=") {
+            if once.is_finished() {
+                let early = once.join().unwrap();
+                panic!(
+                    "once ended ({:?}) before the transfer started: {}\n{}\nreceiver: {}",
+                    early.code,
+                    early.stdout,
+                    early.stderr,
+                    receiver.log_text()
+                );
+            }
             assert!(
-                start.elapsed() < limit && !once.is_finished(),
+                start.elapsed() < limit,
                 "no transfer started: {}",
                 receiver.log_text()
             );
@@ -159,17 +181,15 @@ fn a_silent_sender_is_dropped_after_the_configured_idle_timeout() {
         &[],
     );
     let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
-    let path = config.dir().join("send.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
     let heartbeat = idle / 4;
-    std::fs::write(
-        &path,
-        format!(
-            "heartbeat-interval = \"{}ms\"\ninterval = \"1h\"\n{text}",
-            heartbeat.as_millis()
+    prepend(
+        &config,
+        &format!(
+            "heartbeat-interval = \"{}ms\"\ninterval = \"1h\"\nconnect-timeout = \"{}s\"",
+            heartbeat.as_millis(),
+            15 * time_scale()
         ),
-    )
-    .unwrap();
+    );
     let daemon = zrep_e2e::Daemon::start(&config);
     // The first cycle commits; the session then stays open, kept alive by heartbeats.
     let limit = Duration::from_secs(60 * time_scale());
