@@ -51,7 +51,7 @@ fn killed_zrep_send_leaves_no_hold_and_no_process() {
     assert_not_running(send_pid, "zfs send of the killed zrep-send");
     // zrep-recv lives and must have reaped its zfs receive.
     assert!(
-        !exists(receive_pid),
+        gone_within(receive_pid, setup.limit()),
         "zrep-recv left zfs receive {receive_pid} unreaped"
     );
     setup.assert_only_zrep_holds();
@@ -77,12 +77,12 @@ fn killed_zrep_recv_leaves_no_hold_and_no_process() {
     assert_eq!(status, Some(1), "zrep-send did not fail the cycle:\n{log}");
     setup.wait_until_no_zfs_process();
     assert!(
-        !exists(send_pid),
+        gone_within(send_pid, setup.limit()),
         "zrep-send left zfs send {send_pid} unreaped:\n{log}"
     );
     assert_not_running(receive_pid, "zfs receive of the killed zrep-recv");
     setup.assert_only_zrep_holds();
-    setup.receiver = Receiver::start(&[("nas1", &setup.root)], &[]);
+    setup.receiver = receiver(&setup.root);
     setup.config = setup.config.with_port(setup.receiver.port);
     setup.once_replicates();
 }
@@ -115,7 +115,7 @@ impl Setup {
         let source = src.create_dataset("vm store");
         let root = dst.dataset("nas1");
         let target = dst.dataset("nas1/vm store");
-        let receiver = Receiver::start(&[("nas1", &root)], &[]);
+        let receiver = receiver(&root);
         let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
         write_file(&source, "small", &pseudo_random_bytes(1, 1 << 20));
         config.once().expect_code(0);
@@ -251,6 +251,13 @@ impl Setup {
     }
 }
 
+/// A receiver for `nas1` below `root`, whose handshake limit is stretched like the others under
+/// emulation (a TLS handshake takes seconds there, and both tests run at once).
+fn receiver(root: &DatasetName) -> Receiver {
+    let top = format!("handshake-timeout = \"{}s\"\n", 10 * time_scale());
+    Receiver::start_full(&top, &[("nas1", root, "")], &[])
+}
+
 /// zrep's tag is on `snap`: OpenZFS lists it; zfs-fuse has no `zfs holds`, but refuses to place
 /// a tag a second time.
 fn assert_hold_is_zreps(snap: &str) {
@@ -348,8 +355,17 @@ fn zfs_commands(subcommand: &str, dataset: &DatasetName) -> Vec<Proc> {
     found
 }
 
-fn exists(pid: u32) -> bool {
-    proc_of(pid).is_some()
+/// Whether `pid` is gone from /proc (reaped: a zombie keeps its entry) within `limit`; its
+/// parent collects it a moment after the exit.
+fn gone_within(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while proc_of(pid).is_some() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 /// `pid` has exited. Its parent died before it, so it belongs to init now, and whether it is
