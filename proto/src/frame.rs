@@ -546,29 +546,23 @@ mod tests {
             b.put_u32(len);
             b
         };
-        assert!(matches!(
-            decode(&mut header(2, 2, 0, 0)),
-            Err(DecodeError::UnsupportedWireVersion(2))
-        ));
-        assert!(matches!(
-            decode(&mut header(1, 7, 0, 0)),
-            Err(DecodeError::UnknownKind(7))
-        ));
-        assert!(matches!(
-            decode(&mut header(1, 0, 0, 0)),
-            Err(DecodeError::UnknownKind(0))
-        ));
-        assert!(matches!(
-            decode(&mut header(1, 4, 1, 0)),
-            Err(DecodeError::ReservedFlags(1))
-        ));
-        assert!(matches!(
-            decode(&mut header(1, 4, 0, 1)),
-            Err(DecodeError::TooLarge {
-                kind: FrameKind::Heartbeat,
-                ..
-            })
-        ));
+        // (version, kind, flags, length) and the refusal, variant and values by its text.
+        for ((v, k, flags, len), refusal) in [
+            (
+                (2, 2, 0, 0),
+                "unsupported zrep wire version 2 (this side speaks 1)",
+            ),
+            ((1, 7, 0, 0), "unknown frame kind 0x07"),
+            ((1, 0, 0, 0), "unknown frame kind 0x00"),
+            ((1, 4, 1, 0), "reserved header flags set: 0x0001"),
+            (
+                (1, 4, 0, 1),
+                "Heartbeat frame of 1 bytes exceeds the limit of 0 bytes",
+            ),
+        ] {
+            let err = decode(&mut header(v, k, flags, len)).unwrap_err();
+            assert_eq!(err.to_string(), refusal);
+        }
     }
 
     #[test]

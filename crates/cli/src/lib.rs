@@ -12,6 +12,7 @@ pub use zrep_chain::one_line;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -74,6 +75,12 @@ pub fn parse_toml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, Con
         path: path.to_owned(),
         source: Box::new(source),
     })
+}
+
+/// `N` seconds, for a configuration's serde default written at its field:
+/// `#[serde(default = "zrep_cli::secs::<10>", with = "humantime_serde")]`.
+pub fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
 }
 
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG` (else `default_filter`), coloured

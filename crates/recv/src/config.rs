@@ -34,17 +34,17 @@ struct RawConfig {
     max_unauthenticated: usize,
     #[serde(default = "default_max_unauthenticated_per_ip")]
     max_unauthenticated_per_ip: usize,
-    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    #[serde(default = "zrep_cli::secs::<10>", with = "humantime_serde")]
     handshake_timeout: Duration,
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[serde(default = "zrep_cli::secs::<120>", with = "humantime_serde")]
     idle_timeout: Duration,
-    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    #[serde(default = "zrep_cli::secs::<10>", with = "humantime_serde")]
     heartbeat_interval: Duration,
-    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    #[serde(default = "zrep_cli::secs::<120>", with = "humantime_serde")]
     write_timeout: Duration,
-    #[serde(default = "default_receive_timeout", with = "humantime_serde")]
+    #[serde(default = "zrep_cli::secs::<600>", with = "humantime_serde")]
     receive_timeout: Duration,
-    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    #[serde(default = "zrep_cli::secs::<30>", with = "humantime_serde")]
     shutdown_grace: Duration,
     metrics_listen: Option<String>,
     #[serde(default)]
@@ -95,24 +95,6 @@ fn default_max_unauthenticated() -> usize {
 /// Room for several senders behind one NAT address connecting at the same moment.
 fn default_max_unauthenticated_per_ip() -> usize {
     16
-}
-fn default_handshake_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(120)
-}
-fn default_heartbeat_interval() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_write_timeout() -> Duration {
-    Duration::from_secs(120)
-}
-fn default_shutdown_grace() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_receive_timeout() -> Duration {
-    Duration::from_secs(600)
 }
 
 /// A validated receiver configuration.

@@ -443,6 +443,21 @@ mod tests {
         PeerIdentity::new(name(n), SystemTime::now(), Fingerprint::of_der(fp))
     }
 
+    /// `reg` (no static peers) lets peer `n` in with the certificate of DER `fp`.
+    fn assert_allowed(reg: &Registry, n: &str, fp: &[u8]) {
+        let verdict = reg.authorize(&identity(n, fp), None);
+        assert!(matches!(verdict, Verdict::Allowed(_)), "{verdict:?}");
+    }
+
+    /// `reg` (no static peers) refuses peer `n` with the certificate of DER `fp`, for `because`.
+    fn assert_refused(reg: &Registry, n: &str, fp: &[u8], because: &str) {
+        let verdict = reg.authorize(&identity(n, fp), None);
+        assert!(
+            matches!(&verdict, Verdict::Refused(why) if why.contains(because)),
+            "{verdict:?}"
+        );
+    }
+
     #[test]
     fn trust_is_the_issued_certificate_not_the_name() {
         let mut reg = Registry::default();
@@ -453,10 +468,7 @@ mod tests {
             Verdict::Allowed(root.clone())
         );
         // Same name, a certificate the registry did not record (another CA's, or forged).
-        let Verdict::Refused(why) = reg.authorize(&identity("nas1", b"b"), None) else {
-            panic!()
-        };
-        assert!(why.contains("not issued"), "{why}");
+        assert_refused(&reg, "nas1", b"b", "not issued");
         // A registry entry wins over a static peer of the same name.
         assert!(matches!(
             reg.authorize(&identity("nas1", b"b"), Some(&root)),
@@ -468,38 +480,20 @@ mod tests {
             reg.authorize(&identity("nas2", b"c"), Some(&static_root)),
             Verdict::Allowed(static_root.clone())
         );
-        assert!(matches!(
-            reg.authorize(&identity("nas3", b"c"), None),
-            Verdict::Refused(why) if why.contains("not configured")
-        ));
+        assert_refused(&reg, "nas3", b"c", "not configured");
 
         // Renewal adds a certificate; both are valid.
         reg.record_issued(&name("nas1"), &root, cert(b"b", 10));
-        assert!(matches!(
-            reg.authorize(&identity("nas1", b"b"), None),
-            Verdict::Allowed(_)
-        ));
-        assert!(matches!(
-            reg.authorize(&identity("nas1", b"a"), None),
-            Verdict::Allowed(_)
-        ));
+        assert_allowed(&reg, "nas1", b"b");
+        assert_allowed(&reg, "nas1", b"a");
 
         // Revocation refuses the peer and keeps its certificates refused after re-pairing.
         assert!(reg.revoke(&name("nas1")));
         assert!(!reg.revoke(&name("nobody")));
-        assert!(matches!(
-            reg.authorize(&identity("nas1", b"a"), None),
-            Verdict::Refused(why) if why.contains("revoked")
-        ));
+        assert_refused(&reg, "nas1", b"a", "revoked");
         reg.record_issued(&name("nas1"), &root, cert(b"new", 10));
-        assert!(matches!(
-            reg.authorize(&identity("nas1", b"new"), None),
-            Verdict::Allowed(_)
-        ));
-        assert!(matches!(
-            reg.authorize(&identity("nas1", b"a"), None),
-            Verdict::Refused(why) if why.contains("revoked")
-        ));
+        assert_allowed(&reg, "nas1", b"new");
+        assert_refused(&reg, "nas1", b"a", "revoked");
     }
 
     #[test]

@@ -352,8 +352,8 @@ impl Shared {
                 async {
                     tokio::select! {
                         finished = pairing => {
-                            if finished.is_err() && self.refusals.note(Refusal::TimedOut) {
-                                warn!(after = ?limit, "pairing session timed out");
+                            if finished.is_err() {
+                                self.note_timed_out(limit, "pairing session timed out");
                             }
                         }
                         () = ticket.displaced() => self.displaced(),
@@ -374,15 +374,14 @@ impl Shared {
         let (tls, identity) = match accepted {
             Ok(Ok(accepted)) => accepted,
             Ok(Err(err)) => {
-                if self.refusals.note(Refusal::Failed) {
-                    warn!(cause = %zrep_cli::one_line(&err), "TLS handshake refused");
-                }
+                self.note_failed(&err, "TLS handshake refused");
                 return None;
             }
             Err(_) => {
-                if self.refusals.note(Refusal::TimedOut) {
-                    warn!(after = ?limit, "TLS handshake timed out (handshake-timeout): connection closed");
-                }
+                self.note_timed_out(
+                    limit,
+                    "TLS handshake timed out (handshake-timeout): connection closed",
+                );
                 return None;
             }
         };
@@ -415,15 +414,14 @@ impl Shared {
                 return None;
             }
             Ok(Err(err)) => {
-                if self.refusals.note(Refusal::Failed) {
-                    warn!(cause = %zrep_cli::one_line(&err), "hello failed");
-                }
+                self.note_failed(&err, "hello failed");
                 return None;
             }
             Err(_) => {
-                if self.refusals.note(Refusal::TimedOut) {
-                    warn!(after = ?limit, "no hello within handshake-timeout: connection closed");
-                }
+                self.note_timed_out(
+                    limit,
+                    "no hello within handshake-timeout: connection closed",
+                );
                 conn.session.error(
                     ErrorCode::Timeout,
                     format!("no hello within {limit:?} of connecting (handshake-timeout)"),
@@ -438,6 +436,22 @@ impl Shared {
             // The exporter is made exactly for connections without identity.
             (None, None) => return None,
         })
+    }
+
+    /// Logs a connection that failed before its session began, as `what` (unless such logs are
+    /// being held back).
+    fn note_failed(&self, err: &(dyn std::error::Error + 'static), what: &str) {
+        if self.refusals.note(Refusal::Failed) {
+            warn!(cause = %zrep_cli::one_line(err), "{what}");
+        }
+    }
+
+    /// Logs a connection closed after `limit` without getting on, as `what` (unless such logs
+    /// are being held back).
+    fn note_timed_out(&self, limit: Duration, what: &str) {
+        if self.refusals.note(Refusal::TimedOut) {
+            warn!(after = ?limit, "{what}");
+        }
     }
 
     fn displaced(&self) {

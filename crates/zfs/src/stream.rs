@@ -1648,36 +1648,77 @@ mod tests {
             &expect,
             StreamRefusal::FeatureNotAllowed { refused, .. } if refused == FeatureFlags::HOLDS
         );
-        // The package header must be followed by its END.
-        let mut p = Synth::new();
-        p.push_begin(&package).substream("b", G2, G1);
-        let e = refused(&p.bytes(), &expect);
-        assert_eq!(
-            e,
-            StreamRefusal::UnexpectedRecord {
-                offset: RECORD_LEN as u64,
-                record: RecordType::Begin,
-                expected: "the END of the package header",
-            }
-        );
-        // Nested package.
-        let mut p = Synth::new();
-        p.push_begin(&package).end(0).push_begin(&package);
-        assert_eq!(
-            refused(&p.bytes(), &expect),
-            StreamRefusal::NestedPackage {
-                offset: 2 * RECORD_LEN as u64
-            }
-        );
-        // Empty package.
-        let mut p = Synth::new();
-        p.push_begin(&package).end(0).end(0);
-        assert_eq!(
-            refused(&p.bytes(), &expect),
-            StreamRefusal::EmptyPackage {
-                offset: 2 * RECORD_LEN as u64
-            }
-        );
+        // What follows the package header (written by the case's builder), and how it is refused.
+        type Build = fn(&mut Synth, &BeginRecord);
+        let after_header: [(&str, Build, StreamRefusal); 6] = [
+            (
+                "the header's END missing",
+                |p, _| {
+                    p.substream("b", G2, G1);
+                },
+                StreamRefusal::UnexpectedRecord {
+                    offset: RECORD_LEN as u64,
+                    record: RecordType::Begin,
+                    expected: "the END of the package header",
+                },
+            ),
+            (
+                "a nested package",
+                |p, package| {
+                    p.end(0).push_begin(package);
+                },
+                StreamRefusal::NestedPackage {
+                    offset: 2 * RECORD_LEN as u64,
+                },
+            ),
+            (
+                "an empty package",
+                |p, _| {
+                    p.end(0).end(0);
+                },
+                StreamRefusal::EmptyPackage {
+                    offset: 2 * RECORD_LEN as u64,
+                },
+            ),
+            (
+                "a GUID in the header's END",
+                |p, _| {
+                    p.end(G1);
+                },
+                StreamRefusal::EndMismatch {
+                    offset: RECORD_LEN as u64,
+                    expected: 0,
+                    found: G1,
+                },
+            ),
+            (
+                "a substream after the target",
+                |p, _| {
+                    p.end(0).substream("c", G3, G1).substream("d", 0x4444, G3);
+                },
+                StreamRefusal::PastTarget {
+                    snapshot: "tank/data@d".into(),
+                    expected: "c".into(),
+                },
+            ),
+            (
+                "a broken chain",
+                |p, _| {
+                    p.end(0).substream("b", G2, G1).substream("c", G3, G1);
+                },
+                StreamRefusal::ChainBroken {
+                    snapshot: "tank/data@c".into(),
+                    expected: G2,
+                    found: G1,
+                },
+            ),
+        ];
+        for (case, build, expected) in after_header {
+            let mut p = Synth::new();
+            p.push_begin(&package);
+            build(&mut p, &package);
+            assert_eq!(refused(&p.bytes(), &expect), expected, "{case}");
+        }
         // A data record between substreams.
         let mut p = Synth::new();
         p.push_begin(&package).end(0).write(512);
@@ -1696,17 +1737,6 @@ mod tests {
         let mut p = Synth::new();
         p.push_begin(&s.package("b"));
         assert_refused!(&p.bytes(), &expect, StreamRefusal::WrongTarget { .. });
-        // The package's END carries a GUID.
-        let mut p = Synth::new();
-        p.push_begin(&package).end(G1);
-        assert_eq!(
-            refused(&p.bytes(), &expect),
-            StreamRefusal::EndMismatch {
-                offset: RECORD_LEN as u64,
-                expected: 0,
-                found: G1
-            }
-        );
         // Ends before reaching the target.
         let mut p = Synth::new();
         p.push_begin(&package).end(0).substream("b", G2, G1).end(0);
@@ -1714,33 +1744,6 @@ mod tests {
             &p.bytes(),
             &expect,
             StreamRefusal::WrongTarget { found_guid: G2, .. }
-        );
-        // A substream after the target.
-        let mut p = Synth::new();
-        p.push_begin(&package)
-            .end(0)
-            .substream("c", G3, G1)
-            .substream("d", 0x4444, G3);
-        assert_eq!(
-            refused(&p.bytes(), &expect),
-            StreamRefusal::PastTarget {
-                snapshot: "tank/data@d".into(),
-                expected: "c".into()
-            }
-        );
-        // A broken chain.
-        let mut p = Synth::new();
-        p.push_begin(&package)
-            .end(0)
-            .substream("b", G2, G1)
-            .substream("c", G3, G1);
-        assert_eq!(
-            refused(&p.bytes(), &expect),
-            StreamRefusal::ChainBroken {
-                snapshot: "tank/data@c".into(),
-                expected: G2,
-                found: G1
-            }
         );
         // Another dataset in the second substream.
         let mut p = Synth::new();
