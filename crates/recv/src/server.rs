@@ -371,20 +371,11 @@ impl Shared {
     async fn open(&self, stream: TcpStream, deadline: tokio::time::Instant) -> Option<Opened> {
         let limit = self.config.handshake_timeout;
         let accepted = tokio::time::timeout_at(deadline, self.acceptor.accept_any(stream)).await;
-        let (tls, identity) = match accepted {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err(err)) => {
-                self.note_failed(&err, "TLS handshake refused");
-                return None;
-            }
-            Err(_) => {
-                self.note_timed_out(
-                    limit,
-                    "TLS handshake timed out (handshake-timeout): connection closed",
-                );
-                return None;
-            }
-        };
+        let (tls, identity) = self.by_deadline(
+            accepted,
+            "TLS handshake refused",
+            "TLS handshake timed out (handshake-timeout): connection closed",
+        )?;
         let mut session_config = self.session_config();
         let (session, exporter) = match &identity {
             Some(_) => {
@@ -405,28 +396,28 @@ impl Shared {
             }
         };
         let mut conn = self.connection(tls, session);
-        match tokio::time::timeout_at(deadline, conn.next_event()).await {
-            Ok(Ok(ReceiverEvent::Negotiated(n))) => {
+        let hello = tokio::time::timeout_at(deadline, conn.next_event()).await;
+        let timed_out = hello.is_err();
+        match self.by_deadline(
+            hello,
+            "hello failed",
+            "no hello within handshake-timeout: connection closed",
+        ) {
+            Some(ReceiverEvent::Negotiated(n)) => {
                 debug!(version = n.version, software = %n.peer.software, "negotiated");
             }
-            Ok(Ok(event)) => {
+            Some(event) => {
                 debug!(?event, "connection ended before the hello");
                 return None;
             }
-            Ok(Err(err)) => {
-                self.note_failed(&err, "hello failed");
-                return None;
-            }
-            Err(_) => {
-                self.note_timed_out(
-                    limit,
-                    "no hello within handshake-timeout: connection closed",
-                );
-                conn.session.error(
-                    ErrorCode::Timeout,
-                    format!("no hello within {limit:?} of connecting (handshake-timeout)"),
-                );
-                let _ = tokio::time::timeout(CLOSE_LIMIT, conn.flush()).await;
+            None => {
+                if timed_out {
+                    conn.session.error(
+                        ErrorCode::Timeout,
+                        format!("no hello within {limit:?} of connecting (handshake-timeout)"),
+                    );
+                    let _ = tokio::time::timeout(CLOSE_LIMIT, conn.flush()).await;
+                }
                 return None;
             }
         }
@@ -436,6 +427,30 @@ impl Shared {
             // The exporter is made exactly for connections without identity.
             (None, None) => return None,
         })
+    }
+
+    /// What a step of opening a connection gave by the deadline, or `None` once its failure or
+    /// its timeout is logged as `failed` or `timed_out`.
+    fn by_deadline<T, E>(
+        &self,
+        outcome: Result<Result<T, E>, tokio::time::error::Elapsed>,
+        failed: &str,
+        timed_out: &str,
+    ) -> Option<T>
+    where
+        E: std::error::Error + 'static,
+    {
+        match outcome {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(err)) => {
+                self.note_failed(&err, failed);
+                None
+            }
+            Err(_) => {
+                self.note_timed_out(self.config.handshake_timeout, timed_out);
+                None
+            }
+        }
     }
 
     /// Logs a connection that failed before its session began, as `what` (unless such logs are
@@ -467,25 +482,20 @@ impl Shared {
 
     fn refused_at_accept(&self, refused: Refused, addr: SocketAddr) {
         let config = &self.config;
-        match refused {
-            Refused::PerSource => {
-                if self.refusals.note(Refusal::PerSource) {
-                    warn!(
-                        %addr,
-                        limit = config.max_unauthenticated_per_ip,
-                        "connection refused: too many unauthenticated connections from this address (max-unauthenticated-per-ip)"
-                    );
-                }
-            }
-            Refused::Total => {
-                if self.refusals.note(Refusal::Total) {
-                    warn!(
-                        %addr,
-                        limit = config.max_unauthenticated,
-                        "connection refused: too many unauthenticated connections (max-unauthenticated), and this address holds its share"
-                    );
-                }
-            }
+        let (refusal, limit, why) = match refused {
+            Refused::PerSource => (
+                Refusal::PerSource,
+                config.max_unauthenticated_per_ip,
+                "connection refused: too many unauthenticated connections from this address (max-unauthenticated-per-ip)",
+            ),
+            Refused::Total => (
+                Refusal::Total,
+                config.max_unauthenticated,
+                "connection refused: too many unauthenticated connections (max-unauthenticated), and this address holds its share",
+            ),
+        };
+        if self.refusals.note(refusal) {
+            warn!(%addr, limit, "{why}");
         }
     }
 
