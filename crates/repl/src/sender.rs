@@ -503,6 +503,10 @@ async fn settle<Z: Zfs>(
                 pruned.push(snap.clone());
             }
             // Held by someone else (another receiver's base, an admin): not ours to force.
+            // Held by something else: zrep-send says so once, not every cycle.
+            Err(err @ ZfsError::Busy { .. }) => {
+                debug!(snapshot = %snap, cause = %zrep_chain::one_line(&err), "not pruned: held");
+            }
             Err(err) => warn!(snapshot = %snap, cause = %zrep_chain::one_line(&err), "not pruned"),
         }
     }

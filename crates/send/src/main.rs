@@ -173,7 +173,20 @@ fn run_status(config: &std::path::Path, json: bool, check: bool) -> ExitCode {
         }
     };
     let now = std::time::SystemTime::now();
-    let statuses = evaluate(&config, now);
+    let mut statuses = evaluate(&config, now);
+    // Snapshots something else holds are never pruned: say so. Best effort: status reads its
+    // state files without ZFS too.
+    if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        runtime.block_on(async {
+            let probed = zrep_zfs::SystemZfs::probe(zrep_zfs::SystemZfsConfig::default()).await;
+            if let Ok(zfs) = probed {
+                zrep_send::status::add_foreign_holds(&mut statuses, &config, &zfs).await;
+            }
+        });
+    }
     let worst = overall(&statuses);
     if json {
         match serde_json::to_string_pretty(&statuses) {

@@ -97,7 +97,12 @@ where
                 };
                 let admitted = match guard.admit(&bytes) {
                     Ok(admitted) => admitted,
-                    Err(refusal) => return Pumped::Refused(refusal.to_string()),
+                    Err(refusal) => {
+                        // zfs receive must be gone before the transfer is undone: it would
+                        // hold the target busy, or finish behind the undo's back.
+                        finish_quietly(sink).await;
+                        return Pumped::Refused(refusal.to_string());
+                    }
                 };
                 if admitted > 0 {
                     let chunk = guard.take(admitted);
@@ -117,7 +122,12 @@ where
                 let bytes = announced.bytes;
                 let summary = match guard.finish() {
                     Ok(summary) => summary,
-                    Err(refusal) => return Pumped::Refused(refusal.to_string()),
+                    Err(refusal) => {
+                        // zfs receive must be gone before the transfer is undone: it would
+                        // hold the target busy, or finish behind the undo's back.
+                        finish_quietly(sink).await;
+                        return Pumped::Refused(refusal.to_string());
+                    }
                 };
                 let rest = guard.take_all();
                 if let Err(failed) = feed(zfs, &mut sink, &spec, &guard, &rest).await {
@@ -202,8 +212,9 @@ async fn feed<Z: Zfs>(
             }))
         }
         Err(_) => {
-            // Dropping the sink kills the stalled zfs receive.
-            sink.take();
+            // Ended as any abandoned receive (its input closed, killed if it does not exit in
+            // the driver's bound) and reaped, before anything undoes the transfer.
+            finish_quietly(sink.take()).await;
             Err(Pumped::Failed((
                 FailureCode::Internal,
                 format!("zfs receive accepted no data for {:?}", spec.write_timeout),

@@ -5,9 +5,9 @@ use std::fmt::Display;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use humantime_serde::re::humantime::format_duration;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use zrep_repl::ReplicationError;
-use zrep_repl::sender::{DatasetJob, Progress, ProgressSink, SenderOptions, replicate};
+use zrep_repl::sender::{DatasetJob, Progress, ProgressSink, Replicated, SenderOptions, replicate};
 use zrep_zfs::{DatasetName, Zfs};
 
 use super::connect::{Connect, SenderConn, open};
@@ -313,6 +313,7 @@ impl<'a, Z: Zfs, C: Connect> Worker<'a, Z, C> {
             Ok(done) => {
                 self.record(member, Ok::<_, &str>(&done));
                 self.say(&success_line(&done, &agent.config.receiver));
+                self.report_foreign_holds(member, &done).await;
             }
             Err(err) => {
                 let why = zrep_cli::one_line(&err);
@@ -384,6 +385,38 @@ fn job(dataset: &DatasetConfig) -> DatasetJob {
         intermediates: dataset.intermediates,
         keep: dataset.keep.clone(),
         raw: dataset.raw,
+    }
+}
+
+impl<Z: Zfs, C: Connect> Worker<'_, Z, C> {
+    /// Logs zrep snapshots that something other than zrep holds (so they are never pruned),
+    /// each once while it stays held and once when it is released; best effort.
+    async fn report_foreign_holds(&self, member: &DatasetConfig, done: &Replicated) {
+        let agent = self.agent;
+        let held = match crate::status::foreign_holds(
+            &agent.zfs,
+            &member.source,
+            &member.prefix,
+            Some(done.snapshot.short_name()),
+            &self.options.hold_tag,
+        )
+        .await
+        {
+            Ok(held) => held,
+            Err(err) => {
+                debug!(dataset = %member.source, cause = %zrep_cli::one_line(&err), "cannot look for foreign holds");
+                return;
+            }
+        };
+        // Only a list of names: a panic elsewhere cannot leave it half-written.
+        let news = agent
+            .holds_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .news(&member.source, &held);
+        for line in news {
+            warn!(dataset = %member.source, "{line}");
+        }
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Agent<Z, C> {
     options: SenderOptions,
     clock: Clock,
     output: Output,
+    /// Snapshots held by something other than zrep, as last logged (each is said once).
+    holds_seen: std::sync::Mutex<crate::status::HoldsSeen>,
 }
 
 impl<Z, C> std::fmt::Debug for Agent<Z, C> {
@@ -110,6 +112,7 @@ impl<Z: Zfs, C: Connect> Agent<Z, C> {
             options,
             clock: Arc::new(SystemTime::now),
             output: Arc::new(|line| println!("{line}")),
+            holds_seen: std::sync::Mutex::default(),
         }
     }
 
