@@ -139,7 +139,7 @@ impl Drop for Receiver {
 
 /// Waits for a `zrep-recv` logging to `log` to say which port it listens on.
 pub fn wait_for_port(log: &Path) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20 * time_scale());
     while Instant::now() < deadline {
         if let Ok(file) = std::fs::File::open(log) {
             for line in BufReader::new(file).lines().map_while(Result::ok) {
