@@ -83,6 +83,25 @@ pub fn secs<const N: u64>() -> Duration {
     Duration::from_secs(N)
 }
 
+/// A plain-text table for `status`: each cell padded to its column's widest, two spaces between
+/// columns, no trailing blanks, one line per row.
+pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG` (else `default_filter`), coloured
 /// only on a terminal.
 pub fn init_logging(default_filter: &str) {

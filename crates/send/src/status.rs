@@ -439,19 +439,7 @@ pub fn table(statuses: &[DatasetStatus], now: SystemTime) -> String {
             s.reason.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..9)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = zrep_cli::table(&rows);
     for s in statuses {
         for held in &s.foreign_holds {
             out.push_str(&format!("held: {}\n", held.describe()));
