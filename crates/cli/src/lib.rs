@@ -83,6 +83,40 @@ pub fn secs<const N: u64>() -> Duration {
     Duration::from_secs(N)
 }
 
+/// The first send.toml of a newly paired sender (by `zrep-send pair` or `zrep-recv issue`),
+/// `how` saying which in its first comment line.
+pub fn starting_send_toml(
+    how: &str,
+    receiver: &str,
+    server_name: &str,
+    [cert, key, ca]: [&str; 3],
+) -> String {
+    format!(
+        r#"# zrep-send configuration, {how}.
+receiver = "{receiver}"
+server-name = "{server_name}"
+cert = "{cert}"
+key = "{key}"
+ca = "{ca}"
+# renew-before = "120d"     # renew the certificate this long before it expires (default: last third)
+# rotate-key = false        # renew with a new key instead of the current one
+
+# What to replicate (targets land under this sender's root on the receiver):
+# [[dataset]]
+# source = "tank/data"
+"#
+    )
+}
+
+/// Writes `text` to a new file at `path`; an existing file is never overwritten.
+pub fn create_new(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
 /// A plain-text table for `status`: each cell padded to its column's widest, two spaces between
 /// columns, no trailing blanks, one line per row.
 pub fn table<const N: usize>(rows: &[[String; N]]) -> String {

@@ -5,8 +5,6 @@
 //! `zrep-recv serve` notices registry changes within a second, so nothing needs a restart.
 
 use std::fmt::Write as _;
-use std::fs::OpenOptions;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -870,20 +868,11 @@ pub fn server_name(config: &RecvConfig) -> anyhow::Result<String> {
 
 /// The starting send.toml of a paired or issued sender.
 pub fn starting_send_toml(receiver: &str, server_name: &str, cert: &str, key: &str) -> String {
-    format!(
-        r#"# zrep-send configuration, written when this sender was paired.
-receiver = "{receiver}"
-server-name = "{server_name}"
-cert = "{cert}"
-key = "{key}"
-ca = "ca.pem"
-# renew-before = "120d"     # renew the certificate this long before it expires (default: last third)
-# rotate-key = false        # renew with a new key instead of the current one
-
-# What to replicate (targets land under this sender's root on the receiver):
-# [[dataset]]
-# source = "tank/data"
-"#
+    zrep_cli::starting_send_toml(
+        "written when this sender was paired",
+        receiver,
+        server_name,
+        [cert, key, "ca.pem"],
     )
 }
 
@@ -950,14 +939,7 @@ fn file_stem(name: &str) -> String {
 }
 
 fn create_new(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    zrep_cli::create_new(path, text).with_context(|| format!("creating {}", path.display()))
 }
 
 fn read_limited(path: &Path, limit: usize) -> anyhow::Result<String> {

@@ -6,8 +6,6 @@
 //! certificate and the CA certificate. Then it writes `sender.key` (0600), `sender.pem`,
 //! `ca.pem` and a starting `send.toml`. Nothing is written unless the receiver registered it.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -229,31 +227,16 @@ fn host_of(receiver: &str) -> anyhow::Result<String> {
 }
 
 fn starting_config(receiver: &str, server_name: &str, peer: &str) -> String {
-    format!(
-        r#"# zrep-send configuration, written by `zrep-send pair` (this sender is peer {peer}).
-receiver = "{receiver}"
-server-name = "{server_name}"
-cert = "{CERT_FILE}"
-key = "{KEY_FILE}"
-ca = "{CA_FILE}"
-# renew-before = "120d"     # renew the certificate this long before it expires (default: last third)
-# rotate-key = false        # renew with a new key instead of the current one
-
-# What to replicate (targets land under this sender's root on the receiver):
-# [[dataset]]
-# source = "tank/data"
-"#
+    zrep_cli::starting_send_toml(
+        &format!("written by `zrep-send pair` (this sender is peer {peer})"),
+        receiver,
+        server_name,
+        [CERT_FILE, KEY_FILE, CA_FILE],
     )
 }
 
 fn create_new(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    zrep_cli::create_new(path, text).with_context(|| format!("creating {}", path.display()))
 }
 
 #[cfg(test)]
