@@ -510,8 +510,10 @@ fn run_keeps_one_session_and_reconnects_after_the_receiver_goes_away() {
     let config = SenderConfig::new(proxy.port, "nas1", &[spec]);
     write_file(&source, "f", b"x");
     let mut daemon = Daemon::start(&config);
+    // Limits in seconds of an idle native machine, stretched under emulation.
+    let scale = zrep_e2e::time_scale();
     let wait_for = |what: &dyn Fn(&str) -> bool, limit: u64| {
-        let deadline = Instant::now() + Duration::from_secs(limit);
+        let deadline = Instant::now() + Duration::from_secs(limit * scale);
         while !what(&daemon.output()) {
             assert!(
                 Instant::now() < deadline,
@@ -542,7 +544,13 @@ fn run_keeps_one_session_and_reconnects_after_the_receiver_goes_away() {
     let receiver = Receiver::start(&[("nas1", &root)], &[]);
     proxy.switch(receiver.port);
     wait_for(&|out| successes(out) > before, 30);
-    assert_eq!(daemon.terminate(Duration::from_secs(10)), Some(0));
+    // SIGTERM lets a cycle in flight commit within shutdown-grace (20 s by default).
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30 * scale)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
     // The last committed snapshot is on both sides with one GUID (a cycle cut by the stop
     // may have left a newer one on the source only).
     let out = daemon.output();

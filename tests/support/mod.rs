@@ -83,6 +83,10 @@ impl Receiver {
         if !top.contains("idle-timeout") {
             config.push_str("idle-timeout = \"20s\"\n");
         }
+        // TLS under emulation, on a loaded machine, takes more than the 10 s default.
+        if !top.contains("handshake-timeout") {
+            config.push_str(&format!("handshake-timeout = \"{}s\"\n", 10 * time_scale()));
+        }
         config.push_str(top);
         config.push('\n');
         for (name, root, extra) in peers {
@@ -192,11 +196,13 @@ impl SenderConfig {
     pub fn new(port: u16, identity: &str, datasets: &[DatasetSpec]) -> SenderConfig {
         let dir = tempfile::tempdir().unwrap();
         let certs = certs_dir();
+        // As the receiver's handshake-timeout: connect-timeout stretched under emulation.
         let mut config = format!(
-            "receiver = \"127.0.0.1:{port}\"\nserver-name = \"backup1\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            "receiver = \"127.0.0.1:{port}\"\nserver-name = \"backup1\"\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\nconnect-timeout = \"{}s\"\n",
             certs.join(format!("{identity}.pem")).display(),
             certs.join(format!("{identity}.key")).display(),
             certs.join("ca.pem").display(),
+            15 * time_scale(),
         );
         for ds in datasets {
             config.push_str(&format!("\n[[dataset]]\nsource = \"{}\"\n", ds.source));
