@@ -306,20 +306,10 @@ impl Zfs for SystemZfs {
     }
 
     async fn holds(&self, snapshot: &SnapshotName) -> Result<Vec<HoldTag>, ZfsError> {
-        if !self.caps.holds_scriptable {
-            return Err(self.unsupported("`zfs holds -H`"));
-        }
-        let args = args(["holds", "-H", snapshot.as_str()]);
-        let command = command_line(&self.config, &args);
-        let out = self.zfs(args).await?;
-        out.lines()
-            .map(|line| {
-                let tag = line
-                    .split('\t')
-                    .nth(1)
-                    .ok_or_else(|| parse_error(&command, line, "expected name, tag, timestamp"))?;
-                Ok(HoldTag::parse(tag)?)
-            })
+        self.hold_tags(snapshot)
+            .await?
+            .iter()
+            .map(|tag| Ok(HoldTag::parse(tag)?))
             .collect()
     }
 
