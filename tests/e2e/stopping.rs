@@ -132,7 +132,7 @@ fn past_the_grace_period_the_transfer_is_cut_and_undone() {
     assert_ne!(once.code, Some(0), "once succeeded: {}", once.stdout);
     assert!(
         once.stdout.contains(
-            "the peer ended the session: (shutting-down) zrep-recv is shutting down and its grace period is over; the transfer was cut"
+            "the receiver ended the session (shutting-down): zrep-recv is shutting down and its grace period is over; the transfer was cut"
         ),
         "once did not say why ({:?}): {}\n{}\nreceiver: {}",
         once.code,

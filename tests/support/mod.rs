@@ -430,26 +430,33 @@ impl ThrottlingProxy {
                 };
                 let (mut c_read, mut c_write) = (client.try_clone().unwrap(), client);
                 let (mut s_read, mut s_write) = (server.try_clone().unwrap(), server);
+                // Like TCP itself, each direction ends on its own: a side that half-closes (its
+                // last frame sent, still reading) is passed on as a half-close, and only a
+                // failure ends both directions.
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
-                    while let Ok(n) = s_read.read(&mut buf) {
-                        if n == 0 || c_write.write_all(&buf[..n]).is_err() {
-                            break;
+                    let how = loop {
+                        match s_read.read(&mut buf) {
+                            Ok(0) => break std::net::Shutdown::Write,
+                            Ok(n) if c_write.write_all(&buf[..n]).is_ok() => {}
+                            _ => break std::net::Shutdown::Both,
                         }
-                    }
-                    let _ = c_write.shutdown(std::net::Shutdown::Both);
+                    };
+                    let _ = c_write.shutdown(how);
                 });
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 4096];
-                    while let Ok(n) = c_read.read(&mut buf) {
-                        if n == 0 || s_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
+                    let how = loop {
+                        let n = match c_read.read(&mut buf) {
+                            Ok(0) => break std::net::Shutdown::Write,
+                            Ok(n) if s_write.write_all(&buf[..n]).is_ok() => n,
+                            _ => break std::net::Shutdown::Both,
+                        };
                         std::thread::sleep(Duration::from_secs_f64(
                             n as f64 / bytes_per_sec as f64,
                         ));
-                    }
-                    let _ = s_write.shutdown(std::net::Shutdown::Both);
+                    };
+                    let _ = s_write.shutdown(how);
                 });
             }
         });

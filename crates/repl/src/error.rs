@@ -33,7 +33,7 @@ pub enum ReplicationError {
     Name(#[from] NameError),
     /// The connection failed or the receiver broke the protocol.
     #[error(transparent)]
-    Transport(#[from] TransportError),
+    Transport(TransportError),
     /// The receiver refused the transfer; nothing changed there.
     #[error("the receiver refused the transfer ({code}): {message}")]
     Refused {
@@ -129,5 +129,16 @@ mod tests {
         );
         assert_eq!(text.matches("os error 32").count(), 1, "{text}");
         assert!(!text.contains("receiver"), "{text}");
+    }
+}
+
+impl From<TransportError> for ReplicationError {
+    /// The receiver's error frame reads the same whether it came as an event or was found
+    /// after a failed write.
+    fn from(err: TransportError) -> Self {
+        match err {
+            TransportError::PeerClosed { code, message } => Self::PeerError { code, message },
+            other => Self::Transport(other),
+        }
     }
 }

@@ -33,9 +33,15 @@ pub enum TransportError {
     /// Writing did not progress within the limit.
     #[error("writing to the peer stalled for {0:?}")]
     WriteStalled(Duration),
-    /// The peer ended the session with an error frame (found after our write failed).
-    #[error("the peer ended the session: {0}")]
-    PeerClosed(String),
+    /// The peer ended the session with an error frame, found after our write failed (an error
+    /// frame read in the ordinary way is the session's event instead).
+    #[error("the peer ended the session ({code}): {message}")]
+    PeerClosed {
+        /// The peer's error code.
+        code: ErrorCode,
+        /// The peer's reason.
+        message: String,
+    },
     /// The peer broke the protocol or went silent; an error frame was sent if possible.
     #[error(transparent)]
     Protocol(#[from] ProtoError),
@@ -192,10 +198,11 @@ where
             self.write_raw(&bytes).await?;
         }
         let limit = self.write_timeout;
-        tokio::time::timeout(limit, self.writer.flush())
-            .await
-            .map_err(|_| TransportError::WriteStalled(limit))??;
-        Ok(())
+        match tokio::time::timeout(limit, self.writer.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(self.salvage(err.into()).await),
+            Err(_) => Err(TransportError::WriteStalled(limit)),
+        }
     }
 
     /// Writes bytes the session produced outside its queue (data frames).
@@ -210,9 +217,9 @@ where
 
     /// After a failed write: the peer may have closed with an error frame that is still unread.
     /// Its reason beats "broken pipe". Another event found on the way (its `Bye`) is kept for
-    /// the caller.
+    /// the caller. The look ends at the connection's end, which follows at once after a close;
+    /// `write_timeout` only bounds a peer that keeps it open without a word.
     async fn salvage(&mut self, err: TransportError) -> TransportError {
-        const LOOK: Duration = Duration::from_millis(500);
         let look = async {
             loop {
                 match self
@@ -221,7 +228,7 @@ where
                 {
                     Ok(Some(event)) => {
                         if let Some((code, message)) = S::peer_error(&event) {
-                            return Some(format!("({code}) {message}"));
+                            return Some((code, message.to_owned()));
                         }
                         if self.stashed.is_none() {
                             self.stashed = Some(Ok(event));
@@ -238,8 +245,8 @@ where
                 }
             }
         };
-        match tokio::time::timeout(LOOK, look).await {
-            Ok(Some(reason)) => TransportError::PeerClosed(reason),
+        match tokio::time::timeout(self.write_timeout, look).await {
+            Ok(Some((code, message))) => TransportError::PeerClosed { code, message },
             _ => err,
         }
     }
@@ -388,23 +395,31 @@ where
 
     async fn stopped(&mut self, code: ErrorCode, message: String) -> TransportError {
         self.session.error(code, message.clone());
-        // Telling the peer is a courtesy; the session ends either way.
-        let _ = self.flush().await;
+        // Telling the peer is a courtesy; the session ends either way. A peer in the middle of
+        // a transfer is still writing: closing on its unread bytes would reset the connection,
+        // and the reset could reach it before our reason does. An idle peer sends nothing that
+        // could be left unread, and is not waited for.
+        if self.busy {
+            self.shutdown().await;
+        } else {
+            let _ = self.flush().await;
+            let _ = tokio::time::timeout(self.write_timeout, self.writer.shutdown()).await;
+        }
         TransportError::Stopped { code, message }
     }
 
     /// Sends what is queued (e.g. an error frame or `Bye`), shuts the write side down, then reads
-    /// and discards until the peer closes too (at most `LINGER`). Closing with unread input would
-    /// make the kernel reset the connection, and the peer could lose our last frame to the reset.
+    /// and discards until the peer closes too. Closing with unread input would make the kernel
+    /// reset the connection, and the peer could lose our last frame to the reset. A peer that
+    /// keeps the connection open gets `write_timeout`, as long as it may take to accept a write.
     pub async fn shutdown(&mut self) {
-        const LINGER: Duration = Duration::from_secs(2);
         let _ = self.flush().await;
         let _ = tokio::time::timeout(self.write_timeout, self.writer.shutdown()).await;
         let drain = async {
-            let mut sink = [0u8; 4096];
+            let mut sink = vec![0u8; READ_CHUNK];
             while matches!(self.reader.read(&mut sink).await, Ok(n) if n > 0) {}
         };
-        let _ = tokio::time::timeout(LINGER, drain).await;
+        let _ = tokio::time::timeout(self.write_timeout, drain).await;
     }
 }
 

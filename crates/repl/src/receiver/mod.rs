@@ -87,13 +87,24 @@ impl ReceiverPolicy {
     }
 }
 
+impl From<TransportError> for ServeError {
+    /// The peer's error frame reads the same whether it came as an event or was found after a
+    /// failed write.
+    fn from(err: TransportError) -> Self {
+        match err {
+            TransportError::PeerClosed { code, message } => Self::Peer { code, message },
+            other => Self::Transport(other),
+        }
+    }
+}
+
 /// Why a session ended badly.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
     /// The connection failed or the peer broke the protocol.
     #[error(transparent)]
-    Transport(#[from] TransportError),
+    Transport(TransportError),
     /// The peer named a target that cannot be accepted; the session was closed.
     #[error("refused target name {name:?}: {reason}")]
     InvalidTarget {
