@@ -10,6 +10,8 @@ use zrep_e2e::{Daemon, DatasetSpec, Receiver, SenderConfig, ThrottlingProxy, sna
 use zrep_zfs::testbed::{TestPool, mountpoint_of, pseudo_random_bytes, write_file};
 
 const INTERVAL: u64 = 2;
+/// Cycles the daemon must complete while the writer runs.
+const CYCLES: usize = 6;
 /// `shutdown-grace` of the daemons that let a transfer finish: far longer than any transfer here.
 const GRACE: Duration = Duration::from_secs(60);
 /// Beyond the grace, what a stop may take: ending `zfs send`, the session's `Bye`.
@@ -42,9 +44,14 @@ fn sessions_ended(receiver: &Receiver) -> (usize, usize) {
     (count(&log, "session ended") - failed, failed)
 }
 
+/// A bound of `secs` on an idle native machine, stretched under emulation.
+fn scaled(secs: u64) -> Duration {
+    Duration::from_secs(secs * zrep_e2e::time_scale())
+}
+
 /// Waits until the receiver logs the start of one more transfer than `before`.
 fn wait_for_transfer(receiver: &Receiver, before: usize, log: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + scaled(20);
     while count(&receiver.log_text(), "receiving peer=") == before {
         assert!(Instant::now() < deadline, "no transfer started: {}", log());
         std::thread::sleep(Duration::from_millis(50));
@@ -95,13 +102,29 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
         })
     };
 
+    // The reference for every bound below: what one cycle takes on this machine right now.
+    let timed = Instant::now();
+    config.once().expect_code(0);
+    let reference = timed.elapsed();
+    let first = snapshots(&target).len();
+
     let mut daemon = Daemon::start(&config);
     let state = state_file(&config, &source);
-    let started = Instant::now();
+    // A cycle starts at most an interval after the last one ended; one may take several times
+    // the reference when the machine's load changes under it.
+    let per_cycle = Duration::from_secs(INTERVAL) + reference * 4;
+    let deadline = Instant::now() + per_cycle * (CYCLES as u32 + 2);
     let mut max_lag = 0u64;
     let mut samples = 0;
-    while started.elapsed() < Duration::from_secs(22) {
-        std::thread::sleep(Duration::from_millis(500));
+    while successes(&daemon.output()) < CYCLES {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {CYCLES} cycles within {:?} (a cycle took {reference:?} alone):\n{}",
+            successes(&daemon.output()),
+            per_cycle * (CYCLES as u32 + 2),
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
         let Ok(text) = std::fs::read_to_string(&state) else {
             continue;
         };
@@ -131,24 +154,23 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
     let out = daemon.output();
     assert_eq!(count(&out, "NOT replicated"), 0, "{out}");
     let cycles = successes(&out);
-    // Under emulation a cycle alone can outlast the interval; the bounds stretch with it.
-    let scale = zrep_e2e::time_scale();
-    assert!(
-        cycles as u64 >= 8 / scale,
-        "only {cycles} cycles in 22 s (time scale {scale}):\n{out}"
-    );
+    assert!(cycles >= CYCLES, "{out}");
     // Every cycle committed its own snapshot on the target (the receiver keeps all).
     let on_target = snapshots(&target);
     assert_eq!(
         on_target.len(),
-        cycles,
-        "{on_target:?} on the target after {cycles} cycles:\n{out}"
+        first + cycles,
+        "{on_target:?} on the target after the reference and {cycles} cycles:\n{out}"
     );
-    assert!(samples as u64 > 30 / scale, "{samples} state samples");
+    assert!(samples >= CYCLES, "{samples} state samples");
+    // The state lags by the interval and at most two cycles (the one that took the snapshot
+    // and the next, still running), plus a second of rounding.
+    let lag_bound = INTERVAL + (2.0 * per_cycle.as_secs_f64()).ceil() as u64 + 1;
     assert!(
-        max_lag <= 3 * INTERVAL * scale,
-        "lag reached {max_lag} s with a {INTERVAL} s interval (time scale {scale})"
+        max_lag <= lag_bound,
+        "lag reached {max_lag} s; bound {lag_bound} s ({INTERVAL} s interval, a cycle took {reference:?})"
     );
+    let scale = zrep_e2e::time_scale();
     // The last committed snapshot is on both sides with one GUID.
     let last_line = out
         .lines()
@@ -222,7 +244,7 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
     let committed = snapshots(&target);
     assert_eq!(committed.len(), before.len() + 1, "{committed:?}");
     assert_eq!(committed.last(), on_source.last());
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + scaled(10);
     while sessions_ended(&receiver).0 == clean {
         assert!(Instant::now() < deadline, "{}", receiver.log_text());
         std::thread::sleep(Duration::from_millis(50));
@@ -270,7 +292,7 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
     );
     // Wait for the receiver to wind the cut session down (the relay still delivers what the
     // sender wrote before it stopped).
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + scaled(30);
     while sessions_ended(&receiver) == ended {
         assert!(Instant::now() < deadline, "{}", receiver.log_text());
         std::thread::sleep(Duration::from_millis(100));
@@ -291,7 +313,7 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
 
     // The next start succeeds with no repair.
     let mut daemon = Daemon::start(&config);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + scaled(30);
     while successes(&daemon.output()) == 0 {
         assert!(
             Instant::now() < deadline,
@@ -436,7 +458,7 @@ pub(crate) fn scrape(port: u16) -> String {
 
 /// The port a process logged as `<what> listening addr=127.0.0.1:PORT`.
 pub(crate) fn logged_port(log: impl Fn() -> String, what: &str) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + scaled(20);
     loop {
         let text = log();
         if let Some(rest) = text.split(&format!("{what} listening addr=")).nth(1) {
@@ -465,7 +487,7 @@ fn run_serves_prometheus_metrics() {
     write_file(&source, "f", &[1u8; 50_000]);
     let mut daemon = Daemon::start(&config);
     let port = logged_port(|| daemon.log(), "metrics");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + scaled(20);
     while successes(&daemon.output()) == 0 {
         assert!(Instant::now() < deadline, "{}", daemon.log());
         std::thread::sleep(Duration::from_millis(100));
@@ -494,7 +516,7 @@ fn run_serves_prometheus_metrics() {
         .parse()
         .unwrap();
     assert!(bytes > 50_000.0, "{body}");
-    assert_eq!(daemon.terminate(Duration::from_secs(10)), Some(0));
+    assert_eq!(daemon.terminate(scaled(10)), Some(0));
 }
 
 #[test]
@@ -532,13 +554,13 @@ fn run_keeps_one_session_and_reconnects_after_the_receiver_goes_away() {
     proxy.switch(0);
     drop(receiver);
     let before = successes(&daemon.output());
-    std::thread::sleep(Duration::from_secs(4));
+    // It keeps trying: two failed attempts in a row, and no cycle succeeded meanwhile.
+    let deadline = Instant::now() + scaled(30);
+    while count(&daemon.log(), "cannot reach the receiver") < 2 {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(successes(&daemon.output()), before);
-    assert!(
-        daemon.log().contains("cannot reach the receiver"),
-        "{}",
-        daemon.log()
-    );
 
     // Another receiver (same pool) behind the same address: the daemon reconnects by itself.
     let receiver = Receiver::start(&[("nas1", &root)], &[]);
