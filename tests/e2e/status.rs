@@ -45,7 +45,8 @@ fn status_json_check_codes_and_recorded_failures() {
     assert_eq!(entry["source"], source.as_str());
     assert_eq!(entry["health"], "ok");
     assert_eq!(entry["state"]["last-snapshot"], name.as_str());
-    assert_eq!(entry["state"]["last-guid"], guid);
+    // GUIDs pass 2^53: JSON carries them as decimal strings, exact in any reader.
+    assert_eq!(entry["state"]["last-guid"], guid.to_string());
     assert!(entry["state"]["bytes"].as_u64().unwrap() > 100_000);
     assert!(entry["lag-secs"].as_u64().unwrap() < warn_after);
     assert!(entry["state"]["last-error"].is_null());
@@ -163,7 +164,7 @@ fn receiver_serves_prometheus_metrics_per_peer_and_target() {
     );
     let newest = snapshots(&source).last().unwrap().clone();
     assert_eq!(entry["newest"], newest.0.as_str());
-    assert_eq!(entry["newest-guid"], newest.1);
+    assert_eq!(entry["newest-guid"], newest.1.to_string());
     assert_eq!(entry["keep"], "last 0");
     assert!(entry["age-secs"].as_u64().unwrap() < 60);
     let table = std::process::Command::new(zrep_e2e::binary("zrep-recv"))

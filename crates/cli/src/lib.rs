@@ -3,6 +3,7 @@
 //! generated from their clap definitions, serving Prometheus metrics ([`metrics`]), and printing
 //! an error with its causes on one line ([`one_line`], from `zrep-chain`).
 
+pub mod guid_json;
 pub mod metrics;
 
 /// The one chain printer of zrep, re-exported so the binaries keep one import for their

@@ -25,7 +25,8 @@ pub struct TargetStatus {
     pub snapshots: usize,
     /// Short name of its newest snapshot (the base of the next increment).
     pub newest: Option<String>,
-    /// Its GUID.
+    /// Its GUID (a decimal string in JSON).
+    #[serde(with = "zrep_cli::guid_json", default)]
     pub newest_guid: Option<u64>,
     /// Its `creation` (Unix seconds).
     pub newest_created: Option<u64>,

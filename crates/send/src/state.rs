@@ -29,7 +29,8 @@ pub struct DatasetState {
     pub last_success: Option<u64>,
     /// Short name of the newest replicated snapshot.
     pub last_snapshot: Option<String>,
-    /// Its GUID.
+    /// Its GUID (a decimal string in JSON).
+    #[serde(with = "zrep_cli::guid_json", default)]
     pub last_guid: Option<u64>,
     /// When that snapshot was taken (the time in its name): lag is measured from here.
     pub last_snapshot_time: Option<u64>,
