@@ -240,6 +240,25 @@ fn pair_with_two_commands_then_replicate_without_leaking_keys() {
         paired.stdout
     );
     let send_toml = sender_dir.path().join("send.toml");
+    // What pair wrote has no dataset yet: every job command says what to add and fails,
+    // instead of succeeding at nothing (a unit that exits 0 at once is never restarted).
+    let empty = format!(
+        "zrep-send: {}: no [[dataset]] to replicate; add one per source, e.g. \
+         [[dataset]] with source = \"tank/data\"\n",
+        send_toml.display()
+    );
+    for command in [&["once"][..], &["run"][..], &["status"][..]] {
+        let result = run(Command::new(binary("zrep-send"))
+            .args(command)
+            .arg("--config")
+            .arg(&send_toml));
+        result.expect_code(2);
+        assert_eq!(result.stderr, empty, "{command:?}");
+    }
+    let check = run(Command::new(binary("zrep-send"))
+        .args(["status", "--check", "--config"])
+        .arg(&send_toml));
+    check.expect_code(3);
     add_dataset(&send_toml, &source);
     let replicated = once(&send_toml);
     replicated.expect_code(0);

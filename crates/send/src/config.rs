@@ -371,6 +371,11 @@ impl SendConfig {
                 exclude,
             });
         }
+        if datasets.is_empty() {
+            return Err(invalid(
+                "no [[dataset]] to replicate; add one per source, e.g. [[dataset]] with source = \"tank/data\"".into(),
+            ));
+        }
         Ok(Self {
             receiver: raw.receiver,
             server_name: raw.server_name,
