@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use zrep_e2e::{DatasetSpec, SenderConfig, binary};
+use zrep_e2e::{DatasetSpec, Receiver, SenderConfig, binary, time_scale};
 use zrep_zfs::DatasetName;
+use zrep_zfs::testbed::{TestPool, pseudo_random_bytes, write_file};
 
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(binary(program)).args(args).output().unwrap();
@@ -151,4 +152,59 @@ fn a_missing_zfs_is_reported_with_its_cause_once() {
         "{stderr}"
     );
     assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+}
+
+/// Log levels without `RUST_LOG` (which wins over flags): `once` logs only what went wrong
+/// unless asked (`-v` info, `-vv` debug), `run` reports at info like zrep-recv.
+#[test]
+fn log_level_defaults_and_flags() {
+    let src = TestPool::create("lvsrc");
+    let dst = TestPool::create("lvdst");
+    let source = src.create_dataset("data");
+    let receiver = Receiver::start(&[("nas1", &dst.dataset("nas1"))], &[]);
+    let config = SenderConfig::new(receiver.port, "nas1", &[DatasetSpec::new(&source)]);
+    let send = |args: &[&str]| {
+        write_file(&source, "f", &pseudo_random_bytes(args.len() as u64, 4096));
+        let out = Command::new(binary("zrep-send"))
+            .args(args)
+            .arg("--config")
+            .arg(&config.path)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let quiet = send(&["once"]);
+    assert!(!quiet.contains(" INFO "), "once logged at info: {quiet}");
+    let verbose = send(&["-v", "once"]);
+    assert!(
+        verbose.contains(" INFO ") && verbose.contains("session established"),
+        "once -v: {verbose}"
+    );
+    assert!(!verbose.contains(" DEBUG "), "once -v: {verbose}");
+    let very = send(&["once", "-vv"]);
+    assert!(very.contains(" DEBUG "), "once -vv: {very}");
+    // The daemon: its first cycle's lines at info, with no flag.
+    let log = config.dir().join("run.log");
+    let mut daemon = Command::new(binary("zrep-send"))
+        .args(["run", "--config"])
+        .arg(&config.path)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30 * time_scale());
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(" INFO ") && text.contains("session established") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "run: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert!(!text.contains(" DEBUG "), "run: {text}");
 }

@@ -137,12 +137,42 @@ pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
-/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (else `default_filter`), coloured
-/// only on a terminal.
-pub fn init_logging(default_filter: &str) {
+/// `-v` and `-q`, for every command of both programs: each `-v` logs one level more than the
+/// command's default, each `-q` one level less. `RUST_LOG`, when set, wins over both.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct Verbosity {
+    /// Log more (-v: one level, -vv: two; RUST_LOG wins).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Log less (-q: one level, -qq: two; RUST_LOG wins).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    quiet: u8,
+}
+
+impl Verbosity {
+    /// The level to log at, `default` moved by the flags (never past `error` or `trace`).
+    pub fn level(&self, default: tracing::Level) -> tracing::Level {
+        use tracing::Level;
+        const LEVELS: [Level; 5] = [
+            Level::ERROR,
+            Level::WARN,
+            Level::INFO,
+            Level::DEBUG,
+            Level::TRACE,
+        ];
+        let at = LEVELS.iter().position(|l| *l == default).unwrap_or(2);
+        let moved = (at + usize::from(self.verbose)).saturating_sub(usize::from(self.quiet));
+        LEVELS[moved.min(LEVELS.len() - 1)]
+    }
+}
+
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (else at `level`), coloured only on
+/// a terminal.
+pub fn init_logging(level: tracing::Level) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(level.as_str().to_ascii_lowercase())),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -182,6 +212,27 @@ fn print_bytes(text: &[u8]) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn verbosity_moves_the_default_level_within_bounds() {
+        use clap::Parser;
+        use tracing::Level;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            verbosity: super::Verbosity,
+        }
+        let level = |args: &[&str], default| {
+            let cli = Cli::try_parse_from([&["zrep"][..], args].concat()).unwrap();
+            cli.verbosity.level(default)
+        };
+        assert_eq!(level(&[], Level::INFO), Level::INFO);
+        assert_eq!(level(&["-v"], Level::INFO), Level::DEBUG);
+        assert_eq!(level(&["-vvvv"], Level::WARN), Level::TRACE);
+        assert_eq!(level(&["-q"], Level::INFO), Level::WARN);
+        assert_eq!(level(&["-qqq"], Level::INFO), Level::ERROR);
+        assert!(Cli::try_parse_from(["zrep", "-v", "-q"]).is_err());
+    }
+
     use super::*;
 
     /// A wrapper that says what was done, around an I/O error, around nothing more.

@@ -18,6 +18,8 @@ use zrep_zfs::DatasetName;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    verbosity: zrep_cli::Verbosity,
 }
 
 /// The configuration file, for every command that works on an existing receiver.
@@ -149,7 +151,7 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    zrep_cli::init_logging("info");
+    zrep_cli::init_logging(cli.verbosity.level(tracing::Level::INFO));
     match &cli.command {
         Command::Completions { shell } => {
             return zrep_cli::print_completions(*shell, Cli::command(), NAME);

@@ -18,6 +18,8 @@ use zrep_tls::{Overwrite, PairingToken, PeerCsr, PeerName, write_key_file};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    verbosity: zrep_cli::Verbosity,
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,7 +107,14 @@ const EXIT_CHECK_UNKNOWN: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    zrep_cli::init_logging("warn");
+    // The daemon reports its cycles at info, as zrep-recv does; a command run by hand or cron
+    // prints its result on stdout and logs only what went wrong.
+    let default = if matches!(cli.command, Command::Run { .. }) {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::WARN
+    };
+    zrep_cli::init_logging(cli.verbosity.level(default));
     match &cli.command {
         Command::Completions { shell } => {
             return zrep_cli::print_completions(*shell, Cli::command(), NAME);
