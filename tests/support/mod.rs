@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use zrep_zfs::DatasetName;
 
+pub mod fault;
+
 /// Where a binary of this workspace is.
 pub fn binary(name: &str) -> PathBuf {
     let dir = match std::env::var_os("ZREP_BIN_DIR") {
