@@ -38,14 +38,14 @@ fn cut_transfer_resumes_where_it_stopped() {
     next.expect_code(0);
     eprintln!("next run: {}", next.stdout.trim());
     if caps.resumable_receive {
-        // "...; first finished the interrupted stream of @S (N bytes)"
-        let resumed: u64 = next
+        // "...; first finished the interrupted stream of @S (1.2 MiB)"
+        let resumed = next
             .stdout
             .split("interrupted stream of @")
             .nth(1)
             .and_then(|rest| rest.split('(').nth(1))
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|n| n.parse().ok())
+            .and_then(|rest| rest.split(')').next())
+            .and_then(human_bytes)
             .unwrap_or_else(|| panic!("no resume in: {}", next.stdout));
         let full = data.len() as u64;
         eprintln!("full stream ≈ {full} bytes; resumed with {resumed} bytes");
@@ -263,4 +263,12 @@ fn raw_encrypted_replication_never_needs_the_key_on_the_backup() {
     assert_eq!(read_file(&target, "later.txt"), b"also encrypted");
     zfs(&["unmount", target.as_str()]);
     zfs(&["unload-key", target.as_str()]);
+}
+
+/// `1.5 MiB` → bytes (rounded: the line is for people).
+fn human_bytes(text: &str) -> Option<u64> {
+    let (value, unit) = text.split_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let power = ["B", "KiB", "MiB", "GiB"].iter().position(|u| *u == unit)?;
+    Some((value * 1024f64.powi(power as i32)) as u64)
 }

@@ -240,17 +240,15 @@ fn bandwidth_limit_paces_the_wire() {
     let out = config.once();
     out.expect_code(0);
     let elapsed = started.elapsed().as_secs_f64();
-    let wire: f64 = out
-        .stdout
-        .split(" bytes on the wire")
-        .next()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    // The exact count is in the state file (the line rounds it for people).
+    let state = config
+        .dir()
+        .join(format!("{}.json", source.as_str().replace('/', "%")));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state).unwrap()).unwrap();
+    let wire = state["wire-bytes"].as_u64().unwrap() as f64;
     assert!(wire > 3e6, "{}", out.stdout);
+    assert!(out.stdout.contains(" MiB on the wire"), "{}", out.stdout);
     // Paced from the first data frame: at most 1 MiB/s on average, so the transfer needs at
     // least wire/1MiB seconds (minus the first frame's burst).
     let floor = (wire - 1024.0 * 1024.0) / (1024.0 * 1024.0);

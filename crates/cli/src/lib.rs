@@ -4,6 +4,7 @@
 //! an error with its causes on one line ([`one_line`], from `zrep-chain`).
 
 pub mod guid_json;
+pub mod human;
 pub mod metrics;
 
 /// The one chain printer of zrep, re-exported so the binaries keep one import for their

@@ -98,6 +98,17 @@ impl ReplicationError {
     }
 }
 
+impl From<TransportError> for ReplicationError {
+    /// The receiver's error frame reads the same whether it came as an event or was found
+    /// after a failed write.
+    fn from(err: TransportError) -> Self {
+        match err {
+            TransportError::PeerClosed { code, message } => Self::PeerError { code, message },
+            other => Self::Transport(other),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,16 +140,5 @@ mod tests {
         );
         assert_eq!(text.matches("os error 32").count(), 1, "{text}");
         assert!(!text.contains("receiver"), "{text}");
-    }
-}
-
-impl From<TransportError> for ReplicationError {
-    /// The receiver's error frame reads the same whether it came as an event or was found
-    /// after a failed write.
-    fn from(err: TransportError) -> Self {
-        match err {
-            TransportError::PeerClosed { code, message } => Self::PeerError { code, message },
-            other => Self::Transport(other),
-        }
     }
 }

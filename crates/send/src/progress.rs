@@ -55,8 +55,9 @@ pub fn terminal() -> ProgressSink {
 
 /// One line: label, a bar of `width` cells when the size is known (none for 0), amounts, rate.
 pub fn render(p: &Progress, width: usize) -> String {
+    use zrep_cli::human;
     let secs = p.elapsed.as_secs_f64().max(0.001);
-    let rate = format!("{}/s", bytes(p.stream_bytes as f64 / secs));
+    let rate = human::rate(p.stream_bytes as f64 / secs);
     let amount = match p.estimate {
         Some(total) if total > 0 => {
             let fraction = (p.stream_bytes as f64 / total as f64).min(1.0);
@@ -69,11 +70,11 @@ pub fn render(p: &Progress, width: usize) -> String {
             format!(
                 "{bar}{:>3.0}% {} / {}",
                 fraction * 100.0,
-                bytes(p.stream_bytes as f64),
-                bytes(total as f64)
+                human::bytes(p.stream_bytes),
+                human::bytes(total)
             )
         }
-        _ => bytes(p.stream_bytes as f64),
+        _ => human::bytes(p.stream_bytes),
     };
     let end = if p.done {
         ", sent; awaiting commit"
@@ -83,23 +84,8 @@ pub fn render(p: &Progress, width: usize) -> String {
     format!(
         "{} {amount} ({} on the wire) {rate}{end}",
         p.snapshot,
-        bytes(p.wire_bytes as f64)
+        human::bytes(p.wire_bytes)
     )
-}
-
-fn bytes(n: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{value:.0} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 #[cfg(test)]

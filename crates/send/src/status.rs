@@ -421,8 +421,12 @@ pub fn table(statuses: &[DatasetStatus], now: SystemTime) -> String {
         "RATE".to_owned(),
         "DETAIL".to_owned(),
     ]];
+    use zrep_cli::human;
     let ago = |t: Option<u64>| match t {
-        Some(t) => format!("{}s ago", unix(now).saturating_sub(t)),
+        Some(t) => format!(
+            "{} ago",
+            human::duration(Duration::from_secs(unix(now).saturating_sub(t)))
+        ),
         None => "never".to_owned(),
     };
     for s in statuses {
@@ -433,9 +437,10 @@ pub fn table(statuses: &[DatasetStatus], now: SystemTime) -> String {
             format!("{:?}", s.health).to_uppercase(),
             ago(st.last_success),
             st.last_snapshot.unwrap_or_else(|| "-".into()),
-            s.lag_secs.map_or("-".into(), |l| format!("{l}s")),
-            st.bytes.to_string(),
-            format!("{:.0} B/s", st.rate),
+            s.lag_secs
+                .map_or("-".into(), |l| human::duration(Duration::from_secs(l))),
+            human::bytes(st.bytes),
+            human::rate(st.rate),
             s.reason.clone(),
         ]);
     }

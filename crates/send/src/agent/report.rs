@@ -10,11 +10,12 @@ use crate::renew::Renewed;
 
 /// `<snapshot> replicated to <receiver> (...)`, or `already on` when nothing was sent.
 pub fn success_line(done: &Replicated, receiver: &str) -> String {
-    let secs = done.elapsed.as_secs_f64();
+    use zrep_cli::human;
     let resumed = match &done.resumed {
-        Some((snapshot, bytes)) => {
-            format!("; first finished the interrupted stream of @{snapshot} ({bytes} bytes)")
-        }
+        Some((snapshot, bytes)) => format!(
+            "; first finished the interrupted stream of @{snapshot} ({})",
+            human::bytes(*bytes)
+        ),
         None => String::new(),
     };
     let kind = match &done.shape {
@@ -35,9 +36,19 @@ pub fn success_line(done: &Replicated, receiver: &str) -> String {
             format!("{flag} from {mark}{base}")
         }
     };
+    let secs = done.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        done.stream_bytes as f64 / secs
+    } else {
+        0.0
+    };
     format!(
-        "{} replicated to {receiver} ({} bytes in {secs:.1} s, {kind}, {} bytes on the wire{resumed})",
-        done.snapshot, done.stream_bytes, done.wire_bytes
+        "{} replicated to {receiver} ({} in {}, {}, {kind}, {} on the wire{resumed})",
+        done.snapshot,
+        human::bytes(done.stream_bytes),
+        human::duration(done.elapsed),
+        human::rate(rate),
+        human::bytes(done.wire_bytes)
     )
 }
 
