@@ -320,3 +320,31 @@ fn recursive_replicates_children_with_exclusions_and_picks_up_new_ones() {
         .collect();
     assert_eq!(listed, ["data", "data/a", "data/a/deep", "data/b"]);
 }
+
+/// A target that spells out the receiver's root (a newcomer's `target = "<root>/data"`) would
+/// land in a second copy at `<root>/<root>/data`: it is refused with the target to write instead,
+/// and nothing is created.
+#[test]
+fn a_target_repeating_the_root_is_refused_with_the_fix() {
+    let src = TestPool::create("rtsrc");
+    let dst = TestPool::create("rtdst");
+    let source = src.create_dataset("data");
+    let root = dst.dataset("nas1");
+    let receiver = Receiver::start(&[("nas1", &root)], &[]);
+    let mut spec = DatasetSpec::new(&source);
+    spec.target = Some(format!("{root}/data"));
+    let config = SenderConfig::new(receiver.port, "nas1", &[spec]);
+    write_file(&source, "f", b"data");
+    let out = config.once();
+    out.expect_code(1);
+    assert_eq!(
+        out.stdout,
+        format!(
+            "{source} NOT replicated to 127.0.0.1:{}: the receiver ended the session \
+             (not-authorized): target \"{root}/data\" refused: it repeats this peer's root {root}; \
+             targets are relative to the root: target = \"data\"\n",
+            receiver.port
+        )
+    );
+    assert!(!exists(&root), "{root} was created");
+}

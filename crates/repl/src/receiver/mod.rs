@@ -301,6 +301,16 @@ where
 /// The dataset a peer's relative name stands for, strictly inside its root.
 pub fn target_dataset(root: &DatasetName, relative: &str) -> Result<DatasetName, String> {
     let relative = RelativeName::parse(relative).map_err(|e| e.to_string())?;
+    // A target that spells out the root would land in a second copy below it
+    // (`<root>/<root>/data`): almost always a newcomer's mistake, never silently accepted.
+    let root_parts: Vec<&str> = root.as_str().split('/').collect();
+    let parts: Vec<&str> = relative.components().collect();
+    if parts.len() > root_parts.len() && parts[..root_parts.len()] == root_parts[..] {
+        return Err(format!(
+            "it repeats this peer's root {root}; targets are relative to the root: target = \"{}\"",
+            parts[root_parts.len()..].join("/")
+        ));
+    }
     let dataset = root.join(&relative).map_err(|e| e.to_string())?;
     // Belt and braces: the name rules already make escaping impossible.
     if !dataset.is_within(root) || dataset == *root {
