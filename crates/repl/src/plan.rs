@@ -89,11 +89,14 @@ pub(crate) fn plan(
         let names: Vec<&str> = choice.diverging.iter().map(|s| s.name.as_str()).collect();
         return Err(ReplicationError::Diverged(format!(
             "target {target} has snapshot(s) newer than the last common one ({}) that {} does not \
-             have: {}. zrep never destroys data on the receiver: if they are not needed, roll the \
-             target back to @{} there (zfs rollback -r), or replicate to another `target`",
+             have: {}. zrep never destroys data on the receiver. If they hold writes made there on \
+             purpose (a failover), bring those back to {} first; if they are not needed, roll the \
+             target back to @{} there (zfs rollback -r destroys them); or replicate to another \
+             `target`",
             base.name,
             job.source,
             names.join(", "),
+            job.source,
             base.name
         )));
     }
@@ -485,7 +488,10 @@ mod tests {
         assert!(
             message.contains(&format!(
                 "last common one ({0}) that tank/data does not have: later. zrep never destroys \
-                 data on the receiver: if they are not needed, roll the target back to @{0}",
+                 data on the receiver. If they hold writes made there on purpose (a failover), \
+                 bring those back to tank/data first; if they are not needed, roll the target \
+                 back to @{0} there (zfs rollback -r destroys them); or replicate to another \
+                 `target`",
                 b.name.short_name()
             )),
             "{message}"
