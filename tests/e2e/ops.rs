@@ -208,3 +208,19 @@ fn log_level_defaults_and_flags() {
     daemon.wait().unwrap();
     assert!(!text.contains(" DEBUG "), "run: {text}");
 }
+
+/// `--version` names the commit the programs were built from (both from one build).
+#[test]
+fn version_names_the_commit() {
+    let send = run("zrep-send", &["--version"]);
+    let recv = run("zrep-recv", &["--version"]);
+    let commit = |line: &str| {
+        let inner = line.trim_end().strip_suffix(')')?;
+        let (_, commit) = inner.split_once(" (commit ")?;
+        (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()))
+            .then(|| commit.to_owned())
+    };
+    let sent = commit(&send).unwrap_or_else(|| panic!("zrep-send --version: {send:?}"));
+    assert!(send.starts_with("zrep-send "), "{send}");
+    assert_eq!(commit(&recv), Some(sent), "{recv}");
+}

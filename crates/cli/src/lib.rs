@@ -11,6 +11,14 @@ pub mod metrics;
 /// plumbing; libraries depend on `zrep-chain` directly.
 pub use zrep_chain::one_line;
 
+/// The programs' `--version`: the package version and the git commit built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ZREP_GIT_COMMIT"),
+    ")"
+);
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -14,7 +14,7 @@ use zrep_zfs::DatasetName;
 /// zrep's receive service: accepts paired senders over mutual TLS and runs `zfs receive` into
 /// each peer's own subtree, read-only.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version = zrep_cli::VERSION)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -14,7 +14,7 @@ use zrep_tls::{Overwrite, PairingToken, PeerCsr, PeerName, write_key_file};
 /// zrep's push agent: snapshots datasets, finds the newest snapshot common with the receiver by
 /// GUID and streams the difference to zrep-recv over mutual TLS.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version = zrep_cli::VERSION)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
