@@ -898,7 +898,50 @@ impl World {
         }
         self.converged()?;
         self.holds()?;
-        self.no_process()
+        self.no_process()?;
+        self.same_data()
+    }
+
+    /// The target's newest snapshot holds the source's files byte for byte (nothing was written
+    /// to the source since its newest snapshot): read through a clone of it, destroyed after.
+    fn same_data(&self) -> Checked<()> {
+        let (newest, _) = snapshots(&self.target).last().cloned().expect("converged");
+        let clone = self.dst.dataset("compare");
+        {
+            let _serial = mount_lock();
+            zfs(&[
+                "clone",
+                &format!("{}@{newest}", self.target),
+                clone.as_str(),
+            ]);
+        }
+        let (ours, theirs) = (files_of(&self.source), files_of(&clone));
+        // zfs-fuse answers "dataset is busy" for a moment after a mount was read; the pool
+        // goes with the trial anyway, so a clone that stays is no harm.
+        for _ in 0..10 {
+            let _serial = mount_lock();
+            let destroyed = Command::new("zfs")
+                .args(["destroy", "-f", clone.as_str()])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if destroyed {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        if ours.is_empty() || ours != theirs {
+            let names = |f: &Files| {
+                f.iter()
+                    .map(|(n, d)| (n.clone(), d.len()))
+                    .collect::<Vec<_>>()
+            };
+            return Err(violation(format!(
+                "the target's @{newest} differs from the source: source {:?}, target {:?}",
+                names(&ours),
+                names(&theirs)
+            )));
+        }
+        Ok(())
     }
 
     /// The newest snapshots are one on both sides (name and GUID), every snapshot both sides
@@ -934,6 +977,34 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// A filesystem's files, by name (the trials write no directories).
+type Files = std::collections::BTreeMap<String, Vec<u8>>;
+
+fn files_of(dataset: &DatasetName) -> Files {
+    let dir = zrep_zfs::testbed::mountpoint_of(dataset);
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .flatten()
+        .map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(entry.path()).unwrap())
+        })
+        .collect()
+}
+
+/// The test bed's lock around commands that mount (zfs-fuse can deadlock on concurrent
+/// mounts), the one `TestPool` takes.
+fn mount_lock() -> std::fs::File {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(zrep_zfs::testbed::testbed_dir().join("mount.lock"))
+        .unwrap();
+    file.lock().unwrap();
+    file
 }
 
 /// `outcome` with `output` appended to its text.
@@ -1072,7 +1143,15 @@ fn link_fault(world: &mut World, fault: Fault, params: &mut String) -> Checked<(
             send.output()
         )));
     };
-    if fault.action == Action::Stall && code != Some(0) {
+    // Every offset lies before the commit answer (towards the receiver: within the stream;
+    // towards the sender: within what it sends before the stream), so the cycle must fail.
+    if code != Some(1) {
+        return Err(violation(format!(
+            "a cycle whose link failed exited {code:?}\n{}",
+            send.output()
+        )));
+    }
+    if fault.action == Action::Stall {
         // A stall ends by a configured limit: not sooner than the shortest one (a peer's
         // silence, a write without progress), not much later than the longest (connecting).
         let took = ended - fired;
@@ -1151,10 +1230,26 @@ fn mid_stream(
     let code = wait_child(&mut send.child, limit(), "zrep-send once")
         .map_err(|h| with_output(h, &send.output()))?;
     let _ = write!(params, "faulted-exit={code:?} ");
+    // How the faulted cycle may end: killed; stopped (4) or finished within its grace (0);
+    // failed (1), or finished within the receiver's grace (0).
+    let expected: &[Option<i32>] = match kind {
+        Kind::KillSend => &[None],
+        Kind::TermSend => &[Some(0), Some(4)],
+        Kind::KillRecv => &[Some(1)],
+        _ => &[Some(0), Some(1)],
+    };
+    if !expected.contains(&code) {
+        return Err(violation(format!(
+            "zrep-send once exited {code:?} after {sig} of {}, not one of {expected:?}\n{}",
+            if target_pid == recv_pid {
+                "zrep-recv"
+            } else {
+                "zrep-send"
+            },
+            send.output()
+        )));
+    }
     match kind {
-        Kind::KillSend if code.is_some() => {
-            return Err(violation(format!("zrep-send was not killed: {code:?}")));
-        }
         Kind::KillRecv | Kind::TermRecv => {
             let code = world.recv().wait_exit(limit(), "the stopped zrep-recv")?;
             if kind == Kind::TermRecv && code != Some(0) {
