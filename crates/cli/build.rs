@@ -28,7 +28,9 @@ fn main() {
     }
     if let Ok(head) = std::fs::read_to_string(git.join("HEAD"))
         && let Some(branch) = head.trim().strip_prefix("ref: ")
+        && git.join(branch).exists()
     {
+        // (A path that does not exist would rerun this script on every build.)
         println!("cargo:rerun-if-changed={}", git.join(branch).display());
     }
     println!("cargo:rerun-if-changed=build.rs");
