@@ -14,8 +14,11 @@ const INTERVAL: u64 = 2;
 const CYCLES: usize = 6;
 /// `shutdown-grace` of the daemons that let a transfer finish: far longer than any transfer here.
 const GRACE: Duration = Duration::from_secs(60);
-/// Beyond the grace, what a stop may take: ending `zfs send`, the session's `Bye`.
-const STOP_MARGIN: Duration = Duration::from_secs(10);
+/// Beyond the grace, what a stop may take: ending `zfs send`, the session's `Bye` (10 s of an
+/// idle native machine, stretched under emulation).
+fn stop_margin() -> Duration {
+    scaled(10)
+}
 
 /// The same configuration sent to `port`, with top-level `shutdown-grace = <grace>`.
 fn with_grace(config: &SenderConfig, port: u16, grace: Duration) -> SenderConfig {
@@ -146,7 +149,7 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
     // The stop may land between cycles or in one (then that cycle commits first); exit 0
     // either way, and nothing is aborted.
     assert_eq!(
-        daemon.terminate(GRACE + STOP_MARGIN),
+        daemon.terminate(GRACE + stop_margin()),
         Some(0),
         "{}",
         daemon.log()
@@ -226,7 +229,7 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
     let mut daemon = Daemon::start(&slow);
     wait_for_transfer(&receiver, receiving, || daemon.log());
     assert_eq!(
-        daemon.terminate(GRACE + STOP_MARGIN),
+        daemon.terminate(GRACE + stop_margin()),
         Some(0),
         "{}",
         daemon.log()
@@ -267,7 +270,7 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
     wait_for_transfer(&receiver, receiving, || daemon.log());
     let stopped = Instant::now();
     assert_eq!(
-        daemon.terminate(short + STOP_MARGIN),
+        daemon.terminate(short + stop_margin()),
         Some(0),
         "{}",
         daemon.log()
@@ -323,7 +326,7 @@ fn run_replicates_every_interval_while_written_and_survives_sigterm_mid_transfer
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(daemon.terminate(GRACE + STOP_MARGIN), Some(0));
+    assert_eq!(daemon.terminate(GRACE + stop_margin()), Some(0));
     let out = daemon.output();
     // Until the receiver has wound down the cut session (the throttling relay still delivers
     // what it had buffered), it answers `busy`; the daemon retries at the next interval.
@@ -387,14 +390,14 @@ fn once_stopped_mid_transfer_says_what_it_was_doing_and_exits_4() {
             .unwrap()
             .success()
     );
-    let deadline = stopped + short + STOP_MARGIN;
+    let deadline = stopped + short + stop_margin();
     let status = loop {
         if let Some(status) = once.try_wait().unwrap() {
             break status;
         }
         if Instant::now() > deadline {
             let _ = once.kill();
-            panic!("once did not stop within {:?}", short + STOP_MARGIN);
+            panic!("once did not stop within {:?}", short + stop_margin());
         }
         std::thread::sleep(Duration::from_millis(50));
     };
