@@ -390,6 +390,19 @@ fn not_running(pid: u32, what: &str) -> Result<(), String> {
     }
 }
 
+/// `pid` exits and is reaped within [`limit`] (its parent collects it a moment after the exit),
+/// or is an orphan's zombie that init does not reap.
+fn reaped(pid: u32, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + limit();
+    while not_running(pid, what).is_err() {
+        if Instant::now() >= deadline {
+            return not_running(pid, what).map_err(|e| format!("{e} after {:?}", limit()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The fault-injection suite: one trial function for the seeded sample and the soak.
 
@@ -1265,9 +1278,9 @@ fn mid_stream(
     proxy.release();
     world.no_process()?;
     if let Some(pid) = send_pid {
-        not_running(pid, "zfs send").map_err(violation)?;
+        reaped(pid, "zfs send").map_err(violation)?;
     }
-    not_running(receive_pid, "zfs receive").map_err(violation)?;
+    reaped(receive_pid, "zfs receive").map_err(violation)?;
     drop(proxy);
     if world.recv.is_none() {
         world.start_receiver(&[]);
