@@ -347,6 +347,27 @@ fn bad_tokens_and_a_mitm_fail_clearly_and_register_nothing() {
         );
     };
 
+    // A token that would expire before anyone could use it, or live for months: refused,
+    // nothing registered.
+    for ttl in ["0s", "500ms", "31d"] {
+        let out = receiver.admin(&[
+            "pair",
+            "--name",
+            "nas9",
+            "--root",
+            dst.dataset("nas9").as_str(),
+            "--ttl",
+            ttl,
+        ]);
+        out.expect_code(1);
+        assert_eq!(
+            out.stderr,
+            "zrep-recv: --ttl must be 1s to 30d (the token is single-use; 15m is plenty)\n",
+            "--ttl {ttl}"
+        );
+    }
+    assert!(!receiver.peers().contains("nas9"), "{}", receiver.peers());
+
     // A good pairing, then the same token again.
     let (token, _) = receiver.token("nas1", &dst.dataset("nas1"), "15m");
     let dir = tempfile::tempdir().unwrap();

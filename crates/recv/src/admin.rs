@@ -120,6 +120,10 @@ pub struct NewPairing {
     pub expires: SystemTime,
 }
 
+/// The shortest and longest life of a pairing token.
+const MIN_PAIRING_TTL: Duration = Duration::from_secs(1);
+const MAX_PAIRING_TTL: Duration = Duration::from_secs(30 * 86400);
+
 /// `zrep-recv pair`: registers a pending peer and returns its one-time token.
 pub fn pair(
     config: &RecvConfig,
@@ -127,6 +131,11 @@ pub fn pair(
     root: &DatasetName,
     ttl: Duration,
 ) -> anyhow::Result<NewPairing> {
+    // A token that expires at once is a mistake; one that lives for months is a secret left
+    // lying around.
+    if ttl < MIN_PAIRING_TTL || ttl > MAX_PAIRING_TTL {
+        bail!("--ttl must be 1s to 30d (the token is single-use; 15m is plenty)");
+    }
     require_ca_key(config)?;
     let ca_fingerprint = ca_fingerprint(config)?;
     let token = PairingToken::generate(ca_fingerprint)?;
