@@ -402,8 +402,7 @@ where
         if self.busy {
             self.shutdown().await;
         } else {
-            let _ = self.flush().await;
-            let _ = tokio::time::timeout(self.write_timeout, self.writer.shutdown()).await;
+            self.close_write().await;
         }
         TransportError::Stopped { code, message }
     }
@@ -413,13 +412,18 @@ where
     /// reset the connection, and the peer could lose our last frame to the reset. A peer that
     /// keeps the connection open gets `write_timeout`, as long as it may take to accept a write.
     pub async fn shutdown(&mut self) {
-        let _ = self.flush().await;
-        let _ = tokio::time::timeout(self.write_timeout, self.writer.shutdown()).await;
+        self.close_write().await;
         let drain = async {
             let mut sink = vec![0u8; READ_CHUNK];
             while matches!(self.reader.read(&mut sink).await, Ok(n) if n > 0) {}
         };
         let _ = tokio::time::timeout(self.write_timeout, drain).await;
+    }
+
+    /// Sends what is queued and shuts the write side down, each bounded by `write_timeout`.
+    async fn close_write(&mut self) {
+        let _ = self.flush().await;
+        let _ = tokio::time::timeout(self.write_timeout, self.writer.shutdown()).await;
     }
 }
 
